@@ -1,0 +1,34 @@
+"""``python -m app --host 127.0.0.1 --port 8080``: settings from config/facade.toml and FACADE_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from .main import create_app
+from .settings import Settings, SettingsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Imaging FHIR facade (FHIR R4 over DICOMweb)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--config", help="TOML settings file (default: config/facade.toml or $FACADE_CONFIG)")
+    parser.add_argument("--proxy-headers", action="store_true",
+                        help="trust X-Forwarded-Proto/For from the proxy in front (for links under https)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load(os.environ, config_file=args.config)
+    except SettingsError as exc:
+        print(f"facade: configuration error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level,
+                proxy_headers=args.proxy_headers, server_header=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""searchset Bundles (R4 Bundle; http.html#search, search.html#paging), pure.
+
+QIDO gives no total (PS3.18 §8.3.4.4), so ``Bundle.total`` is left out rather than invented. Links are absolute
+URLs under the base the client used, built from the canonical parameters of the search so they are stable
+across pages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlencode
+
+
+def search_url(base: str, resource_type: str, params: list[tuple[str, str]]) -> str:
+    query = urlencode(params, quote_via=quote, safe=":/|,")
+    return f"{base}/{resource_type}" + (f"?{query}" if query else "")
+
+
+def searchset(
+    base: str,
+    matches: list[dict[str, Any]],
+    *,
+    self_url: str,
+    next_url: str | None = None,
+    previous_url: str | None = None,
+    included: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    links = [{"relation": "self", "url": self_url}]
+    if next_url:
+        links.append({"relation": "next", "url": next_url})
+    if previous_url:
+        links.append({"relation": "previous", "url": previous_url})
+    entries = [_entry(base, r, "match") for r in matches] + [_entry(base, r, "include") for r in included or ()]
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+def _entry(base: str, resource: dict[str, Any], mode: str) -> dict[str, Any]:
+    return {
+        "fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}",
+        "resource": resource,
+        "search": {"mode": mode},
+    }

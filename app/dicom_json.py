@@ -1,0 +1,105 @@
+"""Tolerant accessors for DICOM JSON (PS3.18 Annex F) datasets as plain dicts.
+
+A dataset is ``{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, ...}``. Missing tags, missing ``Value`` (empty
+type-2 attributes, F.2.5) and odd shapes read as ``None``; only a body that is not a list of objects is an error,
+and that is decided in :mod:`app.upstream`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Dataset = dict[str, Any]
+
+# Tags used by the facade, as 8-hex keys (PS3.18 F.2.1.1.1).
+STUDY_DATE = "00080020"
+STUDY_TIME = "00080030"
+SERIES_DATE = "00080021"
+SERIES_TIME = "00080031"
+ACCESSION = "00080050"
+ISSUER_OF_ACCESSION = "00080051"
+MODALITIES_IN_STUDY = "00080061"
+MODALITY = "00080060"
+SOP_CLASS_UID = "00080016"
+SOP_INSTANCE_UID = "00080018"
+TIMEZONE_OFFSET = "00080201"
+REFERRING_PHYSICIAN = "00080090"
+STUDY_DESCRIPTION = "00081030"
+SERIES_DESCRIPTION = "0008103E"
+PATIENT_NAME = "00100010"
+PATIENT_ID = "00100020"
+ISSUER_OF_PATIENT_ID = "00100021"
+BODY_PART = "00180015"
+STUDY_UID = "0020000D"
+SERIES_UID = "0020000E"
+STUDY_ID = "00200010"
+SERIES_NUMBER = "00200011"
+INSTANCE_NUMBER = "00200013"
+LATERALITY = "00200060"
+NUMBER_OF_SERIES = "00201206"
+NUMBER_OF_STUDY_INSTANCES = "00201208"
+NUMBER_OF_SERIES_INSTANCES = "00201209"
+CONTENT_LABEL = "00700080"
+DOCUMENT_TITLE = "00420010"
+IMAGE_TYPE = "00080008"
+
+
+def values(ds: Dataset, tag: str) -> list[Any]:
+    element = ds.get(tag)
+    if not isinstance(element, dict):
+        return []
+    value = element.get("Value")
+    return value if isinstance(value, list) else []
+
+
+def first(ds: Dataset, tag: str) -> Any:
+    vals = values(ds, tag)
+    return vals[0] if vals else None
+
+
+def text(ds: Dataset, tag: str) -> str | None:
+    """First value as a stripped string; empty strings read as None."""
+    value = first(ds, tag)
+    if value is None:
+        return None
+    if isinstance(value, dict):  # a PN sent where a string was expected
+        value = value.get("Alphabetic")
+    value = str(value).strip() if value is not None else ""
+    return value or None
+
+
+def texts(ds: Dataset, tag: str) -> list[str]:
+    out = []
+    for value in values(ds, tag):
+        if isinstance(value, str) and value.strip():
+            out.append(value.strip())
+    return out
+
+
+def integer(ds: Dataset, tag: str) -> int | None:
+    """IS/US values: JSON numbers per F.2.3, but some servers send strings."""
+    value = first(ds, tag)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def person_name(ds: Dataset, tag: str) -> dict[str, str] | None:
+    """PN as its component groups (F.2.2): {"Alphabetic": ..., "Ideographic": ..., "Phonetic": ...}."""
+    value = first(ds, tag)
+    if isinstance(value, str):  # tolerated: some servers send the PN as a plain string
+        groups = value.split("=")
+        value = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), groups, strict=False))
+    if not isinstance(value, dict):
+        return None
+    out = {k: v for k in ("Alphabetic", "Ideographic", "Phonetic") if isinstance(v := value.get(k), str) and v}
+    return out or None

@@ -1,0 +1,155 @@
+"""DICOM JSON study row + instance rows → FHIR R4 ImagingStudy (pure; shared/docs/fhir-dicom.md §1.2-1.4).
+
+Inputs are QIDO answers: one study-level row (with StudyDescription, IssuerOfPatientID and TimezoneOffsetFromUTC
+requested via includefield) and the instance-level rows of that study, which carry the series attributes too
+(PS3.18 Table 10.6.3-4: instance results include the series' required attributes). No instance rows: the study
+is rendered without series (e.g. when the caller did not ask for them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Any
+
+from .. import dicom_json as dj
+from .. import patient_ids
+from ..fhir_dates import dicom_interval
+from ..terminology import ACSN_TYPE, BODY_PARTS, DCM_SYSTEM, LATERALITY, NON_ACQUISITION_MODALITIES, SNOMED_SYSTEM
+from . import names
+
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+
+
+@dataclass(frozen=True)
+class MappingContext:
+    endpoint_id: str = "wado-rs"
+    zone: tzinfo | None = None
+    accession_system: str | None = None
+    patient_system: str = "urn:x-imaging-facade:patient-id"
+    issuer_prefix: str = "urn:x-imaging-facade:issuer:"
+    issuer_systems: Mapping[str, str] = field(default_factory=dict)
+
+
+def imaging_study(study: dj.Dataset, instances: list[dj.Dataset] | None, ctx: MappingContext) -> dict[str, Any]:
+    uid = dj.text(study, dj.STUDY_UID)
+    assert uid, "callers drop rows without a StudyInstanceUID"
+    offset = dj.text(study, dj.TIMEZONE_OFFSET)
+    endpoint = [{"reference": f"Endpoint/{ctx.endpoint_id}"}]
+    res: dict[str, Any] = {"resourceType": "ImagingStudy", "id": uid, "identifier": _identifiers(uid, study, ctx),
+                           "status": "available"}
+    modalities = [m for m in dj.texts(study, dj.MODALITIES_IN_STUDY) if m not in NON_ACQUISITION_MODALITIES]
+    if modalities:
+        res["modality"] = [{"system": DCM_SYSTEM, "code": m} for m in modalities]
+    res["subject"] = subject_reference(study, ctx)
+    _, started = dicom_interval(dj.text(study, dj.STUDY_DATE), dj.text(study, dj.STUDY_TIME), offset, ctx.zone)
+    if started:
+        res["started"] = started
+    referrer = names.display(dj.person_name(study, dj.REFERRING_PHYSICIAN))
+    if referrer:
+        res["referrer"] = {"display": referrer}
+    res["endpoint"] = endpoint
+    series = _series(instances, offset, ctx, endpoint) if instances is not None else None
+    n_series = len(series) if series is not None else dj.integer(study, dj.NUMBER_OF_SERIES)
+    n_instances = (sum(s["numberOfInstances"] for s in series) if series is not None
+                   else dj.integer(study, dj.NUMBER_OF_STUDY_INSTANCES))
+    if n_series is not None:
+        res["numberOfSeries"] = n_series
+    if n_instances is not None:
+        res["numberOfInstances"] = n_instances
+    description = dj.text(study, dj.STUDY_DESCRIPTION)
+    if description:
+        res["description"] = description
+    if series:
+        res["series"] = series
+    return res
+
+
+def subject_reference(row: dj.Dataset, ctx: MappingContext) -> dict[str, Any]:
+    pid = dj.text(row, dj.PATIENT_ID) or ""
+    issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
+    ref: dict[str, Any] = {"reference": f"Patient/{patient_ids.encode(pid, issuer)}"}
+    if pid:
+        system = patient_ids.system_for(issuer, default=ctx.patient_system, prefix=ctx.issuer_prefix,
+                                        table=ctx.issuer_systems)
+        ref["identifier"] = {"system": system, "value": pid}
+    display = names.display(dj.person_name(row, dj.PATIENT_NAME))
+    if display:
+        ref["display"] = display
+    return ref
+
+
+def _identifiers(uid: str, study: dj.Dataset, ctx: MappingContext) -> list[dict[str, Any]]:
+    # R4 ImagingStudy: "there shall be one DICOM Study UID identifier", as urn:dicom:uid / urn:oid:<uid>.
+    out: list[dict[str, Any]] = [{"system": DICOM_UID_SYSTEM, "value": "urn:oid:" + uid}]
+    accession = dj.text(study, dj.ACCESSION)
+    if accession:
+        ident: dict[str, Any] = {"use": "usual", "type": {"coding": [dict(ACSN_TYPE)]}}
+        if ctx.accession_system:
+            ident["system"] = ctx.accession_system
+        ident["value"] = accession
+        out.append(ident)
+    return out
+
+
+def _series(instances: list[dj.Dataset], offset: str | None, ctx: MappingContext,
+            endpoint: list[dict[str, str]]) -> list[dict[str, Any]]:
+    by_series: dict[str, list[dj.Dataset]] = {}
+    for row in instances:
+        series_uid = dj.text(row, dj.SERIES_UID)
+        if series_uid and dj.text(row, dj.SOP_INSTANCE_UID):
+            by_series.setdefault(series_uid, []).append(row)
+    out = [_one_series(uid, rows, offset, ctx, endpoint) for uid, rows in by_series.items()]
+    out.sort(key=lambda s: (s.get("number") is None, s.get("number", 0), s["uid"]))
+    return out
+
+
+def _one_series(uid: str, rows: list[dj.Dataset], offset: str | None, ctx: MappingContext,
+                endpoint: list[dict[str, str]]) -> dict[str, Any]:
+    head = rows[0]
+    series: dict[str, Any] = {"uid": uid}
+    number = dj.integer(head, dj.SERIES_NUMBER)
+    if number is not None and number >= 0:  # R4 unsignedInt
+        series["number"] = number
+    # series.modality is 1..1: a series without Modality is broken data; "OT" (Other) keeps the resource valid.
+    series["modality"] = {"system": DCM_SYSTEM, "code": dj.text(head, dj.MODALITY) or "OT"}
+    description = dj.text(head, dj.SERIES_DESCRIPTION)
+    if description:
+        series["description"] = description
+    series["numberOfInstances"] = len(rows)
+    series["endpoint"] = endpoint
+    body = dj.text(head, dj.BODY_PART)
+    if body and body.upper() in BODY_PARTS:
+        code, meaning = BODY_PARTS[body.upper()]
+        series["bodySite"] = {"system": SNOMED_SYSTEM, "code": code, "display": meaning}
+    elif body:
+        series["bodySite"] = {"display": body}  # no Annex L entry: keep the term rather than invent a code
+    laterality = dj.text(head, dj.LATERALITY)
+    if laterality in LATERALITY:
+        code, meaning = LATERALITY[laterality]
+        series["laterality"] = {"system": SNOMED_SYSTEM, "code": code, "display": meaning}
+    _, started = dicom_interval(dj.text(head, dj.SERIES_DATE), dj.text(head, dj.SERIES_TIME), offset, ctx.zone)
+    if started:
+        series["started"] = started
+    instances = [_instance(r) for r in rows]
+    instances.sort(key=lambda i: (i.get("number") is None, i.get("number", 0), i["uid"]))
+    series["instance"] = instances
+    return series
+
+
+def _instance(row: dj.Dataset) -> dict[str, Any]:
+    inst: dict[str, Any] = {"uid": dj.text(row, dj.SOP_INSTANCE_UID)}
+    sop_class = dj.text(row, dj.SOP_CLASS_UID)
+    # sopClass is 1..1 in R4; a row without one is broken data, and "unknown" is not a UID: use the
+    # UID of the Storage service class root so the Coding stays a valid urn:oid.
+    inst["sopClass"] = {"system": "urn:ietf:rfc:3986", "code": "urn:oid:" + (sop_class or "1.2.840.10008.5.1.4")}
+    number = dj.integer(row, dj.INSTANCE_NUMBER)
+    if number is not None and number >= 0:
+        inst["number"] = number
+    title = dj.text(row, dj.CONTENT_LABEL) or dj.text(row, dj.DOCUMENT_TITLE)
+    if not title and (image_type := dj.texts(row, dj.IMAGE_TYPE)):
+        title = "\\".join(image_type)
+    if title:
+        inst["title"] = title
+    return inst

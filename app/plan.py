@@ -1,0 +1,173 @@
+"""SearchRequest → what to ask the PACS (QIDO keys) and what to re-check on our side (pure).
+
+The PACS is asked for a superset; :meth:`Plan.accepts` then applies FHIR's exact semantics to each study row.
+The split, by parameter (PS3.18 Table 10.6.1-5 for what QIDO can match at study level):
+
+    _id, identifier(uid)  StudyInstanceUID UID list          exact by nature
+    identifier(accession) AccessionNumber                    re-checked: Orthanc is case-insensitive
+    patient / subject     PatientID (+IssuerOfPatientID)     re-checked: case, issuer, wildcard stand-ins
+    started               StudyDate range, widened ±1 day    re-checked: FHIR prefix semantics on the interval
+    modality              ModalitiesInStudy list             re-checked (case); later groups only here
+    status                nothing (always "available")       the value itself
+    series, instance,     a pre-query at series/instance     rows re-checked exactly, then the study UIDs
+    dicom-class, bodysite level, per parameter               found are intersected
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import tzinfo
+
+from . import dicom_json as dj
+from .errors import UnsupportedSearch
+from .fhir_dates import DateCriterion, dicom_interval, qido_date_range
+from .qido import QidoQuery, date_range, match_pattern, uid_list
+from .search import DICOM_UID_SYSTEM, PatientKey, SearchRequest, Token
+
+Row = dj.Dataset
+Check = Callable[[Row], bool]
+
+# Series/instance-level parameters → (QIDO level, matching key, attribute to re-check).
+PREQUERY_KEYS: dict[str, tuple[str, str, str]] = {
+    "series": ("series", "SeriesInstanceUID", dj.SERIES_UID),
+    "bodysite": ("series", "BodyPartExamined", dj.BODY_PART),
+    "instance": ("instances", "SOPInstanceUID", dj.SOP_INSTANCE_UID),
+    "dicom-class": ("instances", "SOPClassUID", dj.SOP_CLASS_UID),
+}
+
+
+@dataclass(frozen=True)
+class Prequery:
+    query: QidoQuery
+    attribute: str
+    accepted: frozenset[str]
+
+    def study_uids(self, rows: list[Row]) -> list[str]:
+        return [uid for r in rows if dj.text(r, self.attribute) in self.accepted and (uid := dj.text(r, dj.STUDY_UID))]
+
+
+@dataclass(frozen=True)
+class Plan:
+    nothing: bool = False
+    study_keys: dict[str, str] = field(default_factory=dict)
+    study_uids: tuple[str, ...] | None = None  # an explicit UID constraint (None: none)
+    prequeries: tuple[Prequery, ...] = ()
+    checks: tuple[Check, ...] = ()
+
+    def accepts(self, row: Row) -> bool:
+        return all(check(row) for check in self.checks)
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    accession_system: str | None
+    zone: tzinfo | None  # PACS zone for DICOM dates without TimezoneOffsetFromUTC
+    prequery_limit: int
+
+
+def plan(req: SearchRequest, ctx: PlanContext) -> Plan:
+    if req.matches_nothing or any(c.name == "status" and "available" not in c.values for c in req.criteria):
+        return Plan(nothing=True)
+    keys: dict[str, str] = {}
+    checks: list[Check] = []
+    uids: set[str] | None = None
+
+    for c in req.all("_id"):
+        uids = set(c.values) if uids is None else uids & set(c.values)
+    for c in req.all("identifier"):
+        tokens: list[Token] = list(c.values)
+        study = {t.code for t in tokens if t.system == DICOM_UID_SYSTEM}
+        accessions = [t for t in tokens if t.system != DICOM_UID_SYSTEM]
+        if study and accessions:
+            raise UnsupportedSearch("one identifier parameter cannot OR a Study UID with an accession number; "
+                                    "search for them separately")
+        if study:
+            uids = study if uids is None else uids & study
+        else:
+            checks.append(_accession_check(accessions, ctx.accession_system))
+            if "AccessionNumber" not in keys:
+                _put_pattern(keys, "AccessionNumber", [t.code for t in accessions])
+    if uids is not None and not uids:
+        return Plan(nothing=True)
+
+    for c in req.all("patient") + req.all("subject"):
+        pkeys: list[PatientKey] = list(c.values)
+        checks.append(_patient_check(pkeys))
+        if "PatientID" not in keys:
+            _put_pattern(keys, "PatientID", [k.patient_id for k in pkeys])
+            issuers = {k.issuer for k in pkeys if not k.any_issuer}
+            if len(pkeys) == 1 and issuers and None not in issuers:
+                pattern, _ = match_pattern(pkeys[0].issuer or "")
+                if pattern.strip("*?"):
+                    keys["IssuerOfPatientID"] = pattern
+
+    date_groups: list[list[DateCriterion]] = [list(c.values) for c in req.all("started")]
+    if date_groups:
+        span = qido_date_range(date_groups, ctx.zone)
+        if span == "EMPTY":
+            return Plan(nothing=True)
+        if span:
+            keys["StudyDate"] = date_range(span)
+        checks.append(_date_check(date_groups, ctx.zone))
+
+    for c in req.all("modality"):
+        codes = frozenset(c.values)
+        checks.append(lambda row, codes=codes: bool(codes & set(dj.texts(row, dj.MODALITIES_IN_STUDY))))
+        if "ModalitiesInStudy" not in keys:
+            keys["ModalitiesInStudy"] = ",".join(sorted(codes))  # CS values validated by the parser
+
+    prequeries: list[Prequery] = []
+    for name, (level, key, attribute) in PREQUERY_KEYS.items():
+        for c in req.all(name):
+            values = sorted(set(c.values))
+            value = uid_list(values) if key.endswith("UID") else ",".join(values)
+            # Study-level keys narrow the pre-query too (PS3.18 §10.6.1.2: /series and /instances accept them).
+            params = {k: v for k, v in keys.items() if k != "ModalitiesInStudy"} | {key: value}
+            if uids is not None:
+                params["StudyInstanceUID"] = uid_list(sorted(uids))
+            fields = (attribute,) if name == "bodysite" else ()
+            query = QidoQuery.build(level, params, fields=fields, limit=ctx.prequery_limit + 1)
+            prequeries.append(Prequery(query, attribute, frozenset(values)))
+
+    return Plan(
+        study_keys=keys,
+        study_uids=tuple(sorted(uids)) if uids is not None else None,
+        prequeries=tuple(prequeries),
+        checks=tuple(checks),
+    )
+
+
+def _put_pattern(keys: dict[str, str], key: str, values: list[str]) -> None:
+    """Send a value list only when every value is exact; a wildcard list could be read as one pattern."""
+    patterns = [match_pattern(v) for v in values]
+    if len(patterns) == 1:
+        if patterns[0][0].strip("*?"):  # never send a pattern that is all wildcards (universal matching)
+            keys[key] = patterns[0][0]
+    elif all(exact for _, exact in patterns):
+        keys[key] = ",".join(p for p, _ in patterns)
+
+
+def _accession_check(tokens: list[Token], system: str | None) -> Check:
+    def check(row: Row) -> bool:
+        value = dj.text(row, dj.ACCESSION)
+        return value is not None and any(
+            t.code == value and (t.system is None or t.system == (system or "")) for t in tokens
+        )
+    return check
+
+
+def _patient_check(keys: list[PatientKey]) -> Check:
+    def check(row: Row) -> bool:
+        pid = dj.text(row, dj.PATIENT_ID) or ""
+        issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
+        return any(k.patient_id == pid and (k.any_issuer or k.issuer == issuer) for k in keys)
+    return check
+
+
+def _date_check(groups: list[list[DateCriterion]], zone: tzinfo | None) -> Check:
+    def check(row: Row) -> bool:
+        interval, _ = dicom_interval(dj.text(row, dj.STUDY_DATE), dj.text(row, dj.STUDY_TIME),
+                                     dj.text(row, dj.TIMEZONE_OFFSET), zone)
+        return interval is not None and all(any(c.matches(interval) for c in g) for g in groups)
+    return check

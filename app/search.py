@@ -1,0 +1,307 @@
+"""FHIR search parameters → a typed :class:`SearchRequest` (pure; R4 search.html).
+
+Rules applied here, in one place:
+- several occurrences of a parameter are AND-ed; commas inside one occurrence are OR-ed (search.html#combining);
+  ``\\,`` ``\\|`` ``\\$`` ``\\\\`` are escapes (search.html#escaping);
+- unknown parameters are ignored and left out of the ``self`` link, or rejected under ``Prefer: handling=strict``
+  (http.html#prefer); an unknown *modifier* on a known parameter is always rejected, since ignoring it would change
+  the meaning of the search;
+- malformed values (bad date, bad prefix, ``_count=abc``) are 400;
+- values that are well formed but can never match (a foreign identifier system, an id that is not ours) keep the
+  criterion with no values, which the planner turns into an empty result without asking the PACS.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import patient_ids
+from .errors import InvalidRequest, NotAcceptable, UnsupportedSearch
+from .fhir_dates import DateCriterion, parse_search_date
+from .search_params import BY_NAME, INCLUDES, RESULT_PARAMS
+from .terminology import DCM_SYSTEM, SNOMED_SYSTEM, body_parts_for_snomed
+
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+RFC3986_SYSTEM = "urn:ietf:rfc:3986"
+_UID_RE = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+")
+_CS_RE = re.compile(r"[A-Z0-9_ ]{1,16}")
+_JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "application/json+fhir"})
+
+
+@dataclass(frozen=True)
+class Token:
+    system: str | None  # None: the value had no "|"; "": it had an empty system
+    code: str
+
+
+@dataclass(frozen=True)
+class PatientKey:
+    patient_id: str
+    issuer: str | None
+    any_issuer: bool = False  # a bare identifier value: any issuer's PatientID of that value
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    values: tuple[Any, ...]  # OR-ed, typed per parameter; empty: matches nothing
+    param: str  # "name[:modifier]" or "name.chain" as sent
+    text: str  # the value as sent, for the self link
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    criteria: tuple[Criterion, ...] = ()
+    count: int = 20
+    offset: int = 0
+    include_endpoint: bool = False
+    pretty: bool = False
+
+    def all(self, name: str) -> list[Criterion]:
+        return [c for c in self.criteria if c.name == name]
+
+    @property
+    def matches_nothing(self) -> bool:
+        return any(not c.values for c in self.criteria)
+
+    def link_params(self, *, offset: int | None = None) -> list[tuple[str, str]]:
+        """The canonical parameters of this search, for self/next/previous links (stable across pages)."""
+        out = [(c.param, c.text) for c in self.criteria]
+        if self.include_endpoint:
+            out.append(("_include", INCLUDES[0]))
+        out.append(("_count", str(self.count)))
+        off = self.offset if offset is None else offset
+        if off:
+            out.append(("_offset", str(off)))
+        return out
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What parsing needs to know beyond the query: settings-derived, per request."""
+    default_count: int
+    max_count: int
+    search_zone: tzinfo
+    patient_system: str
+    issuer_prefix: str
+    issuer_systems: Mapping[str, str] = field(default_factory=dict)
+    base_url: str = ""
+    strict: bool = False
+
+
+def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> SearchRequest:
+    criteria: list[Criterion] = []
+    count, offset, include_endpoint, pretty = ctx.default_count, 0, False, False
+    seen_result: set[str] = set()
+    for key, value in items:
+        name, sep, modifier = key.partition(":")
+        base, _, chain = name.partition(".")
+        if base in RESULT_PARAMS and not sep and not chain:
+            if base in seen_result and base != "_include":
+                raise InvalidRequest(f"parameter {base} given more than once")
+            seen_result.add(base)
+            if base == "_count":
+                count = min(_non_negative(base, value), ctx.max_count)
+            elif base == "_offset":
+                offset = _non_negative(base, value)
+            elif base == "_include":
+                if value in INCLUDES:
+                    include_endpoint = True
+                elif ctx.strict:
+                    raise UnsupportedSearch(f"_include={value} is not supported")
+            elif base == "_format":
+                if value not in _JSON_FORMATS:
+                    raise NotAcceptable(f"_format={value} is not served; this server speaks JSON only")
+            elif base == "_pretty":
+                if value not in ("true", "false"):
+                    raise InvalidRequest("_pretty must be true or false")
+                pretty = value == "true"
+            elif base == "_total" and value not in ("none",):
+                # QIDO gives no count (PS3.18 §8.3.4.4), so an honest total is not possible.
+                if ctx.strict:
+                    raise UnsupportedSearch(f"_total={value} is not supported (the PACS gives no count)")
+            continue
+        spec = BY_NAME.get(base)
+        if spec is None:
+            if ctx.strict:
+                raise UnsupportedSearch(f"search parameter {key!r} is not supported")
+            continue
+        if chain and chain not in spec.chains:
+            raise UnsupportedSearch(f"chained parameter {key!r} is not supported")
+        if sep and modifier not in spec.modifiers:
+            raise UnsupportedSearch(f"modifier :{modifier} is not supported on {base}")
+        if value == "":
+            continue  # an empty value is ignored (search.html: parameters without a value)
+        parsed = _PARSERS[spec.type if base not in _SPECIAL else base](base, modifier or chain, value, ctx)
+        criteria.append(Criterion(base, tuple(parsed), key, value))
+    return SearchRequest(tuple(criteria), count, offset, include_endpoint, pretty)
+
+
+def _non_negative(name: str, value: str) -> int:
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        raise InvalidRequest(f"{name} must be a non-negative integer, got {value[:40]!r}")
+    return int(value)
+
+
+def split_or(value: str) -> list[str]:
+    """Split on unescaped commas and undo search.html#escaping."""
+    parts, buf, i = [], [], 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            buf.append(ch + value[i + 1])
+            i += 2
+            continue
+        if ch == ",":
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+        i += 1
+    parts.append("".join(buf))
+    return parts
+
+
+def _token(raw: str) -> Token:
+    """``[system]|code`` with escapes; the first unescaped ``|`` separates."""
+    i = 0
+    while i < len(raw):
+        if raw[i] == "\\":
+            i += 2
+            continue
+        if raw[i] == "|":
+            return Token(_unescape(raw[:i]), _unescape(raw[i + 1:]))
+        i += 1
+    return Token(None, _unescape(raw))
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def is_uid(text: str) -> bool:
+    """PS3.5 §9.1: digits and dots, no leading zeros in a component, at most 64 characters."""
+    return len(text) <= 64 and _UID_RE.fullmatch(text) is not None
+
+
+def _tokens(value: str) -> list[Token]:
+    return [_token(v) for v in split_or(value)]
+
+
+def _parse_id(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    return [t.code for t in _tokens(value) if t.system is None and is_uid(t.code)]
+
+
+def _parse_identifier(name: str, modifier: str, value: str, ctx: SearchContext) -> list[Token]:
+    """Study UID tokens become Token(DICOM_UID_SYSTEM, uid); others stay accession tokens."""
+    out: list[Token] = []
+    for t in _tokens(value):
+        if t.code.startswith("urn:oid:") and t.system in (None, DICOM_UID_SYSTEM):
+            if is_uid(t.code[8:]):
+                out.append(Token(DICOM_UID_SYSTEM, t.code[8:]))
+            continue
+        if t.system == DICOM_UID_SYSTEM or not t.code:
+            continue  # a DICOM UID system with a value that is not urn:oid:<uid> matches nothing
+        out.append(t)
+    return out
+
+
+def _parse_patient(name: str, modifier: str, value: str, ctx: SearchContext) -> list[PatientKey]:
+    if modifier == "identifier":
+        return [k for t in _tokens(value) if (k := _patient_by_identifier(t, ctx)) is not None]
+    keys = []
+    for ref in split_or(value):
+        ref = _unescape(ref)
+        if "://" in ref:
+            if not ctx.base_url or not ref.startswith(ctx.base_url.rstrip("/") + "/"):
+                continue  # a Patient on another server is not one of ours
+            ref = ref[len(ctx.base_url.rstrip("/")) + 1:]
+        rtype, slash, rid = ref.rpartition("/")
+        if slash and rtype != "Patient":
+            continue
+        pair = patient_ids.decode(rid)
+        if pair is not None:
+            keys.append(PatientKey(*pair))
+    return keys
+
+
+def _patient_by_identifier(t: Token, ctx: SearchContext) -> PatientKey | None:
+    if not t.code:
+        return None
+    if t.system is None:
+        return PatientKey(t.code, None, any_issuer=True)
+    issuer = patient_ids.issuer_for(
+        t.system, default=ctx.patient_system, prefix=ctx.issuer_prefix, table=ctx.issuer_systems
+    )
+    if issuer is None:
+        return None
+    return PatientKey(t.code, issuer or None)
+
+
+def _parse_date(name: str, modifier: str, value: str, ctx: SearchContext) -> list[DateCriterion]:
+    try:
+        return [parse_search_date(v, ctx.search_zone) for v in split_or(value)]
+    except ValueError as exc:
+        raise InvalidRequest(f"{name}: {exc}") from None
+
+
+def _parse_modality(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    return [t.code for t in _tokens(value) if t.system in (None, DCM_SYSTEM) and _CS_RE.fullmatch(t.code)]
+
+
+def _parse_uid_token(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    out = []
+    for t in _tokens(value):
+        code = t.code[8:] if t.code.startswith("urn:oid:") else t.code
+        if t.system in (None, RFC3986_SYSTEM, DICOM_UID_SYSTEM) and is_uid(code):
+            out.append(code)
+    return out
+
+
+def _parse_bodysite(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    """→ DICOM BodyPartExamined terms (PS3.16 Annex L) to ask the PACS for."""
+    terms: list[str] = []
+    for t in _tokens(value):
+        if t.system in (None, SNOMED_SYSTEM):
+            terms.extend(body_parts_for_snomed(t.code))
+        if t.system is None and _CS_RE.fullmatch(t.code):
+            terms.append(t.code)
+    return list(dict.fromkeys(terms))
+
+
+_STATUS_CODES = ("registered", "available", "cancelled", "entered-in-error", "unknown")
+
+
+def _parse_status(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    out = []
+    for t in _tokens(value):
+        if t.code not in _STATUS_CODES:
+            raise InvalidRequest(f"status {t.code[:40]!r} is not an ImagingStudy status code")
+        if t.system in (None, "http://hl7.org/fhir/imagingstudy-status"):
+            out.append(t.code)
+    return out
+
+
+_PARSERS: dict[str, Any] = {
+    "_id": _parse_id,
+    "identifier": _parse_identifier,
+    "reference": _parse_patient,
+    "date": _parse_date,
+    "modality": _parse_modality,
+    "series": _parse_uid_token,
+    "instance": _parse_uid_token,
+    "dicom-class": _parse_uid_token,
+    "bodysite": _parse_bodysite,
+    "status": _parse_status,
+}
+_SPECIAL = frozenset(_PARSERS) - {"reference", "date"}
+
+
+def base_url_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -1,0 +1,59 @@
+"""The one table of what the ImagingStudy search understands.
+
+The parser (:mod:`app.search`) accepts exactly these names and modifiers, and the CapabilityStatement
+(:mod:`app.capability`) is generated from the same rows, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SP = "http://hl7.org/fhir/SearchParameter/"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type: str  # FHIR SearchParamType
+    definition: str
+    documentation: str
+    modifiers: frozenset[str] = frozenset()
+    chains: tuple[str, ...] = ()
+
+
+IMAGING_STUDY_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("_id", "token", SP + "Resource-id",
+              "Study Instance UID; comma-separated values are OR-ed (QIDO UID list matching)."),
+    ParamSpec("identifier", "token", SP + "ImagingStudy-identifier",
+              "`urn:dicom:uid|urn:oid:<StudyInstanceUID>`, a bare `urn:oid:<uid>`, or the accession number "
+              "(`[system]|value`; exact, case-sensitive)."),
+    ParamSpec("patient", "reference", SP + "ImagingStudy-patient",
+              "`Patient/<id>` with this server's Patient ids; `patient.identifier=[system]|PatientID` (also "
+              "`patient:identifier`) matches PatientID and IssuerOfPatientID.",
+              modifiers=frozenset({"Patient", "identifier"}), chains=("identifier",)),
+    ParamSpec("subject", "reference", SP + "ImagingStudy-subject",
+              "As `patient`; only Patient subjects exist here.",
+              modifiers=frozenset({"Patient", "identifier"}), chains=("identifier",)),
+    ParamSpec("started", "date", SP + "ImagingStudy-started",
+              "Prefixes eq, ne, gt, ge, lt, le, sa, eb; partial dates; dateTime with or without zone "
+              "(without: the PACS time zone setting, else UTC)."),
+    ParamSpec("modality", "token", SP + "ImagingStudy-modality",
+              "DICOM modality code, with or without the DCM system; comma-separated values are OR-ed."),
+    ParamSpec("series", "token", SP + "ImagingStudy-series", "Series Instance UID."),
+    ParamSpec("instance", "token", SP + "ImagingStudy-instance", "SOP Instance UID."),
+    ParamSpec("dicom-class", "token", SP + "ImagingStudy-dicom-class",
+              "SOP Class UID (`urn:oid:<uid>` or the bare UID)."),
+    ParamSpec("bodysite", "token", SP + "ImagingStudy-bodysite",
+              "SNOMED CT code (`http://snomed.info/sct|<code>`) of a series body site, or a DICOM "
+              "BodyPartExamined term."),
+    ParamSpec("status", "token", SP + "ImagingStudy-status",
+              "Studies in the PACS are `available`; other codes match nothing."),
+)
+
+BY_NAME = {p.name: p for p in IMAGING_STUDY_PARAMS}
+
+# _include values served (R4 CapabilityStatement.rest.resource.searchInclude).
+INCLUDES = ("ImagingStudy:endpoint",)
+
+# Result parameters understood by the parser; anything else starting with "_" is unsupported.
+RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_pretty", "_total")

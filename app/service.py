@@ -1,0 +1,71 @@
+"""The facade's use cases, wired from the pure core and the cached QIDO port (no HTTP types here)."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from . import bundle
+from .cache import CachedQido
+from .errors import NotFound
+from .mapping.endpoint import wado_endpoint
+from .mapping.imaging_study import MappingContext, imaging_study
+from .plan import PlanContext, plan
+from .search import SearchContext, SearchRequest, is_uid
+from .settings import Settings
+from .studies import read_study, search_page
+
+
+class Facade:
+    def __init__(self, settings: Settings, qido: CachedQido) -> None:
+        self.settings = settings
+        self.qido = qido
+        zone = settings.tz
+        self.mapping = MappingContext(
+            endpoint_id=settings.endpoint_id, zone=zone, accession_system=settings.accession_system,
+            patient_system=settings.patient_identifier_system, issuer_prefix=settings.issuer_system_prefix,
+            issuer_systems=settings.issuer_systems,
+        )
+        self.plan_context = PlanContext(settings.accession_system, zone, settings.prequery_limit)
+
+    def search_context(self, base: str, *, strict: bool) -> SearchContext:
+        s = self.settings
+        return SearchContext(
+            default_count=s.default_count, max_count=s.max_count, search_zone=s.tz or UTC,
+            patient_system=s.patient_identifier_system, issuer_prefix=s.issuer_system_prefix,
+            issuer_systems=s.issuer_systems, base_url=base, strict=strict,
+        )
+
+    async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
+        s = self.settings
+
+        async def fetch(query: Any) -> Any:
+            return await self.qido.search(query, fresh=fresh)
+
+        page = await search_page(plan(req, self.plan_context), fetch, count=req.count, offset=req.offset,
+                                 prequery_limit=s.prequery_limit, instance_limit=s.instance_limit)
+        studies = [imaging_study(row, instances, self.mapping) for row, instances in page.studies]
+        link = lambda offset: bundle.search_url(base, "ImagingStudy", req.link_params(offset=offset))  # noqa: E731
+        included = [self.endpoint(base)] if req.include_endpoint and studies else []
+        return bundle.searchset(
+            base, studies, self_url=link(req.offset), included=included,
+            next_url=link(req.offset + req.count) if page.has_next else None,
+            previous_url=link(max(0, req.offset - req.count)) if req.offset and req.count else None,
+        )
+
+    async def read_study(self, study_id: str, *, fresh: bool) -> dict[str, Any]:
+        if not is_uid(study_id):
+            raise NotFound(f"ImagingStudy/{study_id[:70]} is not known")
+
+        async def fetch(query: Any) -> Any:
+            return await self.qido.search(query, fresh=fresh)
+
+        found = await read_study(study_id, fetch, instance_limit=self.settings.instance_limit)
+        if found is None:
+            raise NotFound(f"ImagingStudy/{study_id} is not known")
+        return imaging_study(found[0], found[1], self.mapping)
+
+    def endpoint(self, base: str, endpoint_id: str | None = None) -> dict[str, Any]:
+        if endpoint_id is not None and endpoint_id != self.settings.endpoint_id:
+            raise NotFound(f"Endpoint/{endpoint_id[:70]} is not known")
+        return wado_endpoint(self.settings.endpoint_id, self.settings.wado_base)

@@ -1,0 +1,151 @@
+"""Settings: one frozen object built at the edge and passed into ``create_app``.
+
+Sources, later wins: built-in defaults < ``config/facade.toml`` (or the file named by ``FACADE_CONFIG``)
+< environment variables ``FACADE_<KEY>``. Nothing below ``app.main`` reads the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "facade.toml"
+ENV_PREFIX = "FACADE_"
+
+
+class SettingsError(ValueError):
+    """A bad or missing setting; its message is one line meant for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    dicomweb_url: str
+    public_url: str | None = None
+    wado_url: str | None = None
+    pacs_timezone: str | None = None
+    default_count: int = 20
+    max_count: int = 100
+    uid_batch: int = 100
+    instance_limit: int = 20000
+    prequery_limit: int = 2000
+    cache_ttl: float = 60.0
+    cache_max_bytes: int = 64 * 1024 * 1024
+    upstream_connect_timeout: float = 3.0
+    upstream_read_timeout: float = 20.0
+    upstream_max_connections: int = 32
+    endpoint_id: str = "wado-rs"
+    accession_system: str | None = None
+    patient_identifier_system: str = "urn:x-imaging-facade:patient-id"
+    issuer_system_prefix: str = "urn:x-imaging-facade:issuer:"
+    issuer_systems: Mapping[str, str] = field(default_factory=dict)
+    log_level: str = "info"
+
+    @property
+    def wado_base(self) -> str:
+        return (self.wado_url or self.dicomweb_url).rstrip("/")
+
+    @property
+    def tz(self) -> ZoneInfo | None:
+        return ZoneInfo(self.pacs_timezone) if self.pacs_timezone else None
+
+    def __post_init__(self) -> None:
+        for name in ("dicomweb_url", "public_url", "wado_url"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise SettingsError(f"{name} must be an absolute http(s) URL, got {_redact(value)!r}")
+        if self.pacs_timezone:
+            try:
+                ZoneInfo(self.pacs_timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise SettingsError(f"pacs_timezone {self.pacs_timezone!r} is not an IANA time zone") from None
+        for name in ("default_count", "max_count", "uid_batch", "instance_limit", "prequery_limit",
+                     "cache_max_bytes", "upstream_max_connections"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be a positive integer")
+        if self.default_count > self.max_count:
+            raise SettingsError("default_count must not exceed max_count")
+        for name in ("cache_ttl", "upstream_connect_timeout", "upstream_read_timeout"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must not be negative")
+        if not self.endpoint_id or len(self.endpoint_id) > 64:
+            raise SettingsError("endpoint_id must be a FHIR id (1-64 characters)")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str], *, config_file: str | Path | None = None) -> Settings:
+        """Defaults < TOML file < ``FACADE_*`` environment."""
+        path = Path(config_file or environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
+        values: dict[str, Any] = {}
+        if path.exists():
+            try:
+                values.update(tomllib.loads(path.read_text(encoding="utf-8")).get("facade", {}))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+        elif config_file or environ.get(ENV_PREFIX + "CONFIG"):
+            raise SettingsError(f"config file {path} does not exist")
+        types = {f.name: f.type for f in fields(cls)}
+        unknown = set(values) - set(types)
+        if unknown:
+            raise SettingsError(f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}")
+        for name in types:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = raw
+        if not values.get("dicomweb_url"):
+            raise SettingsError("dicomweb_url is required (set FACADE_DICOMWEB_URL or [facade].dicomweb_url)")
+        try:
+            coerced = {name: _coerce(name, str(types[name]), value) for name, value in values.items()}
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(str(exc)) from None
+        return cls(**coerced)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        return cls.load(environ)
+
+
+def _coerce(name: str, type_name: str, value: Any) -> Any:
+    """Turn TOML or environment strings into the declared field type."""
+    if value == "" and "None" in type_name:
+        return None
+    if type_name.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"{name} must be an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if type_name.startswith("float"):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if type_name.startswith("Mapping"):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"{name} must be a JSON object of strings") from None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError(f"{name} must be a table of strings")
+        return dict(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    return value
+
+
+def _redact(url: str) -> str:
+    """Hide credentials in a URL before it goes into a message."""
+    parts = urlsplit(url)
+    if parts.password or parts.username:
+        return parts._replace(netloc=f"***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")).geturl()
+    return url
