@@ -70,7 +70,7 @@ class UpstreamError(FacadeError):
 class UpstreamUnavailable(UpstreamError):
     status, code = 503, "transient"
     # Argonaut SMART Imaging: a client SHOULD retry after a 503 with Retry-After.
-    headers = {"Retry-After": "5"}
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
 
 
 class UpstreamTimeout(UpstreamError):

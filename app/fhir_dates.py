@@ -201,13 +201,13 @@ def _bounds(c: DateCriterion, zone: tzinfo | None) -> tuple[date | None, date | 
     match c.prefix:
         case "eq":
             return low, high
-        case "gt" | "ge":
-            return low, None  # ge may match a target that merely overlaps the upper end; gt needs high > s.high
-        case "sa":
+        case "ge":  # overlaps above, or contained: nothing before the search range's start can match
+            return low, None
+        case "gt" | "sa":  # target.high > s.high / target.low >= s.high: the study's day is at least s.high's
             return high - timedelta(days=2), None
-        case "lt" | "le":
+        case "le":
             return None, high
-        case "eb":
+        case "lt" | "eb":  # target.low < s.low / target.high <= s.low
             return None, low + timedelta(days=2)
     return None, None  # ne
 

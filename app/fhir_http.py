@@ -15,7 +15,9 @@ from .errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
 FHIR_JSON = "application/fhir+json"
 _ACCEPTABLE = frozenset({"*/*", "application/*", "application/fhir+json", "application/json",
                          "application/json+fhir"})
-_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "application/json+fhir"})
+_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "application/json+fhir",
+                      # a "+" left unencoded in a query string arrives as a space
+                      "application/fhir json", "application/json fhir"})
 MAX_FORM_BYTES = 64 * 1024
 
 

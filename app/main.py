@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         Route("/healthz", endpoints.healthz, methods=["GET"]),
     ]
     handlers = {FacadeError: _facade_error, HTTPException: _http_error, Exception: _internal_error}
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)  # type: ignore[arg-type]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
 
 
 async def _facade_error(request: Request, exc: Exception) -> Response:

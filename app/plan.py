@@ -112,10 +112,9 @@ def plan(req: SearchRequest, ctx: PlanContext) -> Plan:
         checks.append(_date_check(date_groups, ctx.zone))
 
     for c in req.all("modality"):
-        codes = frozenset(c.values)
-        checks.append(lambda row, codes=codes: bool(codes & set(dj.texts(row, dj.MODALITIES_IN_STUDY))))
+        checks.append(_modality_check(frozenset(c.values)))
         if "ModalitiesInStudy" not in keys:
-            keys["ModalitiesInStudy"] = ",".join(sorted(codes))  # CS values validated by the parser
+            keys["ModalitiesInStudy"] = ",".join(sorted(set(c.values)))  # CS values validated by the parser
 
     prequeries: list[Prequery] = []
     for name, (level, key, attribute) in PREQUERY_KEYS.items():
@@ -162,6 +161,12 @@ def _patient_check(keys: list[PatientKey]) -> Check:
         pid = dj.text(row, dj.PATIENT_ID) or ""
         issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
         return any(k.patient_id == pid and (k.any_issuer or k.issuer == issuer) for k in keys)
+    return check
+
+
+def _modality_check(codes: frozenset[str]) -> Check:
+    def check(row: Row) -> bool:
+        return not codes.isdisjoint(dj.texts(row, dj.MODALITIES_IN_STUDY))
     return check
 
 

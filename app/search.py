@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import patient_ids
-from .errors import InvalidRequest, NotAcceptable, UnsupportedSearch
+from .errors import InvalidRequest, UnsupportedSearch
 from .fhir_dates import DateCriterion, parse_search_date
 from .search_params import BY_NAME, INCLUDES, RESULT_PARAMS
 from .terminology import DCM_SYSTEM, SNOMED_SYSTEM, body_parts_for_snomed
@@ -30,7 +30,6 @@ DICOM_UID_SYSTEM = "urn:dicom:uid"
 RFC3986_SYSTEM = "urn:ietf:rfc:3986"
 _UID_RE = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+")
 _CS_RE = re.compile(r"[A-Z0-9_ ]{1,16}")
-_JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "application/json+fhir"})
 
 
 @dataclass(frozen=True)
@@ -115,8 +114,7 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
                 elif ctx.strict:
                     raise UnsupportedSearch(f"_include={value} is not supported")
             elif base == "_format":
-                if value not in _JSON_FORMATS:
-                    raise NotAcceptable(f"_format={value} is not served; this server speaks JSON only")
+                pass  # checked with the Accept header by app.fhir_http.negotiate
             elif base == "_pretty":
                 if value not in ("true", "false"):
                     raise InvalidRequest("_pretty must be true or false")

@@ -13,7 +13,7 @@ from .mapping.imaging_study import MappingContext, imaging_study
 from .plan import PlanContext, plan
 from .search import SearchContext, SearchRequest, is_uid
 from .settings import Settings
-from .studies import read_study, search_page
+from .studies import Limits, read_study, search_page
 
 
 class Facade:
@@ -27,6 +27,7 @@ class Facade:
             issuer_systems=settings.issuer_systems,
         )
         self.plan_context = PlanContext(settings.accession_system, zone, settings.prequery_limit)
+        self.limits = Limits(settings.uid_batch, settings.instance_limit, settings.prequery_limit)
 
     def search_context(self, base: str, *, strict: bool) -> SearchContext:
         s = self.settings
@@ -37,15 +38,16 @@ class Facade:
         )
 
     async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
-        s = self.settings
-
         async def fetch(query: Any) -> Any:
             return await self.qido.search(query, fresh=fresh)
 
         page = await search_page(plan(req, self.plan_context), fetch, count=req.count, offset=req.offset,
-                                 prequery_limit=s.prequery_limit, instance_limit=s.instance_limit)
+                                 limits=self.limits)
         studies = [imaging_study(row, instances, self.mapping) for row, instances in page.studies]
-        link = lambda offset: bundle.search_url(base, "ImagingStudy", req.link_params(offset=offset))  # noqa: E731
+
+        def link(offset: int) -> str:
+            return bundle.search_url(base, "ImagingStudy", req.link_params(offset=offset))
+
         included = [self.endpoint(base)] if req.include_endpoint and studies else []
         return bundle.searchset(
             base, studies, self_url=link(req.offset), included=included,
@@ -60,7 +62,7 @@ class Facade:
         async def fetch(query: Any) -> Any:
             return await self.qido.search(query, fresh=fresh)
 
-        found = await read_study(study_id, fetch, instance_limit=self.settings.instance_limit)
+        found = await read_study(study_id, fetch, self.limits)
         if found is None:
             raise NotFound(f"ImagingStudy/{study_id} is not known")
         return imaging_study(found[0], found[1], self.mapping)

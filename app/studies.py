@@ -1,6 +1,6 @@
 """Running a planned ImagingStudy search or read against the (cached) QIDO port.
 
-Cost per page, whatever its size k: one study-level query, then one instance-level query for the k studies
+Cost per page of k ≤ uid_batch studies: one study-level query, then one instance-level query for the k studies
 (StudyInstanceUID list), which also carries every series attribute: 2 upstream requests. Series/instance-level
 criteria add one pre-query each (app.plan). The instance query is paged only past ``instance_limit`` rows.
 """
@@ -21,69 +21,85 @@ MAX_INSTANCE_PAGES = 5
 
 
 @dataclass(frozen=True)
+class Limits:
+    uid_batch: int  # UIDs per QIDO UID list (URL length)
+    instances: int  # rows per instance-level request
+    prequery: int  # rows a pre-query may match
+
+
+@dataclass(frozen=True)
 class StudyPage:
     studies: list[tuple[dj.Dataset, list[dj.Dataset]]]  # (study row, its instance rows)
     has_next: bool
 
 
-async def search_page(plan: Plan, fetch: Fetch, *, count: int, offset: int, prequery_limit: int,
-                      instance_limit: int) -> StudyPage:
+async def search_page(plan: Plan, fetch: Fetch, *, count: int, offset: int, limits: Limits) -> StudyPage:
     if plan.nothing or count == 0:
         return StudyPage([], has_next=False)
-    if plan.prequeries:
-        order = await _prequery_uids(plan, fetch, prequery_limit)
+    if plan.prequeries or plan.study_uids is not None:
+        # The candidate UIDs are known up front: page over them here, then ask for just this window.
+        order = await _candidate_uids(plan, fetch, limits.prequery)
         window = order[offset:offset + count]
-        if not window:
-            return StudyPage([], has_next=False)
-        query = QidoQuery.build("studies", plan.study_keys | {"StudyInstanceUID": uid_list(window)},
-                                fields=STUDY_FIELDS)
-        rank = {uid: i for i, uid in enumerate(window)}
-        rows = sorted(_dedupe((await fetch(query)).rows), key=lambda r: rank.get(dj.text(r, dj.STUDY_UID) or "", 0))
+        rows = await _studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch)
         has_next = len(order) > offset + count
     else:
-        keys = dict(plan.study_keys)
-        if plan.study_uids is not None:
-            keys["StudyInstanceUID"] = uid_list(plan.study_uids)
-        # One row more than asked tells whether a next page exists (QIDO gives no total, §8.3.4.4).
-        query = QidoQuery.build("studies", keys, fields=STUDY_FIELDS, limit=count + 1, offset=offset)
+        # One row more than asked tells whether a next page exists (QIDO gives no total, PS3.18 §8.3.4.4).
+        query = QidoQuery.build("studies", plan.study_keys, fields=STUDY_FIELDS, limit=count + 1, offset=offset)
         rows = (await fetch(query)).rows
         has_next = len(rows) > count
         rows = _dedupe(rows[:count])
     rows = [r for r in rows if plan.accepts(r)]
-    instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in rows], fetch, instance_limit)
+    instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in rows], fetch, limits)
     return StudyPage([(r, instances.get(dj.text(r, dj.STUDY_UID) or "", [])) for r in rows], has_next)
 
 
-async def read_study(uid: str, fetch: Fetch, *, instance_limit: int) -> tuple[dj.Dataset, list[dj.Dataset]] | None:
-    rows = (await fetch(QidoQuery.build("studies", {"StudyInstanceUID": uid_list([uid])}, fields=STUDY_FIELDS))).rows
-    rows = [r for r in rows if dj.text(r, dj.STUDY_UID) == uid]
+async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset, list[dj.Dataset]] | None:
+    rows = await _studies_by_uid([uid], {}, fetch, limits.uid_batch)
     if not rows:
         return None
-    instances = await instances_of([uid], fetch, instance_limit)
+    instances = await instances_of([uid], fetch, limits)
     return rows[0], instances.get(uid, [])
 
 
-async def instances_of(uids: list[str], fetch: Fetch, limit: int) -> dict[str, list[dj.Dataset]]:
-    """All instance rows of these studies in one request (more only past ``limit`` rows)."""
+async def instances_of(uids: list[str], fetch: Fetch, limits: Limits) -> dict[str, list[dj.Dataset]]:
+    """All instance rows of these studies: one request per ``uid_batch`` studies (more past ``instance_limit``)."""
     out: dict[str, list[dj.Dataset]] = {uid: [] for uid in uids}
-    if not uids:
-        return out
-    keys = {"StudyInstanceUID": uid_list(sorted(uids))}
-    for page in range(MAX_INSTANCE_PAGES):
-        rows = (await fetch(QidoQuery.build("instances", keys, fields=INSTANCE_FIELDS, limit=limit,
-                                            offset=page * limit))).rows
-        for row in rows:
+    for batch in _batches(sorted(uids), limits.uid_batch):
+        keys = {"StudyInstanceUID": uid_list(batch)}
+        for page in range(MAX_INSTANCE_PAGES):
+            query = QidoQuery.build("instances", keys, fields=INSTANCE_FIELDS, limit=limits.instances,
+                                    offset=page * limits.instances)
+            rows = (await fetch(query)).rows
+            for row in rows:
+                uid = dj.text(row, dj.STUDY_UID)
+                if uid in out:
+                    out[uid].append(row)
+            if len(rows) < limits.instances:
+                break
+        else:
+            raise TooCostly(f"these studies hold more than {MAX_INSTANCE_PAGES * limits.instances} instances; "
+                            "ask for fewer per page with _count")
+    return out
+
+
+async def _studies_by_uid(uids: list[str], keys: dict[str, str], fetch: Fetch, batch: int) -> list[dj.Dataset]:
+    """Study rows for these UIDs, in this order (UID list matching, PS3.18 §8.3.4.1)."""
+    found: dict[str, dj.Dataset] = {}
+    for part in _batches(uids, batch):
+        query = QidoQuery.build("studies", keys | {"StudyInstanceUID": uid_list(sorted(part))}, fields=STUDY_FIELDS)
+        for row in (await fetch(query)).rows:
             uid = dj.text(row, dj.STUDY_UID)
-            if uid in out:
-                out[uid].append(row)
-        if len(rows) < limit:
-            return out
-    raise TooCostly(f"these studies hold more than {MAX_INSTANCE_PAGES * limit} instances; ask for fewer per page "
-                    "with _count")
+            if uid:
+                found.setdefault(uid, row)
+    return [found[uid] for uid in uids if uid in found]
 
 
-async def _prequery_uids(plan: Plan, fetch: Fetch, limit: int) -> list[str]:
-    order: list[str] | None = None
+def _batches(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+async def _candidate_uids(plan: Plan, fetch: Fetch, limit: int) -> list[str]:
+    order: list[str] | None = list(plan.study_uids) if plan.study_uids is not None else None
     for pre in plan.prequeries:
         rows = (await fetch(pre.query)).rows
         if len(rows) > limit:
@@ -92,9 +108,6 @@ async def _prequery_uids(plan: Plan, fetch: Fetch, limit: int) -> list[str]:
         found = list(dict.fromkeys(pre.study_uids(rows)))
         order = found if order is None else [u for u in order if u in set(found)]
     assert order is not None
-    if plan.study_uids is not None:
-        allowed = set(plan.study_uids)
-        order = [u for u in order if u in allowed]
     return order
 
 

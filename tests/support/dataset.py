@@ -35,7 +35,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import VR
 
 __all__ = [
@@ -322,8 +322,8 @@ def _instance(template: Dataset, series: SeriesTruth, inst: InstanceTruth) -> Da
         data, bits_allocated, _ = _pixels(series.modality, inst.number + series.number)
         ds.add_new(0x7FE00010, VR.OB if bits_allocated == 8 else VR.OW, data)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = inst.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = inst.uid
+    meta.MediaStorageSOPClassUID = UID(inst.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(inst.uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     return ds

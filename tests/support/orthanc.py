@@ -106,6 +106,9 @@ def base_config(*, http_port: int, storage_dir: Path, plugin: str) -> dict[str, 
     - ``StorageAccessOnFind: Always``: matching on non-main tags (IssuerOfPatientID, Laterality,
       SOPClassUID) otherwise returns 0 results silently.
     - ``LimitFindResults/LimitFindInstances: 0``: any other value silently truncates QIDO answers.
+    - ``DefaultEncoding: Utf8``: with Orthanc's shipped default (Latin1), QIDO answers are transcoded to
+      ISO_IR 100 and anything outside Latin-1 is lost: "Yamada^Tarou=山田^太郎=やまだ^たろう" comes back as
+      Alphabetic "Yamada^Tarou", Ideographic "^", Phonetic "^". WADO-RS /metadata is not affected.
     - ``DicomWeb.Host`` is left unset: RetrieveURL/BulkDataURI then follow the request's Host header
       (127.0.0.1:<port> for a direct client) and honour ``Forwarded``, so a proxy test stays possible.
       Setting it would hard-code one host for every request.
@@ -115,6 +118,7 @@ def base_config(*, http_port: int, storage_dir: Path, plugin: str) -> dict[str, 
         "StorageDirectory": str(storage_dir / "storage"),
         "IndexDirectory": str(storage_dir),
         "StorageCompression": False,
+        "DefaultEncoding": "Utf8",
         "HttpServerEnabled": True,
         "HttpPort": http_port,
         "KeepAlive": True,
@@ -362,6 +366,11 @@ def _batches(datasets: Iterable[Dataset], size: int) -> Iterator[list[Dataset]]:
         yield batch
 
 
+def _sequence_items(answer: Mapping[str, Any], tag: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = answer.get(tag, {}).get("Value", [])
+    return items
+
+
 def _post_batch(client: httpx.Client, url: str, batch: Sequence[Dataset]) -> int:
     body, content_type = _multipart([encode_dataset(ds) for ds in batch])
     headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
@@ -371,12 +380,14 @@ def _post_batch(client: httpx.Client, url: str, batch: Sequence[Dataset]) -> int
         # Orthanc closes idle keep-alive connections after 1 s; a pooled socket can die under us.
         # STOW-RS is idempotent here (OverwriteInstances), so one retry on a fresh connection is safe.
         response = client.post(url, content=body, headers=headers)
-    if response.status_code != 200:
-        raise StowError(f"STOW-RS {url} answered {response.status_code}: {response.text[:500]}")
-    answer = response.json()
-    failed = answer.get(_FAILED_SOP_SEQUENCE, {}).get("Value", [])
-    if failed:
-        # Orthanc always sends FailedSOPSequence; only items in it mean failure.
+    try:
+        answer: dict[str, Any] = response.json()
+    except ValueError:
+        raise StowError(f"STOW-RS {url} answered {response.status_code}: {response.text[:300]}") from None
+    # Orthanc always sends FailedSOPSequence (0008,1198); only items in it mean failure.
+    failed = _sequence_items(answer, _FAILED_SOP_SEQUENCE)
+    stored = len(_sequence_items(answer, _REFERENCED_SOP_SEQUENCE))
+    if response.status_code != 200 or failed or stored != len(batch):
         reasons = [
             (
                 item.get(_REFERENCED_SOP_INSTANCE_UID, {}).get("Value", ["?"])[0],
@@ -384,10 +395,12 @@ def _post_batch(client: httpx.Client, url: str, batch: Sequence[Dataset]) -> int
             )
             for item in failed
         ]
-        raise StowError(f"STOW-RS: {len(failed)} of {len(batch)} instances failed: {reasons[:5]}")
-    stored = len(answer.get(_REFERENCED_SOP_SEQUENCE, {}).get("Value", []))
-    if stored != len(batch):
-        raise StowError(f"STOW-RS: sent {len(batch)} instances, {stored} referenced as stored")
+        # An instance Orthanc cannot even identify (no SOPInstanceUID) is neither failed nor referenced:
+        # the answer is a 400 with an empty FailedSOPSequence, so the referenced count is checked too.
+        raise StowError(
+            f"STOW-RS {url} answered {response.status_code}: sent {len(batch)}, stored {stored}, "
+            f"failed {len(failed)} (SOPInstanceUID, FailureReason): {reasons[:5]}"
+        )
     return stored
 
 

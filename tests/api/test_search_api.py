@@ -1,0 +1,181 @@
+"""ImagingStudy search and read through the ASGI app, with the PACS mocked (respx)."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+import httpx
+import pytest
+
+from app import patient_ids
+from tests.api.conftest import PACS, instance_row, study_row
+from tests.support.fhir_check import check
+
+
+def _serve(pacs, studies, instances):
+    pacs.get(url__regex=rf"^{PACS}/studies(\?.*)?$").mock(return_value=httpx.Response(200, json=studies))
+    pacs.get(url__regex=rf"^{PACS}/instances(\?.*)?$").mock(return_value=httpx.Response(200, json=instances))
+
+
+def _paths(pacs):
+    return [unquote(str(call.request.url)).removeprefix(PACS + "/") for call in pacs.calls]
+
+
+class TestUpstreamCost:
+    @pytest.mark.parametrize("k", [1, 5, 20, 60])
+    def test_a_page_of_k_studies_costs_two_requests(self, pacs, make_client, k):
+        studies = [study_row(f"1.2.3.{i}") for i in range(k)]
+        instances = [instance_row(f"1.2.3.{i}", f"1.2.3.{i}.1", f"1.2.3.{i}.1.{j}", number=j)
+                     for i in range(k) for j in range(1, 4)]
+        _serve(pacs, studies, instances)
+        client = make_client()
+        r = client.get(f"/fhir/R4/ImagingStudy?_count={k}")
+        assert r.status_code == 200
+        body = r.json()
+        check(body)
+        assert len(body["entry"]) == k
+        assert all(len(e["resource"]["series"][0]["instance"]) == 3 for e in body["entry"])
+        assert len(pacs.calls) == 2
+        studies_call, instances_call = _paths(pacs)
+        assert studies_call.startswith("studies?") and f"limit={k + 1}" in studies_call
+        assert instances_call.startswith("instances?StudyInstanceUID=")
+        listed = instances_call.split("StudyInstanceUID=")[1].split("&")[0].split(",")
+        assert sorted(listed) == sorted(f"1.2.3.{i}" for i in range(k))
+
+    def test_extra_row_means_next_link(self, pacs, client):
+        _serve(pacs, [study_row(f"1.2.3.{i}") for i in range(3)], [])
+        body = client.get("/fhir/R4/ImagingStudy?_count=2").json()
+        assert len(body["entry"]) == 2
+        rel = {link["relation"]: link["url"] for link in body["link"]}
+        assert rel["next"] == "http://testserver/fhir/R4/ImagingStudy?_count=2&_offset=2"
+        assert "total" not in body
+
+    def test_no_match_costs_one_request_and_no_entries(self, pacs, client):
+        _serve(pacs, [], [])
+        body = client.get("/fhir/R4/ImagingStudy?patient.identifier=NOBODY").json()
+        check(body)
+        assert "entry" not in body and len(pacs.calls) == 1
+
+
+class TestQidoTranslation:
+    def test_patient_reference_becomes_patient_id_and_issuer(self, pacs, client):
+        _serve(pacs, [], [])
+        pid = patient_ids.encode("SHARED^01", "HOSP-A")
+        client.get(f"/fhir/R4/ImagingStudy?patient=Patient/{pid}")
+        (query,) = _paths(pacs)
+        assert "PatientID=SHARED^01&" in query  # raw ^: Orthanc does not percent-decode
+        assert "IssuerOfPatientID=HOSP-A" in query
+
+    def test_started_range_and_modality(self, pacs, client):
+        _serve(pacs, [], [])
+        client.get("/fhir/R4/ImagingStudy?started=ge2020-01-01&started=lt2021&modality=CT,MR")
+        (query,) = _paths(pacs)
+        assert "StudyDate=20191231-20210102" in query  # widened a day each side (zones), re-checked here
+        assert "ModalitiesInStudy=CT,MR" in query
+
+    def test_identifier_uid_and_accession(self, pacs, client):
+        _serve(pacs, [], [])
+        client.get("/fhir/R4/ImagingStudy?identifier=urn:dicom:uid|urn:oid:1.2.3")
+        client.get("/fhir/R4/ImagingStudy?identifier=A%2CB%5C%2CC")  # value "A,B\,C": two tokens, one with a comma
+        uid_query, acc_query = _paths(pacs)
+        assert "StudyInstanceUID=1.2.3" in uid_query
+        assert "AccessionNumber" not in acc_query  # a list with an inexpressible value is not sent upstream
+
+    def test_wildcards_from_the_user_are_not_wildcards(self, pacs, client):
+        _serve(pacs, [study_row("1.2.3.1", accession="AXB")], [])
+        body = client.get("/fhir/R4/ImagingStudy?identifier=A*B").json()
+        assert "entry" not in body  # "A*B" is a literal; Orthanc's "A?B" matched "AXB", the facade re-checked it
+        (query,) = _paths(pacs)
+        assert "AccessionNumber=A?B" in query
+
+    def test_identifier_star_returns_nothing(self, pacs, client):
+        _serve(pacs, [study_row("1.2.3.1", accession="X")], [])
+        body = client.get("/fhir/R4/ImagingStudy?identifier=*").json()
+        assert "entry" not in body
+
+    def test_case_insensitive_pacs_is_rechecked(self, pacs, client):
+        _serve(pacs, [study_row("1.2.3.1", patient_id="mrn0100"), study_row("1.2.3.2", patient_id="MRN0100")],
+               [])
+        body = client.get("/fhir/R4/ImagingStudy?patient.identifier=MRN0100").json()
+        assert [e["resource"]["id"] for e in body["entry"]] == ["1.2.3.2"]
+
+    def test_count_is_capped_not_rejected(self, pacs, make_client):
+        _serve(pacs, [], [])
+        client = make_client(max_count=50)
+        r = client.get("/fhir/R4/ImagingStudy?_count=1000")
+        assert r.status_code == 200
+        assert "limit=51" in _paths(pacs)[0]
+        assert "_count=50" in r.json()["link"][0]["url"]
+
+
+class TestLinks:
+    def test_links_use_the_host_the_client_used(self, pacs, client):
+        _serve(pacs, [study_row(f"1.2.3.{i}") for i in range(3)], [])
+        body = client.get("/fhir/R4/ImagingStudy?_count=2&_offset=2",
+                          headers={"host": "emr-gw.example.org:8443"}).json()
+        for link in body["link"]:
+            assert link["url"].startswith("http://emr-gw.example.org:8443/fhir/R4/ImagingStudy?")
+        assert body["entry"][0]["fullUrl"].startswith("http://emr-gw.example.org:8443/fhir/R4/ImagingStudy/")
+
+    def test_public_url_setting_wins(self, pacs, make_client):
+        _serve(pacs, [study_row("1.2.3.1")], [])
+        client = make_client(public_url="https://imaging.example.org/base")
+        body = client.get("/fhir/R4/ImagingStudy").json()
+        assert body["link"][0]["url"] == "https://imaging.example.org/base/fhir/R4/ImagingStudy?_count=20"
+        assert body["entry"][0]["fullUrl"] == "https://imaging.example.org/base/fhir/R4/ImagingStudy/1.2.3.1"
+
+    def test_unknown_parameters_are_left_out_of_self(self, pacs, client):
+        _serve(pacs, [], [])
+        body = client.get("/fhir/R4/ImagingStudy?foo=bar&modality=CT&_sort=started").json()
+        assert body["link"][0]["url"] == "http://testserver/fhir/R4/ImagingStudy?modality=CT&_count=20"
+
+    def test_include_endpoint(self, pacs, client):
+        _serve(pacs, [study_row("1.2.3.1"), study_row("1.2.3.2")],
+               [instance_row("1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1")])
+        body = client.get("/fhir/R4/ImagingStudy?_include=ImagingStudy:endpoint").json()
+        check(body)
+        modes = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in body["entry"]]
+        assert modes == [("ImagingStudy", "match"), ("ImagingStudy", "match"), ("Endpoint", "include")]
+        endpoint = body["entry"][-1]["resource"]
+        assert endpoint["address"] == PACS
+        assert body["entry"][0]["resource"]["endpoint"] == [{"reference": "Endpoint/wado-rs"}]
+
+
+class TestPostSearch:
+    def test_form_post_equals_get(self, pacs, client):
+        _serve(pacs, [study_row("1.2.3.1")], [])
+        got = client.get("/fhir/R4/ImagingStudy?modality=CT").json()
+        posted = client.post("/fhir/R4/ImagingStudy/_search", data={"modality": "CT"}).json()
+        assert posted == got
+
+    def test_other_media_type_is_415(self, client):
+        r = client.post("/fhir/R4/ImagingStudy/_search", json={"modality": "CT"})
+        assert r.status_code == 415
+        check(r.json())
+
+
+class TestRead:
+    def test_read_by_study_uid(self, pacs, client):
+        _serve(pacs, [study_row("1.2.3.1", offset="+0200")], [instance_row("1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1")])
+        r = client.get("/fhir/R4/ImagingStudy/1.2.3.1")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+json")
+        study = r.json()
+        check(study)
+        assert study["started"] == "2020-01-02T10:15:00+02:00"
+        assert study["series"][0]["instance"][0]["uid"] == "1.2.3.1.1.1"
+
+    def test_unknown_study_is_404(self, pacs, client):
+        _serve(pacs, [], [])
+        r = client.get("/fhir/R4/ImagingStudy/1.2.3.9")
+        assert r.status_code == 404
+        check(r.json())
+
+    def test_id_that_is_no_uid_is_404_without_asking_the_pacs(self, pacs, client):
+        r = client.get("/fhir/R4/ImagingStudy/not-a-uid")
+        assert r.status_code == 404 and not pacs.calls
+
+    def test_endpoint_read(self, client):
+        r = client.get("/fhir/R4/Endpoint/wado-rs")
+        assert r.status_code == 200
+        check(r.json())
+        assert client.get("/fhir/R4/Endpoint/other").status_code == 404
