@@ -26,9 +26,8 @@ from tests.support.orthanc import OrthancServer, StowError, store  # noqa: E402
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--dicomweb-url", help="DICOMweb root of a running PACS")
     target.add_argument("--serve", action="store_true", help="start a private Orthanc, load it, keep it up")
