@@ -12,7 +12,7 @@ from urllib.parse import quote, urlencode
 
 
 def search_url(base: str, resource_type: str, params: list[tuple[str, str]]) -> str:
-    query = urlencode(params, quote_via=quote, safe=":/|,")
+    query = urlencode(params, quote_via=quote, safe=":/,")
     return f"{base}/{resource_type}" + (f"?{query}" if query else "")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -189,22 +190,20 @@ class TestLoadedOrthanc:
 
 
 class TestServerLifecycle:
-    def test_extra_config_is_merged_and_process_is_stopped(self) -> None:
-        server = OrthancServer(extra_config={"DicomWeb": {"QidoCaseSensitive": True}})
+    # Each Orthanc takes ~2.5 s to stop (civetweb), so one test covers config, stop and restart.
+    def test_config_merge_stop_by_pid_and_kept_storage(self, tmp_path: Path) -> None:
+        datasets, _ = build_dataset()
+        extra = {"DicomWeb": {"QidoCaseSensitive": True}}
+        server = OrthancServer(extra_config=extra, storage_dir=tmp_path / "pacs")
         with server:
             pid, workdir = server.pid, server.workdir
             os.kill(pid, 0)  # alive
             assert server.config["DicomWeb"]["Root"] == "/dicom-web/"
             assert server.config["DicomWeb"]["QidoCaseSensitive"] is True
             assert httpx.get(server.url + "/system").status_code == 200
-            assert httpx.get(server.dicomweb_url + "/studies").json() == []
+            assert store(server.dicomweb_url, datasets[:2]) == 2
         assert not workdir.exists()
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-
-    def test_storage_dir_survives_a_restart(self, tmp_path: Any) -> None:
-        datasets, _ = build_dataset()
-        with OrthancServer(storage_dir=tmp_path / "pacs") as server:
-            store(server.dicomweb_url, datasets[:2])
-        with OrthancServer(storage_dir=tmp_path / "pacs") as server:
-            assert httpx.get(server.url + "/statistics").json()["CountInstances"] == 2
+        with OrthancServer(storage_dir=tmp_path / "pacs") as again:
+            assert httpx.get(again.url + "/statistics").json()["CountInstances"] == 2
