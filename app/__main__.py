@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"facade: configuration error: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level,
-                proxy_headers=args.proxy_headers, server_header=False)
+                proxy_headers=args.proxy_headers, server_header=False,
+                # uvicorn's access log prints full query strings, i.e. patient ids: off until a PHI-free audit log.
+                access_log=False)
     return 0
 
 

@@ -30,6 +30,9 @@ DICOM_UID_SYSTEM = "urn:dicom:uid"
 RFC3986_SYSTEM = "urn:ietf:rfc:3986"
 _UID_RE = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+")
 _CS_RE = re.compile(r"[A-Z0-9_ ]{1,16}")
+# Longest value a matching DICOM attribute can hold (PS3.5 Table 6.2-1: LO 64 characters; AccessionNumber is SH,
+# 16, but archives are lenient). A longer value cannot match, so it is never sent to the PACS.
+MAX_VALUE = 64
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,7 @@ def _parse_identifier(name: str, modifier: str, value: str, ctx: SearchContext) 
             if is_uid(t.code[8:]):
                 out.append(Token(DICOM_UID_SYSTEM, t.code[8:]))
             continue
-        if t.system == DICOM_UID_SYSTEM or not t.code:
+        if t.system == DICOM_UID_SYSTEM or not t.code or len(t.code) > MAX_VALUE:
             continue  # a DICOM UID system with a value that is not urn:oid:<uid> matches nothing
         out.append(t)
     return out
@@ -229,14 +232,14 @@ def _parse_patient(name: str, modifier: str, value: str, ctx: SearchContext) -> 
 
 
 def _patient_by_identifier(t: Token, ctx: SearchContext) -> PatientKey | None:
-    if not t.code:
+    if not t.code or len(t.code) > MAX_VALUE:
         return None
     if t.system is None:
         return PatientKey(t.code, None, any_issuer=True)
     issuer = patient_ids.issuer_for(
         t.system, default=ctx.patient_system, prefix=ctx.issuer_prefix, table=ctx.issuer_systems
     )
-    if issuer is None:
+    if issuer is None or len(issuer) > MAX_VALUE:
         return None
     return PatientKey(t.code, issuer or None)
 
