@@ -8,6 +8,7 @@ intervals exactly as the FHIR table says, so the facade can re-check what the PA
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from datetime import timezone as fixed_zone
@@ -18,7 +19,8 @@ SUPPORTED_PREFIXES = frozenset(PREFIXES) - {"ap"}  # "ap" is server-defined; we 
 _DATE_RE = re.compile(
     r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
     r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
-    r"(?P<z>Z|[+-]\d{2}:\d{2})?)?)?)?"
+    r"(?P<z>Z|[+-]\d{2}:\d{2})?)?)?)?",
+    re.ASCII,
 )
 
 
@@ -83,27 +85,35 @@ def parse_fhir_datetime(raw: str, default_zone: tzinfo) -> Interval:
     try:
         year = int(g["y"])
         if g["m"] is None:
-            return _span(datetime(year, 1, 1), datetime(year + 1, 1, 1), zone)
+            return _span(datetime(year, 1, 1), _next(lambda: datetime(year + 1, 1, 1)), zone)
         month = int(g["m"])
         if g["d"] is None:
-            end = datetime(year + 1, 1, 1) if month == 12 else datetime(year, month + 1, 1)
+            end = _next(lambda: datetime(year + 1, 1, 1) if month == 12 else datetime(year, month + 1, 1))
             return _span(datetime(year, month, 1), end, zone)
         day = date(year, month, int(g["d"]))
         if g["H"] is None:
             start = datetime.combine(day, datetime.min.time())
-            return _span(start, start + timedelta(days=1), zone)
+            return _span(start, _next(lambda: start + timedelta(days=1)), zone)
         start = datetime(year, month, day.day, int(g["H"]), int(g["M"]), int(g["S"] or 0))
         if g["S"] is None:
-            return _span(start, start + timedelta(minutes=1), zone)
+            return _span(start, _next(lambda: start + timedelta(minutes=1)), zone)
         if g["f"]:
             digits = g["f"]
             micro = int((digits + "000000")[:6])
             step = timedelta(microseconds=10 ** max(0, 6 - len(digits)))
             start = start.replace(microsecond=micro)
-            return _span(start, start + step, zone)
-        return _span(start, start + timedelta(seconds=1), zone)
-    except ValueError:
+            return _span(start, _next(lambda: start + step), zone)
+        return _span(start, _next(lambda: start + timedelta(seconds=1)), zone)
+    except (ValueError, OverflowError):
         raise ValueError(f"{raw!r} is not a valid date") from None
+
+
+def _next(make: Callable[[], datetime]) -> datetime:
+    """The exclusive end of a period; the period ending with year 9999 ends at the last representable instant."""
+    try:
+        return make()
+    except (ValueError, OverflowError):
+        return datetime.max
 
 
 def dicom_interval(
@@ -118,7 +128,7 @@ def dicom_interval(
     day = _parse_da(da)
     if day is None:
         return None, None
-    zone: tzinfo | None = _offset_zone(offset) if offset and _OFFSET_RE.fullmatch(offset) else default_zone
+    zone: tzinfo | None = _offset_zone(offset) if offset and _valid_offset(offset) else default_zone
     clock = _parse_tm(tm)
     if clock is None or zone is None:
         start = datetime.combine(day, datetime.min.time(), tzinfo=zone or UTC)
@@ -129,7 +139,15 @@ def dicom_interval(
     return Interval(start, start + clock[1]), text
 
 
-_OFFSET_RE = re.compile(r"[+-]\d{4}")
+_OFFSET_RE = re.compile(r"[+-]\d{4}", re.ASCII)
+
+
+def _valid_offset(text: str) -> bool:
+    """PS3.3 C.12.1.1.8: TimezoneOffsetFromUTC is &ZZXX within -1200..+1400; anything else is ignored."""
+    if not _OFFSET_RE.fullmatch(text):
+        return False
+    minutes = int(text[1:3]) * 60 + int(text[3:5])
+    return int(text[3:5]) < 60 and minutes <= (14 * 60 if text[0] == "+" else 12 * 60)
 _TM_RE = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?")
 
 
@@ -167,20 +185,22 @@ def _offset_zone(text: str) -> tzinfo:
     return fixed_zone(sign * timedelta(hours=hours, minutes=minutes))
 
 
-def qido_date_range(criteria: list[list[DateCriterion]], zone: tzinfo | None) -> str | None:
+def qido_date_range(criteria: list[list[DateCriterion]], zone: tzinfo | None = None) -> str | None:
     """A StudyDate range (PS3.4 C.2.2.2.5, inclusive days) that is a superset of what the criteria accept.
 
-    ``criteria`` is AND of OR-groups. Each OR-group gives a hull of days; the groups intersect. Day boundaries are
-    widened by one day on each side because a study's own zone may differ from the search zone by up to ±14 h
-    (and the stored date is the PACS's local date). ``ne`` bounds nothing. None: no usable bound.
+    ``criteria`` is AND of OR-groups. Each OR-group gives a hull of days; the groups intersect. Bounds are taken as
+    UTC days widened by one day each side: a stored StudyDate is local to the study's zone (TimezoneOffsetFromUTC,
+    or the PACS zone), which is within -12..+14 h of UTC, so its day is never more than one away from the UTC day.
+    ``ne`` bounds nothing. None: no usable bound; "EMPTY": the bounds exclude each other.
     """
+    del zone  # kept for callers; the UTC argument above holds for every zone
     lo: date | None = None
     hi: date | None = None
     for group in criteria:
         g_lo: date | None = date.max
         g_hi: date | None = date.min
         for c in group:
-            c_lo, c_hi = _bounds(c, zone)
+            c_lo, c_hi = _bounds(c)
             g_lo = None if g_lo is None or c_lo is None else min(g_lo, c_lo)
             g_hi = None if g_hi is None or c_hi is None else max(g_hi, c_hi)
         if g_lo is not None:
@@ -194,28 +214,40 @@ def qido_date_range(criteria: list[list[DateCriterion]], zone: tzinfo | None) ->
     return f"{_da(lo)}-{_da(hi)}"
 
 
-def _bounds(c: DateCriterion, zone: tzinfo | None) -> tuple[date | None, date | None]:
-    z = zone or UTC
-    low = c.value.low.astimezone(z).date() - timedelta(days=1)
-    high = (c.value.high - timedelta(microseconds=1)).astimezone(z).date() + timedelta(days=1)
+def _bounds(c: DateCriterion) -> tuple[date | None, date | None]:
+    low_day = _utc_day(c.value.low)
+    high_day = _utc_day(c.value.high - timedelta(microseconds=1))
     match c.prefix:
         case "eq":
-            return low, high
+            return _shift(low_day, -1), _shift(high_day, 1)
         case "ge":  # overlaps above, or contained: nothing before the search range's start can match
-            return low, None
+            return _shift(low_day, -1), None
         case "gt" | "sa":  # target.high > s.high / target.low >= s.high: the study's day is at least s.high's
-            return high - timedelta(days=2), None
+            return _shift(high_day, -1), None
         case "le":
-            return None, high
+            return None, _shift(high_day, 1)
         case "lt" | "eb":  # target.low < s.low / target.high <= s.low
-            return None, low + timedelta(days=2)
+            return None, _shift(low_day, 1)
     return None, None  # ne
 
 
+def _utc_day(moment: datetime) -> date:
+    try:
+        return moment.astimezone(UTC).date()
+    except OverflowError:  # within a day of year 1 or 9999
+        return date.min if moment.year == 1 else date.max
+
+
+def _shift(day: date, days: int) -> date | None:
+    """``day`` moved by ``days``; None (no bound) past the ends of the calendar."""
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return None
+
+
 def _da(d: date | None) -> str:
-    if d is None:
-        return ""
-    return d.strftime("%Y%m%d") if date(1, 1, 1) < d < date(9999, 12, 31) else ""
+    return "" if d is None else f"{d.year:04d}{d.month:02d}{d.day:02d}"
 
 
 def _span(start: datetime, end: datetime, zone: tzinfo) -> Interval:

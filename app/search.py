@@ -29,7 +29,7 @@ from .terminology import DCM_SYSTEM, SNOMED_SYSTEM, body_parts_for_snomed
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 RFC3986_SYSTEM = "urn:ietf:rfc:3986"
 _UID_RE = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+")
-_CS_RE = re.compile(r"[A-Z0-9_ ]{1,16}")
+_CS_RE = re.compile(r"[A-Z0-9_]{1,16}")  # CS (PS3.5 6.2) less the space, which cannot be sent raw
 # Longest value a matching DICOM attribute can hold (PS3.5 Table 6.2-1: LO 64 characters; AccessionNumber is SH,
 # 16, but archives are lenient). A longer value cannot match, so it is never sent to the PACS.
 MAX_VALUE = 64
@@ -101,8 +101,11 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
     count, offset, include_endpoint, pretty = ctx.default_count, 0, False, False
     seen_result: set[str] = set()
     for key, value in items:
-        name, sep, modifier = key.partition(":")
-        base, _, chain = name.partition(".")
+        # search.html#chaining: "name[:Type].chain" or "name:modifier"; split the chain off first.
+        head, _, chain = key.partition(".")
+        base, sep, modifier = head.partition(":")
+        if chain and modifier == "Patient":
+            sep = modifier = ""  # the typed chain subject:Patient.identifier is the plain chain here
         if base in RESULT_PARAMS and not sep and not chain:
             if base in seen_result and base != "_include":
                 raise InvalidRequest(f"parameter {base} given more than once")

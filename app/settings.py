@@ -7,7 +7,9 @@ Sources, later wins: built-in defaults < ``config/facade.toml`` (or the file nam
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -61,7 +63,11 @@ class Settings:
             if value is None:
                 continue
             parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
+            try:
+                parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+            except ValueError:
+                raise SettingsError(f"{name} has an invalid port: {_redact(value)!r}") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise SettingsError(f"{name} must be an absolute http(s) URL, got {_redact(value)!r}")
         if self.pacs_timezone:
             try:
@@ -75,10 +81,11 @@ class Settings:
         if self.default_count > self.max_count:
             raise SettingsError("default_count must not exceed max_count")
         for name in ("cache_ttl", "upstream_connect_timeout", "upstream_read_timeout"):
-            if getattr(self, name) < 0:
-                raise SettingsError(f"{name} must not be negative")
-        if not self.endpoint_id or len(self.endpoint_id) > 64:
-            raise SettingsError("endpoint_id must be a FHIR id (1-64 characters)")
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise SettingsError(f"{name} must be a finite, non-negative number")
+        if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", self.endpoint_id):
+            raise SettingsError("endpoint_id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
 
     @classmethod
     def load(cls, environ: Mapping[str, str], *, config_file: str | Path | None = None) -> Settings:
@@ -90,6 +97,8 @@ class Settings:
                 values.update(tomllib.loads(path.read_text(encoding="utf-8")).get("facade", {}))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+            except OSError as exc:
+                raise SettingsError(f"{path}: cannot be read ({exc.strerror})") from None
         elif config_file or environ.get(ENV_PREFIX + "CONFIG"):
             raise SettingsError(f"config file {path} does not exist")
         types = {f.name: f.type for f in fields(cls)}
@@ -125,6 +134,8 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
         except ValueError:
             raise ValueError(f"{name} must be an integer, got {value!r}") from None
     if type_name.startswith("float"):
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be a number")
         try:
             return float(value)
         except (TypeError, ValueError):
@@ -146,6 +157,6 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
 def _redact(url: str) -> str:
     """Hide credentials in a URL before it goes into a message."""
     parts = urlsplit(url)
-    if parts.password or parts.username:
-        return parts._replace(netloc=f"***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")).geturl()
+    if "@" in parts.netloc:
+        return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
     return url

@@ -1,0 +1,213 @@
+"""app.settings: defaults < TOML file < FACADE_* environment; every problem is one SettingsError line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from app.settings import DEFAULT_CONFIG, Settings, SettingsError
+
+URL = "http://pacs.example.org:8042/dicom-web"
+
+
+@pytest.fixture
+def toml(tmp_path: Path):
+    def write(text: str) -> Path:
+        path = tmp_path / "facade.toml"
+        path.write_text(text, encoding="utf-8")
+        return path
+    return write
+
+
+@pytest.fixture
+def empty(toml) -> Path:
+    return toml("")
+
+
+def load(env: dict[str, str], config_file: Path) -> Settings:
+    return Settings.load(env, config_file=config_file)
+
+
+def error(env: dict[str, str], config_file: Path) -> str:
+    with pytest.raises(SettingsError) as info:
+        load(env, config_file)
+    message = str(info.value)
+    assert message and "\n" not in message, message  # one line, for the operator
+    return message
+
+
+class TestSources:
+    def test_defaults(self, empty):
+        assert load({"FACADE_DICOMWEB_URL": URL}, empty) == Settings(
+            dicomweb_url=URL, public_url=None, wado_url=None, pacs_timezone=None, default_count=20,
+            max_count=100, uid_batch=100, instance_limit=20000, prequery_limit=2000, cache_ttl=60.0,
+            cache_max_bytes=64 * 1024 * 1024, upstream_connect_timeout=3.0, upstream_read_timeout=20.0,
+            upstream_max_connections=32, endpoint_id="wado-rs", accession_system=None,
+            patient_identifier_system="urn:x-imaging-facade:patient-id",
+            issuer_system_prefix="urn:x-imaging-facade:issuer:", issuer_systems={}, log_level="info",
+        )
+
+    def test_toml_file(self, toml):
+        path = toml(f'[facade]\ndicomweb_url = "{URL}"\nmax_count = 50\ncache_ttl = 5\n'
+                    'pacs_timezone = "Europe/Berlin"\n'
+                    '[facade.issuer_systems]\n"HOSP-A" = "http://hospital-a.example.org/mrn"\n')
+        s = load({}, path)
+        assert (s.dicomweb_url, s.max_count, s.cache_ttl, s.pacs_timezone) == (URL, 50, 5.0, "Europe/Berlin")
+        assert s.issuer_systems == {"HOSP-A": "http://hospital-a.example.org/mrn"}
+        assert isinstance(s.cache_ttl, float)
+
+    def test_environment_overrides_the_file(self, toml):
+        path = toml(f'[facade]\ndicomweb_url = "{URL}"\nmax_count = 50\naccession_system = "http://file/acc"\n')
+        env = {"FACADE_MAX_COUNT": "70", "FACADE_CACHE_TTL": "0.5", "FACADE_ACCESSION_SYSTEM": "http://env/acc",
+               "FACADE_ISSUER_SYSTEMS": '{"HOSP-A": "http://a"}', "UNRELATED": "x", "FACADE_UNKNOWN": "x"}
+        s = load(env, path)
+        assert (s.max_count, s.cache_ttl, s.accession_system) == (70, 0.5, "http://env/acc")
+        assert s.issuer_systems == {"HOSP-A": "http://a"}
+
+    def test_empty_string_means_unset_for_optional_settings(self, toml):
+        path = toml(f'[facade]\ndicomweb_url = "{URL}"\npublic_url = ""\nwado_url = ""\n'
+                    'pacs_timezone = ""\naccession_system = ""\n')
+        s = load({}, path)
+        assert (s.public_url, s.wado_url, s.pacs_timezone, s.accession_system) == (None, None, None, None)
+        assert load({"FACADE_DICOMWEB_URL": URL, "FACADE_PUBLIC_URL": ""}, path).public_url is None
+
+    def test_config_file_named_by_the_environment(self, toml):
+        path = toml(f'[facade]\ndicomweb_url = "{URL}"\nmax_count = 33\n')
+        assert Settings.load({"FACADE_CONFIG": str(path)}).max_count == 33
+
+    def test_the_shipped_config_file_loads(self):
+        assert DEFAULT_CONFIG.exists()
+        s = Settings.load({}, config_file=DEFAULT_CONFIG)
+        assert s.dicomweb_url == "http://127.0.0.1:8042/dicom-web"
+        assert s.issuer_systems == {}
+
+    def test_derived_values(self):
+        s = Settings(dicomweb_url=URL + "/", pacs_timezone="Europe/Berlin")
+        assert s.wado_base == URL
+        assert s.tz == ZoneInfo("Europe/Berlin")
+        assert Settings(dicomweb_url=URL, wado_url="https://wado.example.org/dw/").wado_base == (
+            "https://wado.example.org/dw")
+        assert Settings(dicomweb_url=URL).tz is None
+
+    def test_settings_are_frozen(self):
+        s = Settings(dicomweb_url=URL)
+        with pytest.raises(AttributeError):
+            s.max_count = 5  # type: ignore[misc]
+
+
+class TestErrors:
+    def test_missing_dicomweb_url(self, empty, toml):
+        assert "dicomweb_url is required" in error({}, empty)
+        assert "dicomweb_url is required" in error({}, toml("[facade]\n"))
+        in_file = toml(f'[facade]\ndicomweb_url="{URL}"')
+        assert "dicomweb_url is required" in error({"FACADE_DICOMWEB_URL": ""}, in_file)
+
+    @pytest.mark.parametrize("name", ["DICOMWEB_URL", "PUBLIC_URL", "WADO_URL"])
+    @pytest.mark.parametrize("value", ["ftp://pacs/dw", "pacs:8042/dicom-web", "not a url", "http://",
+                                       "/dicom-web"])
+    def test_bad_url(self, empty, name, value):
+        env = {"FACADE_DICOMWEB_URL": URL, f"FACADE_{name}": value}
+        assert error(env, empty) == f"{name.lower()} must be an absolute http(s) URL, got {value!r}"
+
+    def test_credentials_in_a_bad_url_are_not_echoed(self, empty):
+        message = error({"FACADE_DICOMWEB_URL": "ftp://orthanc:s3cret@pacs:8042/dw"}, empty)
+        assert "s3cret" not in message and "orthanc" not in message
+        assert message == "dicomweb_url must be an absolute http(s) URL, got 'ftp://***@pacs:8042/dw'"
+
+    @pytest.mark.parametrize(("name", "value"), [
+        ("MAX_COUNT", "abc"), ("MAX_COUNT", "1.5"), ("UID_BATCH", ""), ("CACHE_MAX_BYTES", "64MB"),
+        ("DEFAULT_COUNT", "0x10"),
+    ])
+    def test_bad_int(self, empty, name, value):
+        message = error({"FACADE_DICOMWEB_URL": URL, f"FACADE_{name}": value}, empty)
+        assert message.startswith(f"{name.lower()} must be an integer")
+
+    @pytest.mark.parametrize("text", ["max_count = true", "max_count = 1.5", 'max_count = "many"',
+                                      "max_count = [1]"])
+    def test_bad_int_in_toml(self, toml, text):
+        message = error({}, toml(f'[facade]\ndicomweb_url = "{URL}"\n{text}\n'))
+        assert message.startswith("max_count must be an integer")
+
+    @pytest.mark.parametrize("value", ["abc", "1,5", ""])
+    def test_bad_number(self, empty, value):
+        message = error({"FACADE_DICOMWEB_URL": URL, "FACADE_CACHE_TTL": value}, empty)
+        assert message == f"cache_ttl must be a number, got {value!r}"
+
+    @pytest.mark.parametrize(("name", "value"), [("MAX_COUNT", "0"), ("UID_BATCH", "-1"),
+                                                 ("CACHE_MAX_BYTES", "0")])
+    def test_counts_must_be_positive(self, empty, name, value):
+        message = error({"FACADE_DICOMWEB_URL": URL, f"FACADE_{name}": value}, empty)
+        assert message == f"{name.lower()} must be a positive integer"
+
+    def test_default_count_above_max_count(self, empty):
+        env = {"FACADE_DICOMWEB_URL": URL, "FACADE_DEFAULT_COUNT": "200"}
+        assert error(env, empty) == "default_count must not exceed max_count"
+
+    @pytest.mark.parametrize("name", ["CACHE_TTL", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT"])
+    def test_negative_durations(self, empty, name):
+        env = {"FACADE_DICOMWEB_URL": URL, f"FACADE_{name}": "-1"}
+        assert error(env, empty) == f"{name.lower()} must be a finite, non-negative number"
+
+    def test_unknown_key_in_toml(self, toml):
+        path = toml(f'[facade]\ndicomweb_url = "{URL}"\ncolour = "blue"\nmax_cont = 5\n')
+        assert error({}, path) == f"unknown setting(s) in {path}: colour, max_cont"
+
+    @pytest.mark.parametrize("zone", ["Mars/Olympus", "CEST", "../../etc/passwd", "/etc/localtime",
+                                      "Europe/"])
+    def test_bad_time_zone(self, empty, zone):
+        env = {"FACADE_DICOMWEB_URL": URL, "FACADE_PACS_TIMEZONE": zone}
+        assert error(env, empty) == f"pacs_timezone {zone!r} is not an IANA time zone"
+
+    def test_invalid_toml(self, toml):
+        path = toml("[facade\n")
+        assert error({}, path).startswith(f"{path}: not valid TOML (")
+
+    def test_toml_that_is_not_utf8(self, tmp_path):
+        path = tmp_path / "facade.toml"
+        path.write_bytes(b'[facade]\ndicomweb_url = "\xff"\n')
+        assert error({}, path).startswith(f"{path}: not valid TOML (")
+
+    def test_missing_config_file(self, tmp_path):
+        missing = tmp_path / "nope.toml"
+        assert error({"FACADE_DICOMWEB_URL": URL}, missing) == f"config file {missing} does not exist"
+        with pytest.raises(SettingsError, match="does not exist"):
+            Settings.load({"FACADE_DICOMWEB_URL": URL, "FACADE_CONFIG": str(missing)})
+
+    @pytest.mark.parametrize("value", ["[1]", '{"A": 1}', "{bad", '"x"'])
+    def test_bad_issuer_systems(self, empty, value):
+        assert error({"FACADE_DICOMWEB_URL": URL, "FACADE_ISSUER_SYSTEMS": value}, empty).startswith(
+            "issuer_systems must be a")
+
+    def test_bad_issuer_systems_in_toml(self, toml):
+        path = toml(f'[facade]\ndicomweb_url = "{URL}"\n[facade.issuer_systems]\nA = 1\n')
+        assert error({}, path) == "issuer_systems must be a table of strings"
+
+    def test_non_string_for_a_string_setting(self, toml):
+        assert error({}, toml(f'[facade]\ndicomweb_url = "{URL}"\nendpoint_id = 5\n')) == (
+            "endpoint_id must be a string")
+
+    @pytest.mark.parametrize("value", ["", "x" * 65])
+    def test_endpoint_id_length(self, empty, value):
+        env = {"FACADE_DICOMWEB_URL": URL, "FACADE_ENDPOINT_ID": value}
+        assert error(env, empty) == "endpoint_id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)"
+
+    @pytest.mark.parametrize("value", ["a b/c", "wado_rs", "wadö"])
+    def test_endpoint_id_must_be_a_fhir_id(self, empty, value):
+        error({"FACADE_DICOMWEB_URL": URL, "FACADE_ENDPOINT_ID": value}, empty)
+
+    @pytest.mark.parametrize("value", ["http://pacs:abc/dw", "http://pacs:99999/dw",
+                                       "ftp://u:pw@pacs:abc/dw"])
+    def test_bad_port(self, empty, value):
+        error({"FACADE_DICOMWEB_URL": value}, empty)
+
+    def test_config_path_that_is_a_directory(self, tmp_path):
+        error({"FACADE_DICOMWEB_URL": URL}, tmp_path)
+
+    @pytest.mark.parametrize("source", ["env-nan", "toml-bool"])
+    def test_float_settings_reject_nan_and_booleans(self, toml, source):
+        if source == "env-nan":
+            error({"FACADE_DICOMWEB_URL": URL, "FACADE_CACHE_TTL": "nan"}, toml(""))
+        else:
+            error({}, toml(f'[facade]\ndicomweb_url = "{URL}"\ncache_ttl = true\n'))
