@@ -14,6 +14,7 @@ from . import dicom_json as dj
 from .errors import TooCostly
 from .plan import Plan
 from .qido import INSTANCE_FIELDS, STUDY_FIELDS, QidoQuery, uid_list
+from .search import is_uid
 from .upstream import QidoResult
 
 Fetch = Callable[[QidoQuery], Awaitable[QidoResult]]
@@ -87,10 +88,8 @@ async def _studies_by_uid(uids: list[str], keys: dict[str, str], fetch: Fetch, b
     found: dict[str, dj.Dataset] = {}
     for part in _batches(uids, batch):
         query = QidoQuery.build("studies", keys | {"StudyInstanceUID": uid_list(sorted(part))}, fields=STUDY_FIELDS)
-        for row in (await fetch(query)).rows:
-            uid = dj.text(row, dj.STUDY_UID)
-            if uid:
-                found.setdefault(uid, row)
+        for row in _dedupe((await fetch(query)).rows):
+            found.setdefault(dj.text(row, dj.STUDY_UID) or "", row)
     return [found[uid] for uid in uids if uid in found]
 
 
@@ -112,11 +111,12 @@ async def _candidate_uids(plan: Plan, fetch: Fetch, limit: int) -> list[str]:
 
 
 def _dedupe(rows: list[dj.Dataset]) -> list[dj.Dataset]:
+    """Drop repeated rows, and rows whose StudyInstanceUID is no UID (it could not be a FHIR id)."""
     seen: set[str] = set()
     out = []
     for row in rows:
         uid = dj.text(row, dj.STUDY_UID)
-        if uid and uid not in seen:
+        if uid and is_uid(uid) and uid not in seen:
             seen.add(uid)
             out.append(row)
     return out

@@ -50,13 +50,14 @@ def imaging_study(study: dj.Dataset, instances: list[dj.Dataset] | None, ctx: Ma
     if referrer:
         res["referrer"] = {"display": referrer}
     res["endpoint"] = endpoint
-    series = _series(instances, offset, ctx, endpoint) if instances is not None else None
+    # No instance rows (not asked for, or none came back): the study-level counts of the PACS stand.
+    series = _series(instances, offset, ctx, endpoint) if instances else None
     n_series = len(series) if series is not None else dj.integer(study, dj.NUMBER_OF_SERIES)
     n_instances = (sum(s["numberOfInstances"] for s in series) if series is not None
                    else dj.integer(study, dj.NUMBER_OF_STUDY_INSTANCES))
-    if n_series is not None:
+    if n_series is not None and n_series >= 0:  # unsignedInt: a negative count from the PACS is dropped
         res["numberOfSeries"] = n_series
-    if n_instances is not None:
+    if n_instances is not None and n_instances >= 0:
         res["numberOfInstances"] = n_instances
     description = dj.text(study, dj.STUDY_DESCRIPTION)
     if description:

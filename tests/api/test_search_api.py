@@ -179,3 +179,18 @@ class TestRead:
         assert r.status_code == 200
         check(r.json())
         assert client.get("/fhir/R4/Endpoint/other").status_code == 404
+
+
+class TestOddPacsData:
+    def test_rows_that_cannot_be_fhir_are_dropped_or_trimmed(self, pacs, client):
+        bad_uid = study_row("1.2.3.1")
+        bad_uid["0020000D"]["Value"] = ["not/a uid"]
+        negative = study_row("1.2.3.2", offset="+9999")
+        negative["00201206"]["Value"] = [-1]
+        _serve(pacs, [bad_uid, negative], [])
+        body = client.get("/fhir/R4/ImagingStudy").json()
+        check(body)
+        (entry,) = body["entry"]
+        study = entry["resource"]
+        assert study["id"] == "1.2.3.2" and "numberOfSeries" not in study
+        assert study["started"] == "2020-01-02"  # an impossible zone offset is ignored, leaving the date
