@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from tests.support.fhir_check import checking_client
 
 PACS = "http://pacs.test:8042/dicom-web"
 
@@ -68,7 +69,7 @@ def make_client(pacs: respx.MockRouter) -> Iterator[Any]:
 
     def make(**overrides: Any) -> TestClient:
         app = create_app(settings(**overrides), transport=httpx.MockTransport(pacs.handler))
-        client = TestClient(app, raise_server_exceptions=False)
+        client = checking_client(app, raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
         return client

@@ -16,7 +16,7 @@ from app.mapping.names import display
 from app.settings import Settings
 from app.terminology import BODY_PARTS, LATERALITY, NON_ACQUISITION_MODALITIES
 from tests.support.dataset import Manifest, StudyTruth
-from tests.support.fhir_check import check
+from tests.support.fhir_check import check, checking_client
 
 pytestmark = pytest.mark.integration
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -25,7 +25,7 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 @pytest.fixture(scope="module")
 def facade(orthanc) -> Iterator[TestClient]:
     app = create_app(Settings(dicomweb_url=orthanc.dicomweb_url))
-    with TestClient(app) as client:
+    with checking_client(app) as client:
         yield client
 
 
@@ -238,7 +238,7 @@ class TestDates:
     def test_pacs_timezone_gives_dst_correct_offsets(self, orthanc):
         app = create_app(Settings(dicomweb_url=orthanc.dicomweb_url, pacs_timezone="Europe/Berlin"))
         manifest: Manifest = orthanc.manifest
-        with TestClient(app) as client:
+        with checking_client(app) as client:
             for truth in manifest.studies:
                 if truth.tz_offset or not truth.study_time:
                     continue

@@ -111,3 +111,17 @@ def _date_time(value: str | None, where: str) -> None:
 def _expect(ok: bool, what: str) -> None:
     if not ok:
         raise FhirCheckError(f"binding/invariant violated: {what}")
+
+
+def checking_client(app: Any, **kwargs: Any) -> Any:
+    """A starlette TestClient that validates every FHIR JSON body it receives (so no test can forget to)."""
+    from starlette.testclient import TestClient
+
+    class CheckingTestClient(TestClient):
+        def request(self, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
+            response = super().request(*args, **kw)
+            if response.headers.get("content-type", "").startswith("application/fhir+json") and response.content:
+                check(response.json())
+            return response
+
+    return CheckingTestClient(app, **kwargs)
