@@ -44,45 +44,51 @@ DOCUMENT_TITLE = "00420010"
 IMAGE_TYPE = "00080008"
 
 
+# The accessors below run once per attribute of every row (thousands per page), so they take the common shape
+# with one dict lookup and one index, and fall back to the tolerant path only on an exception.
+
+
 def values(ds: Dataset, tag: str) -> list[Any]:
-    element = ds.get(tag)
-    if not isinstance(element, dict):
+    try:
+        value = ds[tag]["Value"]
+    except (KeyError, TypeError):
         return []
-    value = element.get("Value")
     return value if isinstance(value, list) else []
 
 
 def first(ds: Dataset, tag: str) -> Any:
-    vals = values(ds, tag)
-    return vals[0] if vals else None
+    try:
+        return ds[tag]["Value"][0]
+    except (KeyError, IndexError, TypeError):
+        return None
 
 
 def text(ds: Dataset, tag: str) -> str | None:
     """First value as a stripped string; empty strings read as None."""
-    value = first(ds, tag)
-    if value is None:
+    try:
+        value = ds[tag]["Value"][0]
+    except (KeyError, IndexError, TypeError):
         return None
-    if isinstance(value, dict):  # a PN sent where a string was expected
-        value = value.get("Alphabetic")
-    value = str(value).strip() if value is not None else ""
-    return value or None
+    if type(value) is not str:
+        if isinstance(value, dict):  # a PN sent where a string was expected
+            value = value.get("Alphabetic")
+        if value is None:
+            return None
+        value = str(value)
+    return value.strip() or None
 
 
 def texts(ds: Dataset, tag: str) -> list[str]:
-    out = []
-    for value in values(ds, tag):
-        if isinstance(value, str) and value.strip():
-            out.append(value.strip())
-    return out
+    return [v.strip() for v in values(ds, tag) if isinstance(v, str) and v.strip()]
 
 
 def integer(ds: Dataset, tag: str) -> int | None:
     """IS/US values: JSON numbers per F.2.3, but some servers send strings."""
     value = first(ds, tag)
+    if type(value) is int:
+        return value
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str):

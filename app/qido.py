@@ -15,6 +15,8 @@ from dataclasses import dataclass
 # Characters sent raw: unreserved (RFC 3986) plus ^ ' : / which Orthanc needs raw and every PACS decodes to
 # themselves. "*" and "?" are produced only by us, as wildcards (PS3.4 C.2.2.2.4).
 _LITERAL = re.compile(r"[A-Za-z0-9\-._~^':/]")
+_KEY = re.compile(r"[0-9A-Za-z]+")
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9\-._~^':/*?,]*")
 _UID_LIST = re.compile(r"[0-9.]+(?:,[0-9.]+)*")
 _DATE_RANGE = re.compile(r"\d{8}-\d{8}|\d{8}-|-\d{8}|\d{8}")
 
@@ -38,8 +40,8 @@ class QidoQuery:
     def __post_init__(self) -> None:
         assert self.level in ("studies", "series", "instances"), self.level
         for key, value in self.params:
-            assert re.fullmatch(r"[0-9A-Za-z]+", key), key
-            assert all(_LITERAL.match(ch) or ch in "*?,-" for ch in value), value
+            assert _KEY.fullmatch(key), key
+            assert _SAFE_VALUE.fullmatch(value), value
 
     @classmethod
     def build(cls, level: str, params: dict[str, str], *, fields: tuple[str, ...] = (),

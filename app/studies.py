@@ -1,12 +1,15 @@
 """Running a planned ImagingStudy search or read against the (cached) QIDO port.
 
 Cost per page of k ≤ uid_batch studies: one study-level query, then one instance-level query for the k studies
-(StudyInstanceUID list), which also carries every series attribute: 2 upstream requests. Series/instance-level
-criteria add one pre-query each (app.plan). The instance query is paged only past ``instance_limit`` rows.
+(StudyInstanceUID list), which also carries every series attribute: 2 upstream requests. When the study UIDs are
+known before asking (a read, ``_id``, a Study UID identifier, or after a pre-query) the two go out concurrently.
+Series/instance-level criteria add one pre-query each (app.plan). The instance query is paged only past
+``instance_limit`` rows.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -38,28 +41,28 @@ async def search_page(plan: Plan, fetch: Fetch, *, count: int, offset: int, limi
     if plan.nothing or count == 0:
         return StudyPage([], has_next=False)
     if plan.prequeries or plan.study_uids is not None:
-        # The candidate UIDs are known up front: page over them here, then ask for just this window.
+        # The candidate UIDs are known up front: page over them here, and ask for the window's studies and
+        # their instances at the same time (neither request needs the other's answer).
         order = await _candidate_uids(plan, fetch, limits.prequery)
         window = order[offset:offset + count]
-        rows = await _studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch)
+        rows, instances = await asyncio.gather(_studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch),
+                                               instances_of(window, fetch, limits))
+        rows = [r for r in rows if plan.accepts(r)]
         has_next = len(order) > offset + count
-    else:
-        # One row more than asked tells whether a next page exists (QIDO gives no total, PS3.18 §8.3.4.4).
-        query = QidoQuery.build("studies", plan.study_keys, fields=STUDY_FIELDS, limit=count + 1, offset=offset)
-        rows = (await fetch(query)).rows
-        has_next = len(rows) > count
-        rows = _dedupe(rows[:count])
-    rows = [r for r in rows if plan.accepts(r)]
+        return StudyPage([(r, instances.get(dj.text(r, dj.STUDY_UID) or "", [])) for r in rows], has_next)
+    # One row more than asked tells whether a next page exists (QIDO gives no total, PS3.18 §8.3.4.4).
+    query = QidoQuery.build("studies", plan.study_keys, fields=STUDY_FIELDS, limit=count + 1, offset=offset)
+    rows = (await fetch(query)).rows
+    has_next = len(rows) > count
+    rows = [r for r in _dedupe(rows[:count]) if plan.accepts(r)]
     instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in rows], fetch, limits)
     return StudyPage([(r, instances.get(dj.text(r, dj.STUDY_UID) or "", [])) for r in rows], has_next)
 
 
 async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset, list[dj.Dataset]] | None:
-    rows = await _studies_by_uid([uid], {}, fetch, limits.uid_batch)
-    if not rows:
-        return None
-    instances = await instances_of([uid], fetch, limits)
-    return rows[0], instances.get(uid, [])
+    rows, instances = await asyncio.gather(_studies_by_uid([uid], {}, fetch, limits.uid_batch),
+                                           instances_of([uid], fetch, limits))
+    return (rows[0], instances.get(uid, [])) if rows else None
 
 
 async def instances_of(uids: list[str], fetch: Fetch, limits: Limits) -> dict[str, list[dj.Dataset]]:

@@ -77,8 +77,10 @@ class TestQidoTranslation:
         _serve(pacs, [], [])
         client.get("/fhir/R4/ImagingStudy?identifier=urn:dicom:uid|urn:oid:1.2.3")
         client.get("/fhir/R4/ImagingStudy?identifier=A%2CB%5C%2CC")  # value "A,B\,C": two tokens, one with a comma
-        uid_query, acc_query = _paths(pacs)
-        assert "StudyInstanceUID=1.2.3" in uid_query
+        *uid_queries, acc_query = _paths(pacs)
+        # A known Study UID: the study and its instances are asked for at the same time.
+        assert sorted(q.split("?")[0] for q in uid_queries) == ["instances", "studies"]
+        assert all("StudyInstanceUID=1.2.3&" in q for q in uid_queries)
         assert "AccessionNumber" not in acc_query  # a list with an inexpressible value is not sent upstream
 
     def test_wildcards_from_the_user_are_not_wildcards(self, pacs, client):
