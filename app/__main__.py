@@ -17,18 +17,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--config", help="TOML settings file (default: config/facade.toml or $FACADE_CONFIG)")
-    parser.add_argument("--proxy-headers", action="store_true",
-                        help="trust X-Forwarded-Proto/For from the proxy in front (for links under https)")
+    parser.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        help="trust X-Forwarded-Proto/For from the proxy in front (for links under https)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.load(os.environ, config_file=args.config)
     except SettingsError as exc:
         print(f"facade: configuration error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level,
-                proxy_headers=args.proxy_headers, server_header=False,
-                # uvicorn's access log prints full query strings, i.e. patient ids: off until a PHI-free audit log.
-                access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level,
+        proxy_headers=args.proxy_headers,
+        server_header=False,
+        # uvicorn's access log prints full query strings, i.e. patient ids: off until a PHI-free audit log.
+        access_log=False,
+    )
     return 0
 
 

@@ -20,35 +20,42 @@ def capability_statement(base: str, *, software_version: str, date: str) -> dict
         "implementation": {"description": "FHIR R4 facade over a DICOMweb PACS (QIDO-RS/WADO-RS)", "url": base},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
-        "rest": [{
-            "mode": "server",
-            "documentation": "Searches are answered live from the PACS's QIDO-RS. Paging uses _count (capped, "
-                             "never rejected) and _offset in the next/previous links; no Bundle.total is given "
-                             "because QIDO-RS reports none.",
-            "resource": [
-                {
-                    "type": "ImagingStudy",
-                    "profile": "http://hl7.org/fhir/StructureDefinition/ImagingStudy",
-                    "interaction": [{"code": "read"}, {"code": "search-type"}],
-                    "versioning": "no-version",
-                    "readHistory": False,
-                    "updateCreate": False,
-                    "conditionalCreate": False,
-                    "conditionalRead": "not-supported",
-                    "conditionalUpdate": False,
-                    "conditionalDelete": "not-supported",
-                    "searchInclude": list(INCLUDES),
-                    "searchParam": [
-                        {"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
-                        for p in IMAGING_STUDY_PARAMS
-                    ],
-                },
-                {
-                    "type": "Endpoint",
-                    "profile": "http://hl7.org/fhir/StructureDefinition/Endpoint",
-                    "interaction": [{"code": "read"}],
-                    "versioning": "no-version",
-                },
-            ],
-        }],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Searches are answered live from the PACS's QIDO-RS. Paging uses _count (capped, "
+                "never rejected) and _offset in the next/previous links; no Bundle.total is given "
+                "because QIDO-RS reports none.",
+                "resource": [
+                    {
+                        "type": "ImagingStudy",
+                        "profile": "http://hl7.org/fhir/StructureDefinition/ImagingStudy",
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                        "versioning": "no-version",
+                        "readHistory": False,
+                        "updateCreate": False,
+                        "conditionalCreate": False,
+                        "conditionalRead": "not-supported",
+                        "conditionalUpdate": False,
+                        "conditionalDelete": "not-supported",
+                        "searchInclude": list(INCLUDES),
+                        "searchParam": [
+                            {
+                                "name": p.name,
+                                "definition": p.definition,
+                                "type": p.type,
+                                "documentation": p.documentation,
+                            }
+                            for p in IMAGING_STUDY_PARAMS
+                        ],
+                    },
+                    {
+                        "type": "Endpoint",
+                        "profile": "http://hl7.org/fhir/StructureDefinition/Endpoint",
+                        "interaction": [{"code": "read"}],
+                        "versioning": "no-version",
+                    },
+                ],
+            }
+        ],
     }

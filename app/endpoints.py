@@ -24,8 +24,7 @@ def _facade(request: Request) -> Facade:
 async def metadata(request: Request) -> Response:
     negotiate(request)
     base = fhir_base(request, _facade(request).settings.public_url)
-    return FHIRResponse(capability_statement(base, software_version=__version__, date=STARTED),
-                        pretty=pretty(request))
+    return FHIRResponse(capability_statement(base, software_version=__version__, date=STARTED), pretty=pretty(request))
 
 
 async def search_imaging_study(request: Request) -> Response:
@@ -51,5 +50,9 @@ async def read_endpoint(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    return FHIRResponse({"resourceType": "OperationOutcome",
-                         "issue": [{"severity": "information", "code": "informational", "diagnostics": "alive"}]})
+    return FHIRResponse(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational", "diagnostics": "alive"}],
+        }
+    )

@@ -93,7 +93,16 @@ INTERNAL_ERROR = outcome("exception", "Internal server error", severity="fatal")
 
 # Framework-raised HTTP errors (routing, methods) keyed by status -> issue code.
 HTTP_STATUS_CODES: dict[int, str] = {
-    400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-    406: "not-supported", 409: "conflict", 410: "deleted", 413: "too-costly", 415: "not-supported",
-    422: "processable", 429: "throttled",
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    409: "conflict",
+    410: "deleted",
+    413: "too-costly",
+    415: "not-supported",
+    422: "processable",
+    429: "throttled",
 }

@@ -148,6 +148,8 @@ def _valid_offset(text: str) -> bool:
         return False
     minutes = int(text[1:3]) * 60 + int(text[3:5])
     return int(text[3:5]) < 60 and minutes <= (14 * 60 if text[0] == "+" else 12 * 60)
+
+
 _TM_RE = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?")
 
 

@@ -13,19 +13,32 @@ from starlette.responses import Response
 from .errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
 
 FHIR_JSON = "application/fhir+json"
-_ACCEPTABLE = frozenset({"*/*", "application/*", "application/fhir+json", "application/json",
-                         "application/json+fhir"})
-_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "application/json+fhir",
-                      # a "+" left unencoded in a query string arrives as a space
-                      "application/fhir json", "application/json fhir"})
+_ACCEPTABLE = frozenset({"*/*", "application/*", "application/fhir+json", "application/json", "application/json+fhir"})
+_FORMATS = frozenset(
+    {
+        "json",
+        "application/json",
+        "application/fhir+json",
+        "application/json+fhir",
+        # a "+" left unencoded in a query string arrives as a space
+        "application/fhir json",
+        "application/json fhir",
+    }
+)
 MAX_FORM_BYTES = 64 * 1024
 
 
 class FHIRResponse(Response):
     media_type = FHIR_JSON + "; charset=utf-8"
 
-    def __init__(self, content: Mapping[str, Any], status_code: int = 200, *, pretty: bool = False,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        content: Mapping[str, Any],
+        status_code: int = 200,
+        *,
+        pretty: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.pretty = pretty
         super().__init__(content, status_code=status_code, headers=headers)
 
@@ -57,8 +70,9 @@ def negotiate(request: Request) -> None:
 
 def prefers_strict(request: Request) -> bool:
     """``Prefer: handling=strict`` (R4 search.html#errors)."""
-    return any(p.strip().lower() == "handling=strict"
-               for p in request.headers.get("prefer", "").replace(";", ",").split(","))
+    return any(
+        p.strip().lower() == "handling=strict" for p in request.headers.get("prefer", "").replace(";", ",").split(",")
+    )
 
 
 def wants_fresh(request: Request) -> bool:

@@ -31,14 +31,19 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         timeout = httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout)
         # Orthanc drops idle keep-alive connections after 1 s (orthanc-qido.md): expire ours sooner.
-        limits = httpx.Limits(max_connections=settings.upstream_max_connections,
-                              max_keepalive_connections=settings.upstream_max_connections, keepalive_expiry=0.8)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport,
-                                     follow_redirects=False, trust_env=False) as client:
+        limits = httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=settings.upstream_max_connections,
+            keepalive_expiry=0.8,
+        )
+        async with httpx.AsyncClient(
+            timeout=timeout, limits=limits, transport=transport, follow_redirects=False, trust_env=False
+        ) as client:
             upstream = DicomWebUpstream(client, settings.dicomweb_url)
             app.state.upstream = upstream
-            app.state.facade = Facade(settings, CachedQido(upstream, ttl=settings.cache_ttl,
-                                                           max_bytes=settings.cache_max_bytes))
+            app.state.facade = Facade(
+                settings, CachedQido(upstream, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes)
+            )
             yield
 
     fhir = "/fhir/R4"
@@ -57,16 +62,23 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 async def _facade_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FacadeError)
     if exc.status >= 500:
-        logger.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status, exc.message,
-                       exc_info=exc.__cause__ is not None and logger.isEnabledFor(logging.DEBUG))
+        logger.warning(
+            "%s %s -> %s: %s",
+            request.method,
+            request.url.path,
+            exc.status,
+            exc.message,
+            exc_info=exc.__cause__ is not None and logger.isEnabledFor(logging.DEBUG),
+        )
     return FHIRResponse(outcome(exc.code, exc.message), exc.status, headers=exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = HTTP_STATUS_CODES.get(exc.status_code, "processing")
-    message = {404: f"no route for {request.url.path[:100]}",
-               405: f"{request.method} is not supported here"}.get(exc.status_code, str(exc.detail))
+    message = {404: f"no route for {request.url.path[:100]}", 405: f"{request.method} is not supported here"}.get(
+        exc.status_code, str(exc.detail)
+    )
     return FHIRResponse(outcome(code, message), exc.status_code, headers=exc.headers)
 
 

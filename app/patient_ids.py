@@ -71,7 +71,7 @@ def issuer_for(system: str, *, default: str, prefix: str, table: Mapping[str, st
     if system.startswith("urn:oid:") and _is_oid(system[8:]) and system[8:] not in table:
         return system[8:]
     if system.startswith(prefix) and len(system) > len(prefix):
-        issuer = unquote(system[len(prefix):])
+        issuer = unquote(system[len(prefix) :])
         if issuer not in table and not _is_oid(issuer):
             return issuer
     return None

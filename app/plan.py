@@ -80,8 +80,9 @@ def plan(req: SearchRequest, ctx: PlanContext) -> Plan:
         study = {t.code for t in tokens if t.system == DICOM_UID_SYSTEM}
         accessions = [t for t in tokens if t.system != DICOM_UID_SYSTEM]
         if study and accessions:
-            raise UnsupportedSearch("one identifier parameter cannot OR a Study UID with an accession number; "
-                                    "search for them separately")
+            raise UnsupportedSearch(
+                "one identifier parameter cannot OR a Study UID with an accession number; search for them separately"
+            )
         if study:
             uids = study if uids is None else uids & study
         else:
@@ -153,6 +154,7 @@ def _accession_check(tokens: list[Token], system: str | None) -> Check:
         return value is not None and any(
             t.code == value and (t.system is None or t.system == (system or "")) for t in tokens
         )
+
     return check
 
 
@@ -161,18 +163,22 @@ def _patient_check(keys: list[PatientKey]) -> Check:
         pid = dj.text(row, dj.PATIENT_ID) or ""
         issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
         return any(k.patient_id == pid and (k.any_issuer or k.issuer == issuer) for k in keys)
+
     return check
 
 
 def _modality_check(codes: frozenset[str]) -> Check:
     def check(row: Row) -> bool:
         return not codes.isdisjoint(dj.texts(row, dj.MODALITIES_IN_STUDY))
+
     return check
 
 
 def _date_check(groups: list[list[DateCriterion]], zone: tzinfo | None) -> Check:
     def check(row: Row) -> bool:
-        interval, _ = dicom_interval(dj.text(row, dj.STUDY_DATE), dj.text(row, dj.STUDY_TIME),
-                                     dj.text(row, dj.TIMEZONE_OFFSET), zone)
+        interval, _ = dicom_interval(
+            dj.text(row, dj.STUDY_DATE), dj.text(row, dj.STUDY_TIME), dj.text(row, dj.TIMEZONE_OFFSET), zone
+        )
         return interval is not None and all(any(c.matches(interval) for c in g) for g in groups)
+
     return check

@@ -23,10 +23,12 @@ _DATE_RANGE = re.compile(r"\d{8}-\d{8}|\d{8}-|-\d{8}|\d{8}")
 STUDY_FIELDS = ("00081030", "00100021", "00080201")  # StudyDescription, IssuerOfPatientID, TimezoneOffsetFromUTC
 INSTANCE_FIELDS = (
     "00080008",  # ImageType (instance.title fallback)
-    "00080021", "00080031",  # SeriesDate, SeriesTime
+    "00080021",
+    "00080031",  # SeriesDate, SeriesTime
     "00180015",  # BodyPartExamined
     "00200060",  # Laterality
-    "00420010", "00700080",  # DocumentTitle, ContentLabel (instance.title)
+    "00420010",
+    "00700080",  # DocumentTitle, ContentLabel (instance.title)
 )
 
 
@@ -44,8 +46,15 @@ class QidoQuery:
             assert _SAFE_VALUE.fullmatch(value), value
 
     @classmethod
-    def build(cls, level: str, params: dict[str, str], *, fields: tuple[str, ...] = (),
-              limit: int | None = None, offset: int = 0) -> QidoQuery:
+    def build(
+        cls,
+        level: str,
+        params: dict[str, str],
+        *,
+        fields: tuple[str, ...] = (),
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> QidoQuery:
         items = [(k, v) for k, v in params.items()]
         items += [("includefield", f) for f in fields]
         if limit is not None:

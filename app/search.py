@@ -86,6 +86,7 @@ class SearchRequest:
 @dataclass(frozen=True)
 class SearchContext:
     """What parsing needs to know beyond the query: settings-derived, per request."""
+
     default_count: int
     max_count: int
     search_zone: tzinfo
@@ -179,7 +180,7 @@ def _token(raw: str) -> Token:
             i += 2
             continue
         if raw[i] == "|":
-            return Token(_unescape(raw[:i]), _unescape(raw[i + 1:]))
+            return Token(_unescape(raw[:i]), _unescape(raw[i + 1 :]))
         i += 1
     return Token(None, _unescape(raw))
 
@@ -224,7 +225,7 @@ def _parse_patient(name: str, modifier: str, value: str, ctx: SearchContext) -> 
         if "://" in ref:
             if not ctx.base_url or not ref.startswith(ctx.base_url.rstrip("/") + "/"):
                 continue  # a Patient on another server is not one of ours
-            ref = ref[len(ctx.base_url.rstrip("/")) + 1:]
+            ref = ref[len(ctx.base_url.rstrip("/")) + 1 :]
         rtype, slash, rid = ref.rpartition("/")
         if slash and rtype != "Patient":
             continue

@@ -22,32 +22,63 @@ class ParamSpec:
 
 
 IMAGING_STUDY_PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("_id", "token", SP + "Resource-id",
-              "Study Instance UID; comma-separated values are OR-ed (QIDO UID list matching)."),
-    ParamSpec("identifier", "token", SP + "ImagingStudy-identifier",
-              "`urn:dicom:uid|urn:oid:<StudyInstanceUID>`, a bare `urn:oid:<uid>`, or the accession number "
-              "(`[system]|value`; exact, case-sensitive)."),
-    ParamSpec("patient", "reference", SP + "ImagingStudy-patient",
-              "`Patient/<id>` with this server's Patient ids; `patient.identifier=[system]|PatientID` (also "
-              "`patient:identifier`) matches PatientID and IssuerOfPatientID.",
-              modifiers=frozenset({"Patient", "identifier"}), chains=("identifier",)),
-    ParamSpec("subject", "reference", SP + "ImagingStudy-subject",
-              "As `patient`; only Patient subjects exist here.",
-              modifiers=frozenset({"Patient", "identifier"}), chains=("identifier",)),
-    ParamSpec("started", "date", SP + "ImagingStudy-started",
-              "Prefixes eq, ne, gt, ge, lt, le, sa, eb; partial dates; dateTime with or without zone "
-              "(without: the PACS time zone setting, else UTC)."),
-    ParamSpec("modality", "token", SP + "ImagingStudy-modality",
-              "DICOM modality code, with or without the DCM system; comma-separated values are OR-ed."),
+    ParamSpec(
+        "_id",
+        "token",
+        SP + "Resource-id",
+        "Study Instance UID; comma-separated values are OR-ed (QIDO UID list matching).",
+    ),
+    ParamSpec(
+        "identifier",
+        "token",
+        SP + "ImagingStudy-identifier",
+        "`urn:dicom:uid|urn:oid:<StudyInstanceUID>`, a bare `urn:oid:<uid>`, or the accession number "
+        "(`[system]|value`; exact, case-sensitive).",
+    ),
+    ParamSpec(
+        "patient",
+        "reference",
+        SP + "ImagingStudy-patient",
+        "`Patient/<id>` with this server's Patient ids; `patient.identifier=[system]|PatientID` (also "
+        "`patient:identifier`) matches PatientID and IssuerOfPatientID.",
+        modifiers=frozenset({"Patient", "identifier"}),
+        chains=("identifier",),
+    ),
+    ParamSpec(
+        "subject",
+        "reference",
+        SP + "ImagingStudy-subject",
+        "As `patient`; only Patient subjects exist here.",
+        modifiers=frozenset({"Patient", "identifier"}),
+        chains=("identifier",),
+    ),
+    ParamSpec(
+        "started",
+        "date",
+        SP + "ImagingStudy-started",
+        "Prefixes eq, ne, gt, ge, lt, le, sa, eb; partial dates; dateTime with or without zone "
+        "(without: the PACS time zone setting, else UTC).",
+    ),
+    ParamSpec(
+        "modality",
+        "token",
+        SP + "ImagingStudy-modality",
+        "DICOM modality code, with or without the DCM system; comma-separated values are OR-ed.",
+    ),
     ParamSpec("series", "token", SP + "ImagingStudy-series", "Series Instance UID."),
     ParamSpec("instance", "token", SP + "ImagingStudy-instance", "SOP Instance UID."),
-    ParamSpec("dicom-class", "token", SP + "ImagingStudy-dicom-class",
-              "SOP Class UID (`urn:oid:<uid>` or the bare UID)."),
-    ParamSpec("bodysite", "token", SP + "ImagingStudy-bodysite",
-              "SNOMED CT code (`http://snomed.info/sct|<code>`) of a series body site, or a DICOM "
-              "BodyPartExamined term."),
-    ParamSpec("status", "token", SP + "ImagingStudy-status",
-              "Studies in the PACS are `available`; other codes match nothing."),
+    ParamSpec(
+        "dicom-class", "token", SP + "ImagingStudy-dicom-class", "SOP Class UID (`urn:oid:<uid>` or the bare UID)."
+    ),
+    ParamSpec(
+        "bodysite",
+        "token",
+        SP + "ImagingStudy-bodysite",
+        "SNOMED CT code (`http://snomed.info/sct|<code>`) of a series body site, or a DICOM BodyPartExamined term.",
+    ),
+    ParamSpec(
+        "status", "token", SP + "ImagingStudy-status", "Studies in the PACS are `available`; other codes match nothing."
+    ),
 )
 
 BY_NAME = {p.name: p for p in IMAGING_STUDY_PARAMS}

@@ -22,8 +22,11 @@ class Facade:
         self.qido = qido
         zone = settings.tz
         self.mapping = MappingContext(
-            endpoint_id=settings.endpoint_id, zone=zone, accession_system=settings.accession_system,
-            patient_system=settings.patient_identifier_system, issuer_prefix=settings.issuer_system_prefix,
+            endpoint_id=settings.endpoint_id,
+            zone=zone,
+            accession_system=settings.accession_system,
+            patient_system=settings.patient_identifier_system,
+            issuer_prefix=settings.issuer_system_prefix,
             issuer_systems=settings.issuer_systems,
         )
         self.plan_context = PlanContext(settings.accession_system, zone, settings.prequery_limit)
@@ -32,17 +35,23 @@ class Facade:
     def search_context(self, base: str, *, strict: bool) -> SearchContext:
         s = self.settings
         return SearchContext(
-            default_count=s.default_count, max_count=s.max_count, search_zone=s.tz or UTC,
-            patient_system=s.patient_identifier_system, issuer_prefix=s.issuer_system_prefix,
-            issuer_systems=s.issuer_systems, base_url=base, strict=strict,
+            default_count=s.default_count,
+            max_count=s.max_count,
+            search_zone=s.tz or UTC,
+            patient_system=s.patient_identifier_system,
+            issuer_prefix=s.issuer_system_prefix,
+            issuer_systems=s.issuer_systems,
+            base_url=base,
+            strict=strict,
         )
 
     async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
         async def fetch(query: Any) -> Any:
             return await self.qido.search(query, fresh=fresh)
 
-        page = await search_page(plan(req, self.plan_context), fetch, count=req.count, offset=req.offset,
-                                 limits=self.limits)
+        page = await search_page(
+            plan(req, self.plan_context), fetch, count=req.count, offset=req.offset, limits=self.limits
+        )
         studies = [imaging_study(row, instances, self.mapping) for row, instances in page.studies]
 
         def link(offset: int) -> str:
@@ -50,7 +59,10 @@ class Facade:
 
         included = [self.endpoint(base)] if req.include_endpoint and studies else []
         return bundle.searchset(
-            base, studies, self_url=link(req.offset), included=included,
+            base,
+            studies,
+            self_url=link(req.offset),
+            included=included,
             next_url=link(req.offset + req.count) if page.has_next else None,
             previous_url=link(max(0, req.offset - req.count)) if req.offset and req.count else None,
         )

@@ -74,8 +74,15 @@ class Settings:
                 ZoneInfo(self.pacs_timezone)
             except (ZoneInfoNotFoundError, ValueError):
                 raise SettingsError(f"pacs_timezone {self.pacs_timezone!r} is not an IANA time zone") from None
-        for name in ("default_count", "max_count", "uid_batch", "instance_limit", "prequery_limit",
-                     "cache_max_bytes", "upstream_max_connections"):
+        for name in (
+            "default_count",
+            "max_count",
+            "uid_batch",
+            "instance_limit",
+            "prequery_limit",
+            "cache_max_bytes",
+            "upstream_max_connections",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be a positive integer")
         if self.default_count > self.max_count:

@@ -44,9 +44,10 @@ async def search_page(plan: Plan, fetch: Fetch, *, count: int, offset: int, limi
         # The candidate UIDs are known up front: page over them here, and ask for the window's studies and
         # their instances at the same time (neither request needs the other's answer).
         order = await _candidate_uids(plan, fetch, limits.prequery)
-        window = order[offset:offset + count]
-        rows, instances = await asyncio.gather(_studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch),
-                                               instances_of(window, fetch, limits))
+        window = order[offset : offset + count]
+        rows, instances = await asyncio.gather(
+            _studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch), instances_of(window, fetch, limits)
+        )
         rows = [r for r in rows if plan.accepts(r)]
         has_next = len(order) > offset + count
         return StudyPage([(r, instances.get(dj.text(r, dj.STUDY_UID) or "", [])) for r in rows], has_next)
@@ -60,8 +61,9 @@ async def search_page(plan: Plan, fetch: Fetch, *, count: int, offset: int, limi
 
 
 async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset, list[dj.Dataset]] | None:
-    rows, instances = await asyncio.gather(_studies_by_uid([uid], {}, fetch, limits.uid_batch),
-                                           instances_of([uid], fetch, limits))
+    rows, instances = await asyncio.gather(
+        _studies_by_uid([uid], {}, fetch, limits.uid_batch), instances_of([uid], fetch, limits)
+    )
     return (rows[0], instances.get(uid, [])) if rows else None
 
 
@@ -71,8 +73,9 @@ async def instances_of(uids: list[str], fetch: Fetch, limits: Limits) -> dict[st
     for batch in _batches(sorted(uids), limits.uid_batch):
         keys = {"StudyInstanceUID": uid_list(batch)}
         for page in range(MAX_INSTANCE_PAGES):
-            query = QidoQuery.build("instances", keys, fields=INSTANCE_FIELDS, limit=limits.instances,
-                                    offset=page * limits.instances)
+            query = QidoQuery.build(
+                "instances", keys, fields=INSTANCE_FIELDS, limit=limits.instances, offset=page * limits.instances
+            )
             rows = (await fetch(query)).rows
             for row in rows:
                 uid = dj.text(row, dj.STUDY_UID)
@@ -81,8 +84,10 @@ async def instances_of(uids: list[str], fetch: Fetch, limits: Limits) -> dict[st
             if len(rows) < limits.instances:
                 break
         else:
-            raise TooCostly(f"these studies hold more than {MAX_INSTANCE_PAGES * limits.instances} instances; "
-                            "ask for fewer per page with _count")
+            raise TooCostly(
+                f"these studies hold more than {MAX_INSTANCE_PAGES * limits.instances} instances; "
+                "ask for fewer per page with _count"
+            )
     return out
 
 
@@ -97,7 +102,7 @@ async def _studies_by_uid(uids: list[str], keys: dict[str, str], fetch: Fetch, b
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 async def _candidate_uids(plan: Plan, fetch: Fetch, limit: int) -> list[str]:
@@ -105,8 +110,10 @@ async def _candidate_uids(plan: Plan, fetch: Fetch, limit: int) -> list[str]:
     for pre in plan.prequeries:
         rows = (await fetch(pre.query)).rows
         if len(rows) > limit:
-            raise TooCostly("a series/instance-level criterion matches too many series or instances; "
-                            "narrow the search (for example with patient)")
+            raise TooCostly(
+                "a series/instance-level criterion matches too many series or instances; "
+                "narrow the search (for example with patient)"
+            )
         found = list(dict.fromkeys(pre.study_uids(rows)))
         order = found if order is None else [u for u in order if u in set(found)]
     assert order is not None

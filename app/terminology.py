@@ -10,9 +10,23 @@ ENDPOINT_CONNECTION_TYPES = "http://terminology.hl7.org/CodeSystem/endpoint-conn
 
 # Series modalities that are not acquisition modalities (DICOM CID 29 lists acquisition ones): R4
 # ImagingStudy.modality is "the series.modality values that are actual acquisition modalities".
-NON_ACQUISITION_MODALITIES = frozenset({
-    "KO", "SR", "PR", "SEG", "REG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "DOC", "PLAN", "FID", "RWV",
-})
+NON_ACQUISITION_MODALITIES = frozenset(
+    {
+        "KO",
+        "SR",
+        "PR",
+        "SEG",
+        "REG",
+        "RTSTRUCT",
+        "RTPLAN",
+        "RTDOSE",
+        "RTRECORD",
+        "DOC",
+        "PLAN",
+        "FID",
+        "RWV",
+    }
+)
 
 # BodyPartExamined (0018,0015) defined terms → SNOMED CT (PS3.16 Annex L; codes and meanings as in
 # DICOM CID 4031 "Common Anatomic Region", 2025 edition).

@@ -38,14 +38,22 @@ def _examples(base: str, manifest: Any) -> list[tuple[str, str]]:
     issuer_system = quote("urn:x-imaging-facade:issuer:HOSP-A", safe="")
     return [
         ("What the server can do", f"{base}/metadata"),
-        ("All imaging of one patient, with the WADO-RS endpoint",
-         f"{base}/ImagingStudy?patient=Patient/{pid}&_include=ImagingStudy:endpoint"),
-        ("The same patient by MRN, CT only, since 2018", f"{base}/ImagingStudy?patient.identifier=MRN0001"
-         "&modality=CT&started=ge2018-01-01"),
-        ("PatientID SHARED01 of issuer HOSP-A only (another issuer has a different patient with it)",
-         f"{base}/ImagingStudy?patient.identifier={issuer_system}%7CSHARED01"),
-        ("Knee imaging (SNOMED body site) of any patient, 2 per page",
-         f"{base}/ImagingStudy?bodysite=http://snomed.info/sct%7C72696002&_count=2"),
+        (
+            "All imaging of one patient, with the WADO-RS endpoint",
+            f"{base}/ImagingStudy?patient=Patient/{pid}&_include=ImagingStudy:endpoint",
+        ),
+        (
+            "The same patient by MRN, CT only, since 2018",
+            f"{base}/ImagingStudy?patient.identifier=MRN0001&modality=CT&started=ge2018-01-01",
+        ),
+        (
+            "PatientID SHARED01 of issuer HOSP-A only (another issuer has a different patient with it)",
+            f"{base}/ImagingStudy?patient.identifier={issuer_system}%7CSHARED01",
+        ),
+        (
+            "Knee imaging (SNOMED body site) of any patient, 2 per page",
+            f"{base}/ImagingStudy?bodysite=http://snomed.info/sct%7C72696002&_count=2",
+        ),
         ("One study by its DICOM Study Instance UID", f"{base}/ImagingStudy/{smith.study_uid}"),
         ("By accession number", f"{base}/ImagingStudy?identifier={smith.accession}"),
     ]
@@ -54,13 +62,16 @@ def _examples(base: str, manifest: Any) -> list[tuple[str, str]]:
 def _summary(body: dict[str, Any]) -> str:
     if body.get("resourceType") == "Bundle":
         studies = [e["resource"] for e in body.get("entry", []) if e["resource"]["resourceType"] == "ImagingStudy"]
-        lines = [f"  {len(studies)} studies"
-                 + (", next page: " + n[0] if (n := [x["url"] for x in body["link"] if x["relation"] == "next"])
-                    else "")]
+        lines = [
+            f"  {len(studies)} studies"
+            + (", next page: " + n[0] if (n := [x["url"] for x in body["link"] if x["relation"] == "next"]) else "")
+        ]
         for s in studies:
             mods = ",".join(c["code"] for c in s.get("modality", []))
-            lines.append(f"  - {s.get('started', '?'):26} {mods:6} {s['subject'].get('display', '')}: "
-                         f"{s.get('numberOfSeries')} series, {s.get('numberOfInstances')} instances")
+            lines.append(
+                f"  - {s.get('started', '?'):26} {mods:6} {s['subject'].get('display', '')}: "
+                f"{s.get('numberOfSeries')} series, {s.get('numberOfInstances')} instances"
+            )
         return "\n".join(lines)
     if body.get("resourceType") == "ImagingStudy":
         return f"  {body.get('started')} {body.get('description', '')} ({len(body.get('series', []))} series)"
@@ -76,11 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     with OrthancServer() as pacs:
         datasets, manifest = build_dataset()
         store(pacs.dicomweb_url, datasets)
-        print(f"Orthanc (pid {pacs.pid}) at {pacs.url}: {len(manifest.studies)} studies, "
-              f"{manifest.n_instances} instances of {len(manifest.patients)} patients")
+        print(
+            f"Orthanc (pid {pacs.pid}) at {pacs.url}: {len(manifest.studies)} studies, "
+            f"{manifest.n_instances} instances of {len(manifest.patients)} patients"
+        )
         env = os.environ | {"FACADE_DICOMWEB_URL": pacs.dicomweb_url, "FACADE_LOG_LEVEL": "warning"}
-        facade = subprocess.Popen([sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(args.port)],
-                                  cwd=ROOT, env=env)
+        facade = subprocess.Popen(
+            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(args.port)], cwd=ROOT, env=env
+        )
         try:
             base = f"http://127.0.0.1:{args.port}/fhir/R4"
             _wait(base, facade)

@@ -15,10 +15,12 @@ def wado_endpoint(endpoint_id: str, address: str) -> dict[str, Any]:
         "status": "active",
         "connectionType": {"system": ENDPOINT_CONNECTION_TYPES, "code": "dicom-wado-rs"},
         "name": "PACS WADO-RS",
-        "payloadType": [{
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type", "code": "any"}],
-            "text": "DICOM WADO-RS",
-        }],
+        "payloadType": [
+            {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type", "code": "any"}],
+                "text": "DICOM WADO-RS",
+            }
+        ],
         "payloadMimeType": ["application/dicom"],
         "address": address.rstrip("/"),
     }

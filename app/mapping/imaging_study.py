@@ -37,8 +37,12 @@ def imaging_study(study: dj.Dataset, instances: list[dj.Dataset] | None, ctx: Ma
     assert uid, "callers drop rows without a StudyInstanceUID"
     offset = dj.text(study, dj.TIMEZONE_OFFSET)
     endpoint = [{"reference": f"Endpoint/{ctx.endpoint_id}"}]
-    res: dict[str, Any] = {"resourceType": "ImagingStudy", "id": uid, "identifier": _identifiers(uid, study, ctx),
-                           "status": "available"}
+    res: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "id": uid,
+        "identifier": _identifiers(uid, study, ctx),
+        "status": "available",
+    }
     modalities = [m for m in dj.texts(study, dj.MODALITIES_IN_STUDY) if m not in NON_ACQUISITION_MODALITIES]
     if modalities:
         res["modality"] = [{"system": DCM_SYSTEM, "code": m} for m in modalities]
@@ -53,8 +57,11 @@ def imaging_study(study: dj.Dataset, instances: list[dj.Dataset] | None, ctx: Ma
     # No instance rows (not asked for, or none came back): the study-level counts of the PACS stand.
     series = _series(instances, offset, ctx, endpoint) if instances else None
     n_series = len(series) if series is not None else dj.integer(study, dj.NUMBER_OF_SERIES)
-    n_instances = (sum(s["numberOfInstances"] for s in series) if series is not None
-                   else dj.integer(study, dj.NUMBER_OF_STUDY_INSTANCES))
+    n_instances = (
+        sum(s["numberOfInstances"] for s in series)
+        if series is not None
+        else dj.integer(study, dj.NUMBER_OF_STUDY_INSTANCES)
+    )
     if n_series is not None and n_series >= 0:  # unsignedInt: a negative count from the PACS is dropped
         res["numberOfSeries"] = n_series
     if n_instances is not None and n_instances >= 0:
@@ -72,8 +79,9 @@ def subject_reference(row: dj.Dataset, ctx: MappingContext) -> dict[str, Any]:
     issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
     ref: dict[str, Any] = {"reference": f"Patient/{patient_ids.encode(pid, issuer)}"}
     if pid:
-        system = patient_ids.system_for(issuer, default=ctx.patient_system, prefix=ctx.issuer_prefix,
-                                        table=ctx.issuer_systems)
+        system = patient_ids.system_for(
+            issuer, default=ctx.patient_system, prefix=ctx.issuer_prefix, table=ctx.issuer_systems
+        )
         ref["identifier"] = {"system": system, "value": pid}
     display = names.display(dj.person_name(row, dj.PATIENT_NAME))
     if display:
@@ -94,8 +102,9 @@ def _identifiers(uid: str, study: dj.Dataset, ctx: MappingContext) -> list[dict[
     return out
 
 
-def _series(instances: list[dj.Dataset], offset: str | None, ctx: MappingContext,
-            endpoint: list[dict[str, str]]) -> list[dict[str, Any]]:
+def _series(
+    instances: list[dj.Dataset], offset: str | None, ctx: MappingContext, endpoint: list[dict[str, str]]
+) -> list[dict[str, Any]]:
     by_series: dict[str, list[dj.Dataset]] = {}
     for row in instances:
         series_uid = dj.text(row, dj.SERIES_UID)
@@ -106,8 +115,9 @@ def _series(instances: list[dj.Dataset], offset: str | None, ctx: MappingContext
     return out
 
 
-def _one_series(uid: str, rows: list[dj.Dataset], offset: str | None, ctx: MappingContext,
-                endpoint: list[dict[str, str]]) -> dict[str, Any]:
+def _one_series(
+    uid: str, rows: list[dj.Dataset], offset: str | None, ctx: MappingContext, endpoint: list[dict[str, str]]
+) -> dict[str, Any]:
     head = rows[0]
     series: dict[str, Any] = {"uid": uid}
     number = dj.integer(head, dj.SERIES_NUMBER)

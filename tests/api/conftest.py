@@ -17,9 +17,18 @@ from tests.support.fhir_check import checking_client
 PACS = "http://pacs.test:8042/dicom-web"
 
 
-def study_row(uid: str, *, patient_id: str = "MRN1", issuer: str | None = None, name: str = "Doe^Jane",
-              date: str = "20200102", time: str | None = "101500", offset: str | None = None,
-              modalities: tuple[str, ...] = ("CT",), accession: str | None = "ACC1") -> dict[str, Any]:
+def study_row(
+    uid: str,
+    *,
+    patient_id: str = "MRN1",
+    issuer: str | None = None,
+    name: str = "Doe^Jane",
+    date: str = "20200102",
+    time: str | None = "101500",
+    offset: str | None = None,
+    modalities: tuple[str, ...] = ("CT",),
+    accession: str | None = "ACC1",
+) -> dict[str, Any]:
     row: dict[str, Any] = {
         "0020000D": {"vr": "UI", "Value": [uid]},
         "00100020": {"vr": "LO", "Value": [patient_id]},

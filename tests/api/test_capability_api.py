@@ -34,24 +34,42 @@ def test_metadata_lists_exactly_the_table(client):
 @pytest.mark.parametrize("param", [p.name for p in IMAGING_STUDY_PARAMS])
 def test_every_listed_parameter_is_accepted_strictly(pacs, client, param):
     pacs.get(url__startswith=PACS).mock(return_value=httpx.Response(200, json=[]))
-    sample = {"_id": "1.2.3", "identifier": "ACC1", "patient": "Patient/pjvje4mbqgayq",
-              "subject": "Patient/pjvje4mbqgayq", "started": "ge2020", "modality": "CT", "series": "1.2.3",
-              "instance": "1.2.3", "dicom-class": "1.2.840.10008.5.1.4.1.1.2", "bodysite": "KNEE",
-              "status": "available"}[param]
+    sample = {
+        "_id": "1.2.3",
+        "identifier": "ACC1",
+        "patient": "Patient/pjvje4mbqgayq",
+        "subject": "Patient/pjvje4mbqgayq",
+        "started": "ge2020",
+        "modality": "CT",
+        "series": "1.2.3",
+        "instance": "1.2.3",
+        "dicom-class": "1.2.840.10008.5.1.4.1.1.2",
+        "bodysite": "KNEE",
+        "status": "available",
+    }[param]
     r = client.get(f"/fhir/R4/ImagingStudy?{param}={sample}", headers={"prefer": "handling=strict"})
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"FACADE_DICOMWEB_URL": "not a url"}, "dicomweb_url must be an absolute http(s) URL"),
-    ({"FACADE_MAX_COUNT": "many"}, "max_count must be an integer"),
-    ({"FACADE_PACS_TIMEZONE": "Mars/Olympus"}, "pacs_timezone 'Mars/Olympus' is not an IANA time zone"),
-    ({"FACADE_CONFIG": "/nonexistent/facade.toml"}, "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FACADE_DICOMWEB_URL": "not a url"}, "dicomweb_url must be an absolute http(s) URL"),
+        ({"FACADE_MAX_COUNT": "many"}, "max_count must be an integer"),
+        ({"FACADE_PACS_TIMEZONE": "Mars/Olympus"}, "pacs_timezone 'Mars/Olympus' is not an IANA time zone"),
+        ({"FACADE_CONFIG": "/nonexistent/facade.toml"}, "does not exist"),
+    ],
+)
 def test_bad_setting_stops_start_up_with_one_line(env, message):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FACADE_")}
-    done = subprocess.run([sys.executable, "-m", "app", "--port", "0"], cwd=ROOT, env=clean | env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--port", "0"],
+        cwd=ROOT,
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("facade: configuration error: ") and message in lines[0]

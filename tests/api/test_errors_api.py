@@ -25,12 +25,15 @@ def _outcome(r, status):
 
 
 class TestUpstreamFaults:
-    @pytest.mark.parametrize(("fault", "status", "code"), [
-        (httpx.ConnectError("refused"), 503, "transient"),
-        (httpx.ConnectTimeout("slow connect"), 504, "timeout"),
-        (httpx.ReadTimeout("slow answer"), 504, "timeout"),
-        (httpx.RemoteProtocolError("garbled"), 503, "transient"),
-    ])
+    @pytest.mark.parametrize(
+        ("fault", "status", "code"),
+        [
+            (httpx.ConnectError("refused"), 503, "transient"),
+            (httpx.ConnectTimeout("slow connect"), 504, "timeout"),
+            (httpx.ReadTimeout("slow answer"), 504, "timeout"),
+            (httpx.RemoteProtocolError("garbled"), 503, "transient"),
+        ],
+    )
     def test_transport_faults(self, pacs, make_client, fault, status, code):
         pacs.get(url__startswith="http://svc-user").mock(side_effect=fault)
         client = make_client(dicomweb_url=SECRET_PACS)
@@ -41,13 +44,16 @@ class TestUpstreamFaults:
         if status == 503:
             assert r.headers["retry-after"] == "5"
 
-    @pytest.mark.parametrize("response", [
-        httpx.Response(500, json={"HttpError": "Internal", "Uri": "/dicom-web/studies"}),
-        httpx.Response(401, text="auth needed"),
-        httpx.Response(200, text="<html>proxy error page</html>"),
-        httpx.Response(200, json=[1, 2]),
-        httpx.Response(200, json="just a string"),
-    ])
+    @pytest.mark.parametrize(
+        "response",
+        [
+            httpx.Response(500, json={"HttpError": "Internal", "Uri": "/dicom-web/studies"}),
+            httpx.Response(401, text="auth needed"),
+            httpx.Response(200, text="<html>proxy error page</html>"),
+            httpx.Response(200, json=[1, 2]),
+            httpx.Response(200, json="just a string"),
+        ],
+    )
     def test_bad_answers_are_502(self, pacs, make_client, response):
         pacs.get(url__startswith="http://svc-user").mock(return_value=response)
         client = make_client(dicomweb_url=SECRET_PACS)
@@ -55,25 +61,40 @@ class TestUpstreamFaults:
 
     def test_stale_keep_alive_is_retried_once(self, pacs, client):
         route = pacs.get(url__regex=rf"^{PACS}/studies").mock(
-            side_effect=[httpx.RemoteProtocolError("closed"), httpx.Response(200, json=[])])
+            side_effect=[httpx.RemoteProtocolError("closed"), httpx.Response(200, json=[])]
+        )
         assert client.get("/fhir/R4/ImagingStudy").status_code == 200
         assert route.call_count == 2
 
     def test_errors_are_not_cached(self, pacs, client):
         route = pacs.get(url__regex=rf"^{PACS}/studies").mock(
-            side_effect=[httpx.Response(500), httpx.Response(200, json=[])])
+            side_effect=[httpx.Response(500), httpx.Response(200, json=[])]
+        )
         assert client.get("/fhir/R4/ImagingStudy").status_code == 502
         assert client.get("/fhir/R4/ImagingStudy").status_code == 200
         assert route.call_count == 2
 
 
 class TestBadInput:
-    @pytest.mark.parametrize("query", [
-        "started=2020-13-01", "started=xx2020", "started=ap2020", "started=2020-01-01T10",
-        "_count=abc", "_count=-1", "_offset=x", "status=bogus", "_pretty=maybe",
-        "patient:exact=Patient/x", "modality:text=CT", "bodysite:above=123", "identifier:of-type=x|y|z",
-        "_count=1&_count=2",
-    ])
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "started=2020-13-01",
+            "started=xx2020",
+            "started=ap2020",
+            "started=2020-01-01T10",
+            "_count=abc",
+            "_count=-1",
+            "_offset=x",
+            "status=bogus",
+            "_pretty=maybe",
+            "patient:exact=Patient/x",
+            "modality:text=CT",
+            "bodysite:above=123",
+            "identifier:of-type=x|y|z",
+            "_count=1&_count=2",
+        ],
+    )
     def test_malformed_is_400(self, pacs, client, query):
         issue = _outcome(client.get(f"/fhir/R4/ImagingStudy?{query}"), 400)
         assert issue["code"] in ("invalid", "not-supported")
@@ -103,19 +124,33 @@ class TestBadInput:
 
 
 class TestNegotiation:
-    @pytest.mark.parametrize("accept", [
-        None, "application/fhir+json", "application/json", "*/*", "application/json, text/plain, */*",
-        "application/fhir+json; fhirVersion=4.0", "text/html,application/xhtml+xml,*/*;q=0.8",
-    ])
+    @pytest.mark.parametrize(
+        "accept",
+        [
+            None,
+            "application/fhir+json",
+            "application/json",
+            "*/*",
+            "application/json, text/plain, */*",
+            "application/fhir+json; fhirVersion=4.0",
+            "text/html,application/xhtml+xml,*/*;q=0.8",
+        ],
+    )
     def test_json_is_served(self, client, accept):
         headers = {"accept": accept} if accept else {}
         r = client.get("/fhir/R4/metadata", headers=headers)
         assert r.status_code == 200 and r.headers["content-type"] == "application/fhir+json; charset=utf-8"
 
-    @pytest.mark.parametrize(("accept", "query"), [
-        ("application/fhir+xml", ""), ("text/html", ""), ("application/fhir+json; fhirVersion=3.0", ""),
-        (None, "?_format=xml"), (None, "?_format=application/fhir+xml"),
-    ])
+    @pytest.mark.parametrize(
+        ("accept", "query"),
+        [
+            ("application/fhir+xml", ""),
+            ("text/html", ""),
+            ("application/fhir+json; fhirVersion=3.0", ""),
+            (None, "?_format=xml"),
+            (None, "?_format=application/fhir+xml"),
+        ],
+    )
     def test_other_formats_are_406(self, client, accept, query):
         headers = {"accept": accept} if accept else {}
         _outcome(client.get(f"/fhir/R4/metadata{query}", headers=headers), 406)
@@ -136,7 +171,8 @@ class TestCache:
     def _serve(self, pacs):
         s = pacs.get(url__regex=rf"^{PACS}/studies").mock(return_value=httpx.Response(200, json=[study_row("1.2.3.1")]))
         i = pacs.get(url__regex=rf"^{PACS}/instances").mock(
-            return_value=httpx.Response(200, json=[instance_row("1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1")]))
+            return_value=httpx.Response(200, json=[instance_row("1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1")])
+        )
         return s, i
 
     def test_second_search_is_served_from_cache(self, pacs, client):

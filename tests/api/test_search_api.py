@@ -25,8 +25,11 @@ class TestUpstreamCost:
     @pytest.mark.parametrize("k", [1, 5, 20, 60])
     def test_a_page_of_k_studies_costs_two_requests(self, pacs, make_client, k):
         studies = [study_row(f"1.2.3.{i}") for i in range(k)]
-        instances = [instance_row(f"1.2.3.{i}", f"1.2.3.{i}.1", f"1.2.3.{i}.1.{j}", number=j)
-                     for i in range(k) for j in range(1, 4)]
+        instances = [
+            instance_row(f"1.2.3.{i}", f"1.2.3.{i}.1", f"1.2.3.{i}.1.{j}", number=j)
+            for i in range(k)
+            for j in range(1, 4)
+        ]
         _serve(pacs, studies, instances)
         client = make_client()
         r = client.get(f"/fhir/R4/ImagingStudy?_count={k}")
@@ -96,8 +99,7 @@ class TestQidoTranslation:
         assert "entry" not in body
 
     def test_case_insensitive_pacs_is_rechecked(self, pacs, client):
-        _serve(pacs, [study_row("1.2.3.1", patient_id="mrn0100"), study_row("1.2.3.2", patient_id="MRN0100")],
-               [])
+        _serve(pacs, [study_row("1.2.3.1", patient_id="mrn0100"), study_row("1.2.3.2", patient_id="MRN0100")], [])
         body = client.get("/fhir/R4/ImagingStudy?patient.identifier=MRN0100").json()
         assert [e["resource"]["id"] for e in body["entry"]] == ["1.2.3.2"]
 
@@ -113,8 +115,9 @@ class TestQidoTranslation:
 class TestLinks:
     def test_links_use_the_host_the_client_used(self, pacs, client):
         _serve(pacs, [study_row(f"1.2.3.{i}") for i in range(3)], [])
-        body = client.get("/fhir/R4/ImagingStudy?_count=2&_offset=2",
-                          headers={"host": "emr-gw.example.org:8443"}).json()
+        body = client.get(
+            "/fhir/R4/ImagingStudy?_count=2&_offset=2", headers={"host": "emr-gw.example.org:8443"}
+        ).json()
         for link in body["link"]:
             assert link["url"].startswith("http://emr-gw.example.org:8443/fhir/R4/ImagingStudy?")
         assert body["entry"][0]["fullUrl"].startswith("http://emr-gw.example.org:8443/fhir/R4/ImagingStudy/")
@@ -132,8 +135,9 @@ class TestLinks:
         assert body["link"][0]["url"] == "http://testserver/fhir/R4/ImagingStudy?modality=CT&_count=20"
 
     def test_include_endpoint(self, pacs, client):
-        _serve(pacs, [study_row("1.2.3.1"), study_row("1.2.3.2")],
-               [instance_row("1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1")])
+        _serve(
+            pacs, [study_row("1.2.3.1"), study_row("1.2.3.2")], [instance_row("1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1")]
+        )
         body = client.get("/fhir/R4/ImagingStudy?_include=ImagingStudy:endpoint").json()
         check(body)
         modes = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in body["entry"]]

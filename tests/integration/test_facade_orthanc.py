@@ -124,8 +124,9 @@ class TestEveryStudy:
             if t.series_date and t.series_time and truth.tz_offset:
                 assert s["started"].startswith(f"{t.series_date[:4]}-{t.series_date[4:6]}-{t.series_date[6:]}T")
             instances = [(i["uid"], i["sopClass"]["code"], i.get("number")) for i in s["instance"]]
-            assert instances == [(i.uid, "urn:oid:" + i.sop_class_uid, i.number)
-                                 for i in sorted(t.instances, key=lambda i: i.number)]
+            assert instances == [
+                (i.uid, "urn:oid:" + i.sop_class_uid, i.number) for i in sorted(t.instances, key=lambda i: i.number)
+            ]
 
     def test_paging_with_count_2_visits_every_study_once(self, facade, orthanc):
         seen = all_pages(facade, "_count=2")
@@ -211,15 +212,18 @@ class TestDates:
     def _want(self, manifest: Manifest, lo: str, hi: str) -> set[str]:
         return {s.study_uid for s in manifest.studies if s.study_date and lo <= s.study_date <= hi}
 
-    @pytest.mark.parametrize(("query", "lo", "hi"), [
-        ("started=2018", "20180101", "20181231"),
-        ("started=2021-09", "20210901", "20210930"),
-        ("started=ge2020-01-01&started=lt2022-01-01", "20200101", "20211231"),
-        ("started=gt2022-06-01", "20220602", "99991231"),
-        ("started=le2019-07-08", "00000000", "20190708"),
-        ("started=sa2023-01-01", "20230102", "99991231"),
-        ("started=eb2019-01-01", "00000000", "20181231"),
-    ])
+    @pytest.mark.parametrize(
+        ("query", "lo", "hi"),
+        [
+            ("started=2018", "20180101", "20181231"),
+            ("started=2021-09", "20210901", "20210930"),
+            ("started=ge2020-01-01&started=lt2022-01-01", "20200101", "20211231"),
+            ("started=gt2022-06-01", "20220602", "99991231"),
+            ("started=le2019-07-08", "00000000", "20190708"),
+            ("started=sa2023-01-01", "20230102", "99991231"),
+            ("started=eb2019-01-01", "00000000", "20181231"),
+        ],
+    )
     def test_prefixes(self, facade, orthanc, query, lo, hi):
         assert uids(search(facade, query)) == self._want(orthanc.manifest, lo, hi)
 
@@ -256,7 +260,8 @@ class TestSeriesLevel:
         assert uids(search(facade, f"modality={DCM}%7CMR")) == mr
         assert uids(search(facade, "modality=CT,MR")) == ct | mr
         assert uids(search(facade, "modality=CT&modality=US")) == ct & {
-            s.study_uid for s in manifest.studies if "US" in s.modalities}
+            s.study_uid for s in manifest.studies if "US" in s.modalities
+        }
         assert not uids(search(facade, "modality=http://other%7CCT"))
 
     def test_series_instance_class_bodysite(self, facade, orthanc):
@@ -265,8 +270,11 @@ class TestSeriesLevel:
         series = study.series[0]
         assert uids(search(facade, f"series={series.uid}")) == {study.study_uid}
         assert uids(search(facade, f"instance={series.instances[0].uid}")) == {study.study_uid}
-        sr = {s.study_uid for s in manifest.studies
-              if any(i.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.11" for i in s.instances)}
+        sr = {
+            s.study_uid
+            for s in manifest.studies
+            if any(i.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.11" for i in s.instances)
+        }
         assert uids(search(facade, "dicom-class=urn:oid:1.2.840.10008.5.1.4.1.1.88.11")) == sr
         knee = {s.study_uid for s in manifest.studies if any(se.body_part == "KNEE" for se in s.series)}
         assert uids(search(facade, "bodysite=http://snomed.info/sct%7C72696002")) == knee
@@ -288,8 +296,11 @@ class TestEndpointAndPost:
         base = f"{endpoint['address']}/studies/{truth.study_uid}/series/{series.uid}"
         meta = httpx.get(f"{base}/metadata", timeout=10)
         assert meta.status_code == 200 and len(meta.json()) == len(series.instances)
-        inst = httpx.get(f"{base}/instances/{series.instances[0].uid}", timeout=10,
-                         headers={"Accept": 'multipart/related; type="application/dicom"'})
+        inst = httpx.get(
+            f"{base}/instances/{series.instances[0].uid}",
+            timeout=10,
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        )
         assert inst.status_code == 200 and b"DICM" in inst.content
 
     def test_post_search_equals_get(self, facade):

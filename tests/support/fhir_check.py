@@ -13,16 +13,52 @@ from typing import Any
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 IMAGING_STUDY_STATUS = {"registered", "available", "cancelled", "entered-in-error", "unknown"}
-BUNDLE_TYPES = {"document", "message", "transaction", "transaction-response", "batch", "batch-response",
-                "history", "searchset", "collection"}
+BUNDLE_TYPES = {
+    "document",
+    "message",
+    "transaction",
+    "transaction-response",
+    "batch",
+    "batch-response",
+    "history",
+    "searchset",
+    "collection",
+}
 SEARCH_MODES = {"match", "include", "outcome"}
 ENDPOINT_STATUS = {"active", "suspended", "error", "off", "entered-in-error", "test"}
 SEVERITIES = {"fatal", "error", "warning", "information"}
 ISSUE_TYPES = {
-    "invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
-    "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches", "not-found",
-    "deleted", "too-long", "code-invalid", "extension", "too-costly", "business-rule", "conflict", "transient",
-    "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled", "informational",
+    "invalid",
+    "structure",
+    "required",
+    "value",
+    "invariant",
+    "security",
+    "login",
+    "unknown",
+    "expired",
+    "forbidden",
+    "suppressed",
+    "processing",
+    "not-supported",
+    "duplicate",
+    "multiple-matches",
+    "not-found",
+    "deleted",
+    "too-long",
+    "code-invalid",
+    "extension",
+    "too-costly",
+    "business-rule",
+    "conflict",
+    "transient",
+    "lock-error",
+    "no-store",
+    "exception",
+    "timeout",
+    "incomplete",
+    "throttled",
+    "informational",
 }
 SEARCH_PARAM_TYPES = {"number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special"}
 _DATETIME_WITH_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
@@ -86,8 +122,10 @@ def _bindings(res: dict[str, Any]) -> None:
     elif rtype == "Endpoint":
         _expect(res["status"] in ENDPOINT_STATUS, f"Endpoint.status {res['status']!r}")
         ct = res["connectionType"]
-        _expect(ct.get("system") == "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                "Endpoint.connectionType system")
+        _expect(
+            ct.get("system") == "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+            "Endpoint.connectionType system",
+        )
     elif rtype == "OperationOutcome":
         for issue in res["issue"]:
             _expect(issue["severity"] in SEVERITIES, f"issue.severity {issue['severity']!r}")
@@ -104,8 +142,9 @@ def _bindings(res: dict[str, Any]) -> None:
 def _date_time(value: str | None, where: str) -> None:
     if value is None:
         return
-    _expect(bool(_DATETIME_WITH_TIME.fullmatch(value) or _DATE.fullmatch(value)),
-            f"{where} {value!r}: a time needs a zone")
+    _expect(
+        bool(_DATETIME_WITH_TIME.fullmatch(value) or _DATE.fullmatch(value)), f"{where} {value!r}: a time needs a zone"
+    )
 
 
 def _expect(ok: bool, what: str) -> None:

@@ -13,15 +13,24 @@ from app.search import SearchContext, parse_search
 from tests.support import fhir_check
 
 BASE = "https://fhir.example.org/fhir/R4"
-STUDY = {"resourceType": "ImagingStudy", "id": "1.2.3", "status": "available",
-         "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3"}],
-         "subject": {"reference": "Patient/pjvje4mbrgaya"}}
+STUDY = {
+    "resourceType": "ImagingStudy",
+    "id": "1.2.3",
+    "status": "available",
+    "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3"}],
+    "subject": {"reference": "Patient/pjvje4mbrgaya"},
+}
 STUDY_2 = {**STUDY, "id": "1.2.4", "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.4"}]}
 ENDPOINT = {
-    "resourceType": "Endpoint", "id": "wado-rs", "status": "active",
-    "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                       "code": "dicom-wado-rs"},
-    "payloadType": [{"text": "DICOM WADO-RS"}], "address": "https://pacs.example.org/dicom-web",
+    "resourceType": "Endpoint",
+    "id": "wado-rs",
+    "status": "active",
+    "connectionType": {
+        "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+        "code": "dicom-wado-rs",
+    },
+    "payloadType": [{"text": "DICOM WADO-RS"}],
+    "address": "https://pacs.example.org/dicom-web",
 }
 
 
@@ -43,8 +52,7 @@ class TestSearchUrl:
     def test_reserved_characters_are_encoded(self):
         params = [("started", "ge2020-01-01T10:00:00+01:00"), ("x", "a&b=c#d?e%f g")]
         url = search_url(BASE, "ImagingStudy", params)
-        assert url == (f"{BASE}/ImagingStudy?started=ge2020-01-01T10:00:00%2B01:00"
-                       "&x=a%26b%3Dc%23d%3Fe%25f%20g")
+        assert url == (f"{BASE}/ImagingStudy?started=ge2020-01-01T10:00:00%2B01:00&x=a%26b%3Dc%23d%3Fe%25f%20g")
 
     @pytest.mark.parametrize(
         "params",
@@ -64,10 +72,21 @@ class TestSearchUrl:
         assert " " not in url and "+" not in url  # a raw "+" would read back as a space
 
     def test_self_link_from_a_parsed_search_round_trips(self):
-        ctx = SearchContext(default_count=20, max_count=100, search_zone=UTC,
-                            patient_system="urn:p", issuer_prefix="urn:i:", base_url=BASE)
-        items = [("identifier", "http://h/acc|A\\,1"), ("started", "ge2020-01-01T10:00:00+01:00"),
-                 ("unknown", "dropped"), ("_count", "10"), ("_offset", "20")]
+        ctx = SearchContext(
+            default_count=20,
+            max_count=100,
+            search_zone=UTC,
+            patient_system="urn:p",
+            issuer_prefix="urn:i:",
+            base_url=BASE,
+        )
+        items = [
+            ("identifier", "http://h/acc|A\\,1"),
+            ("started", "ge2020-01-01T10:00:00+01:00"),
+            ("unknown", "dropped"),
+            ("_count", "10"),
+            ("_offset", "20"),
+        ]
         req = parse_search(items, ctx)
         url = search_url(BASE, "ImagingStudy", req.link_params())
         again = parse_search(parse_qsl(urlsplit(url).query, keep_blank_values=True), ctx)
@@ -86,13 +105,16 @@ class TestSearchset:
         assert "entry" not in bundle  # FHIR JSON has no empty arrays
 
     def test_matches_includes_and_links(self):
-        bundle = valid(searchset(
-            BASE, [STUDY, STUDY_2],
-            self_url=f"{BASE}/ImagingStudy?_count=2&_offset=2",
-            next_url=f"{BASE}/ImagingStudy?_count=2&_offset=4",
-            previous_url=f"{BASE}/ImagingStudy?_count=2",
-            included=[ENDPOINT],
-        ))
+        bundle = valid(
+            searchset(
+                BASE,
+                [STUDY, STUDY_2],
+                self_url=f"{BASE}/ImagingStudy?_count=2&_offset=2",
+                next_url=f"{BASE}/ImagingStudy?_count=2&_offset=4",
+                previous_url=f"{BASE}/ImagingStudy?_count=2",
+                included=[ENDPOINT],
+            )
+        )
         assert bundle == {
             "resourceType": "Bundle",
             "type": "searchset",
@@ -113,8 +135,12 @@ class TestSearchset:
         assert [link["relation"] for link in bundle["link"]] == ["self"]
 
     def test_links_and_full_urls_are_absolute(self):
-        bundle = searchset(BASE, [STUDY], self_url=search_url(BASE, "ImagingStudy", [("_count", "1")]),
-                           next_url=search_url(BASE, "ImagingStudy", [("_count", "1"), ("_offset", "1")]))
+        bundle = searchset(
+            BASE,
+            [STUDY],
+            self_url=search_url(BASE, "ImagingStudy", [("_count", "1")]),
+            next_url=search_url(BASE, "ImagingStudy", [("_count", "1"), ("_offset", "1")]),
+        )
         for url in [link["url"] for link in bundle["link"]] + [e["fullUrl"] for e in bundle["entry"]]:
             parts = urlsplit(url)
             assert parts.scheme == "https" and parts.netloc == "fhir.example.org", url

@@ -96,8 +96,11 @@ class TestHitAndMiss:
 
         async def go():
             return [
-                await cached.search(Q1), await cached.search(Q2), await cached.search(Q1, context="tenant-b"),
-                await cached.search(Q1), await cached.search(Q1, context="tenant-b"),
+                await cached.search(Q1),
+                await cached.search(Q2),
+                await cached.search(Q1, context="tenant-b"),
+                await cached.search(Q1),
+                await cached.search(Q1, context="tenant-b"),
             ]
 
         results = run(go())

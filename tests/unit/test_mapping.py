@@ -63,9 +63,12 @@ EXPECTED = {
     "id": STUDY_UID,
     "identifier": [
         {"system": "urn:dicom:uid", "value": "urn:oid:" + STUDY_UID},
-        {"use": "usual",
-         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
-         "system": "http://hospital-a.example.org/acc", "value": "ACC-0001"},
+        {
+            "use": "usual",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+            "system": "http://hospital-a.example.org/acc",
+            "value": "ACC-0001",
+        },
     ],
     "status": "available",
     "modality": [{"system": DCM, "code": "CT"}],  # KO and SR are not acquisition modalities
@@ -82,8 +85,12 @@ EXPECTED = {
     "description": "CT CHEST W/O",
     "series": [
         {
-            "uid": series_uid("1"), "number": 1, "modality": {"system": DCM, "code": "CT"},
-            "description": "Scout", "numberOfInstances": 2, "endpoint": ENDPOINT,
+            "uid": series_uid("1"),
+            "number": 1,
+            "modality": {"system": DCM, "code": "CT"},
+            "description": "Scout",
+            "numberOfInstances": 2,
+            "endpoint": ENDPOINT,
             "bodySite": {"system": SNOMED, "code": "72696002", "display": "Knee"},
             "laterality": {"system": SNOMED, "code": "7771000", "display": "Left"},
             "instance": [
@@ -92,26 +99,32 @@ EXPECTED = {
             ],
         },
         {
-            "uid": series_uid("2"), "number": 2, "modality": {"system": DCM, "code": "CT"},
-            "description": "Thorax 1.0 B70f", "numberOfInstances": 3, "endpoint": ENDPOINT,
+            "uid": series_uid("2"),
+            "number": 2,
+            "modality": {"system": DCM, "code": "CT"},
+            "description": "Thorax 1.0 B70f",
+            "numberOfInstances": 3,
+            "endpoint": ENDPOINT,
             "bodySite": {"system": SNOMED, "code": "816094009", "display": "Chest"},
             "started": "2020-01-15T10:17:33.250000+01:00",
             "instance": [
-                {"uid": series_uid(f"2.{n}"), "sopClass": CT_CLASS, "number": n, "title": AXIAL}
-                for n in (1, 2, 3)
+                {"uid": series_uid(f"2.{n}"), "sopClass": CT_CLASS, "number": n, "title": AXIAL} for n in (1, 2, 3)
             ],
         },
         {
-            "uid": series_uid("91"), "number": 99, "modality": {"system": DCM, "code": "SR"},
-            "numberOfInstances": 1, "endpoint": ENDPOINT,
-            "instance": [{"uid": series_uid("91.1"), "sopClass": SR_CLASS, "number": 1,
-                          "title": "Radiology report"}],
+            "uid": series_uid("91"),
+            "number": 99,
+            "modality": {"system": DCM, "code": "SR"},
+            "numberOfInstances": 1,
+            "endpoint": ENDPOINT,
+            "instance": [{"uid": series_uid("91.1"), "sopClass": SR_CLASS, "number": 1, "title": "Radiology report"}],
         },
         {
-            "uid": series_uid("90"), "modality": {"system": DCM, "code": "KO"},  # no SeriesNumber: last
-            "numberOfInstances": 1, "endpoint": ENDPOINT,
-            "instance": [{"uid": series_uid("90.1"), "sopClass": KO_CLASS, "number": 1,
-                          "title": "KEY_IMAGES"}],
+            "uid": series_uid("90"),
+            "modality": {"system": DCM, "code": "KO"},  # no SeriesNumber: last
+            "numberOfInstances": 1,
+            "endpoint": ENDPOINT,
+            "instance": [{"uid": series_uid("90.1"), "sopClass": KO_CLASS, "number": 1, "title": "KEY_IMAGES"}],
         },
     ],
 }
@@ -145,11 +158,15 @@ class TestFullStudy:
         assert "series" not in res
         # No instance rows came back: the PACS's own study-level counts stand.
         assert (res["numberOfSeries"], res["numberOfInstances"]) == (
-            dj.integer(study, dj.NUMBER_OF_SERIES), dj.integer(study, dj.NUMBER_OF_STUDY_INSTANCES))
+            dj.integer(study, dj.NUMBER_OF_SERIES),
+            dj.integer(study, dj.NUMBER_OF_STUDY_INSTANCES),
+        )
 
     def test_rows_without_series_or_sop_uid_are_skipped(self, study, instances):
-        broken = [{k: v for k, v in instances[0].items() if k != dj.SOP_INSTANCE_UID},
-                  {k: v for k, v in instances[0].items() if k != dj.SERIES_UID}]
+        broken = [
+            {k: v for k, v in instances[0].items() if k != dj.SOP_INSTANCE_UID},
+            {k: v for k, v in instances[0].items() if k != dj.SERIES_UID},
+        ]
         assert imaging_study(study, instances + broken, CTX) == EXPECTED
 
 
@@ -180,7 +197,9 @@ class TestStudyLevel:
     def test_modalities_keep_the_pacs_order(self, study):
         study[dj.MODALITIES_IN_STUDY] = {"vr": "CS", "Value": ["MR", "SR", "CT"]}
         assert imaging_study(study, None, CTX)["modality"] == [
-            {"system": DCM, "code": "MR"}, {"system": DCM, "code": "CT"}]
+            {"system": DCM, "code": "MR"},
+            {"system": DCM, "code": "CT"},
+        ]
 
     @pytest.mark.parametrize(
         ("offset", "zone", "started"),
@@ -228,10 +247,15 @@ class TestStudyLevel:
         }
 
     def test_empty_type_2_attributes_are_tolerated(self):
-        row = {dj.STUDY_UID: {"vr": "UI", "Value": ["1.2.3"]}, dj.STUDY_DATE: {"vr": "DA"},
-               dj.REFERRING_PHYSICIAN: {"vr": "PN"}, dj.PATIENT_NAME: {"vr": "PN"},
-               dj.PATIENT_ID: {"vr": "LO"}, dj.MODALITIES_IN_STUDY: {"vr": "CS"},
-               dj.NUMBER_OF_SERIES: {"vr": "IS"}}
+        row = {
+            dj.STUDY_UID: {"vr": "UI", "Value": ["1.2.3"]},
+            dj.STUDY_DATE: {"vr": "DA"},
+            dj.REFERRING_PHYSICIAN: {"vr": "PN"},
+            dj.PATIENT_NAME: {"vr": "PN"},
+            dj.PATIENT_ID: {"vr": "LO"},
+            dj.MODALITIES_IN_STUDY: {"vr": "CS"},
+            dj.NUMBER_OF_SERIES: {"vr": "IS"},
+        }
         res = valid(imaging_study(row, None, MappingContext()))
         assert set(res) == {"resourceType", "id", "identifier", "status", "subject", "endpoint"}
 
@@ -243,7 +267,8 @@ class TestStudyLevel:
 
     def test_endpoint_id_from_context(self, study):
         assert imaging_study(study, None, MappingContext(endpoint_id="pacs-1"))["endpoint"] == [
-            {"reference": "Endpoint/pacs-1"}]
+            {"reference": "Endpoint/pacs-1"}
+        ]
 
 
 class TestNames:
@@ -290,7 +315,9 @@ class TestSubject:
     def test_configured_issuer_system(self, study):
         ctx = MappingContext(issuer_systems={"HOSP-A": "http://hospital-a.example.org/mrn"})
         assert subject_reference(study, ctx)["identifier"] == {
-            "system": "http://hospital-a.example.org/mrn", "value": "MRN0100"}
+            "system": "http://hospital-a.example.org/mrn",
+            "value": "MRN0100",
+        }
 
     def test_the_reference_decodes_to_the_pair(self, study):
         ref = subject_reference(study, CTX)["reference"]
@@ -301,7 +328,9 @@ class TestSubject:
         study[dj.ISSUER_OF_PATIENT_ID] = {"vr": "LO", "Value": ["Klinikum Süd"]}
         res = valid(imaging_study(study, None, CTX))
         assert res["subject"]["identifier"] == {
-            "system": "urn:x-imaging-facade:issuer:Klinikum%20S%C3%BCd", "value": "Müller-7"}
+            "system": "urn:x-imaging-facade:issuer:Klinikum%20S%C3%BCd",
+            "value": "Müller-7",
+        }
         assert patient_ids.decode(res["subject"]["reference"][8:]) == ("Müller-7", "Klinikum Süd")
 
 
@@ -318,17 +347,24 @@ def _instance(series: str, sop: str, **tags: Any) -> dj.Dataset:
 
 class TestSeriesLevel:
     def test_series_sort_by_number_then_uid_unnumbered_last(self, study):
-        rows = [_instance("1.5", "1.5.1"),
-                _instance("1.9", "1.9.1", **{dj.SERIES_NUMBER: ("IS", 10)}),
-                _instance("1.3", "1.3.1", **{dj.SERIES_NUMBER: ("IS", 2)}), _instance("1.4", "1.4.1"),
-                _instance("1.2", "1.2.1", **{dj.SERIES_NUMBER: ("IS", 2)})]
+        rows = [
+            _instance("1.5", "1.5.1"),
+            _instance("1.9", "1.9.1", **{dj.SERIES_NUMBER: ("IS", 10)}),
+            _instance("1.3", "1.3.1", **{dj.SERIES_NUMBER: ("IS", 2)}),
+            _instance("1.4", "1.4.1"),
+            _instance("1.2", "1.2.1", **{dj.SERIES_NUMBER: ("IS", 2)}),
+        ]
         res = valid(imaging_study(study, rows, CTX))
         assert [s["uid"] for s in res["series"]] == ["1.2", "1.3", "1.9", "1.4", "1.5"]
 
     def test_instance_sort_by_number_then_uid(self, study):
-        rows = [_instance("1.2", "1.2.30", **{dj.INSTANCE_NUMBER: ("IS", 2)}), _instance("1.2", "1.2.9"),
-                _instance("1.2", "1.2.10", **{dj.INSTANCE_NUMBER: ("IS", 2)}),
-                _instance("1.2", "1.2.5", **{dj.INSTANCE_NUMBER: ("IS", 1)}), _instance("1.2", "1.2.1")]
+        rows = [
+            _instance("1.2", "1.2.30", **{dj.INSTANCE_NUMBER: ("IS", 2)}),
+            _instance("1.2", "1.2.9"),
+            _instance("1.2", "1.2.10", **{dj.INSTANCE_NUMBER: ("IS", 2)}),
+            _instance("1.2", "1.2.5", **{dj.INSTANCE_NUMBER: ("IS", 1)}),
+            _instance("1.2", "1.2.1"),
+        ]
         [series] = valid(imaging_study(study, rows, CTX))["series"]
         assert [i["uid"] for i in series["instance"]] == ["1.2.5", "1.2.10", "1.2.30", "1.2.1", "1.2.9"]
 
@@ -340,14 +376,13 @@ class TestSeriesLevel:
             "numberOfInstances": 1,
             "endpoint": ENDPOINT,
             # sopClass is 1..1: the Storage service class root stands in for a missing SOPClassUID.
-            "instance": [{"uid": "1.2.1",
-                          "sopClass": {"system": "urn:ietf:rfc:3986",
-                                       "code": "urn:oid:1.2.840.10008.5.1.4"}}],
+            "instance": [
+                {"uid": "1.2.1", "sopClass": {"system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2.840.10008.5.1.4"}}
+            ],
         }
 
     def test_negative_numbers_are_not_unsigned_ints(self, study):
-        rows = [_instance("1.2", "1.2.1", **{dj.SERIES_NUMBER: ("IS", -1),
-                                             dj.INSTANCE_NUMBER: ("IS", -5)})]
+        rows = [_instance("1.2", "1.2.1", **{dj.SERIES_NUMBER: ("IS", -1), dj.INSTANCE_NUMBER: ("IS", -5)})]
         [series] = valid(imaging_study(study, rows, CTX))["series"]
         assert "number" not in series and "number" not in series["instance"][0]
 
@@ -381,14 +416,12 @@ class TestSeriesLevel:
         assert series.get("laterality") == coding
 
     def test_series_started_uses_the_study_offset(self, study):
-        rows = [_instance("1.2", "1.2.1", **{dj.SERIES_DATE: ("DA", "20200116"),
-                                             dj.SERIES_TIME: ("TM", "0001")})]
+        rows = [_instance("1.2", "1.2.1", **{dj.SERIES_DATE: ("DA", "20200116"), dj.SERIES_TIME: ("TM", "0001")})]
         [series] = imaging_study(study, rows, CTX)["series"]
         assert series["started"] == "2020-01-16T00:01:00+01:00"
 
     def test_instance_title_prefers_content_label_then_document_title_then_image_type(self, study):
-        both = _instance("1.2", "1.2.1", **{dj.CONTENT_LABEL: ("CS", "LABEL"),
-                                            dj.DOCUMENT_TITLE: ("LO", "Doc")})
+        both = _instance("1.2", "1.2.1", **{dj.CONTENT_LABEL: ("CS", "LABEL"), dj.DOCUMENT_TITLE: ("LO", "Doc")})
         both[dj.IMAGE_TYPE] = {"vr": "CS", "Value": ["DERIVED", "SECONDARY"]}
         doc = _instance("1.2", "1.2.2", **{dj.DOCUMENT_TITLE: ("LO", "Doc")})
         image = _instance("1.2", "1.2.3")
@@ -409,14 +442,19 @@ class TestEndpoint:
             "resourceType": "Endpoint",
             "id": "wado-rs",
             "status": "active",
-            "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                               "code": "dicom-wado-rs"},
+            "connectionType": {
+                "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+                "code": "dicom-wado-rs",
+            },
             "name": "PACS WADO-RS",
-            "payloadType": [{
-                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type",
-                            "code": "any"}],
-                "text": "DICOM WADO-RS",
-            }],
+            "payloadType": [
+                {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type", "code": "any"}
+                    ],
+                    "text": "DICOM WADO-RS",
+                }
+            ],
             "payloadMimeType": ["application/dicom"],
             "address": "https://pacs.example.org/dicom-web",  # the service base, no trailing slash
         }

@@ -104,8 +104,9 @@ class TestSystems:
     def test_system_for(self, issuer, system):
         assert patient_ids.system_for(issuer, default=DEFAULT, prefix=PREFIX, table=TABLE) == system
 
-    @pytest.mark.parametrize("issuer", [None, "HOSP-A", "1.2.3.4", "HOSP B/ü", "HOSP-B", "urn:oid:1.2", "%41",
-                                        "1.2.x", "1"])
+    @pytest.mark.parametrize(
+        "issuer", [None, "HOSP-A", "1.2.3.4", "HOSP B/ü", "HOSP-B", "urn:oid:1.2", "%41", "1.2.x", "1"]
+    )
     def test_issuer_for_inverts_system_for(self, issuer):
         system = patient_ids.system_for(issuer, default=DEFAULT, prefix=PREFIX, table=TABLE)
         expected = patient_ids.NO_ISSUER if issuer is None else issuer
@@ -128,6 +129,8 @@ class TestSystems:
 
     def test_oid_in_the_table_is_found_by_its_table_system_only(self):
         table = {"1.2.3": "http://oid-issuer.example.org"}
-        assert patient_ids.issuer_for("http://oid-issuer.example.org", default=DEFAULT, prefix=PREFIX,
-                                      table=table) == "1.2.3"
+        assert (
+            patient_ids.issuer_for("http://oid-issuer.example.org", default=DEFAULT, prefix=PREFIX, table=table)
+            == "1.2.3"
+        )
         assert patient_ids.issuer_for("urn:oid:1.2.3", default=DEFAULT, prefix=PREFIX, table=table) is None

@@ -38,19 +38,31 @@ def request(*items: tuple[str, str], ctx: SearchContext = SEARCH_CTX) -> SearchR
     return parse_search(list(items), ctx)
 
 
-def make_plan(*items: tuple[str, str], ctx: PlanContext = CTX,
-              search_ctx: SearchContext = SEARCH_CTX) -> Plan:
+def make_plan(*items: tuple[str, str], ctx: PlanContext = CTX, search_ctx: SearchContext = SEARCH_CTX) -> Plan:
     return plan(request(*items, ctx=search_ctx), ctx)
 
 
-def row(uid: str = STUDY, *, pid: str | None = None, issuer: str | None = None, accession: str | None = None,
-        modalities: tuple[str, ...] = (), da: str | None = None, tm: str | None = None,
-        offset: str | None = None, **extra: str) -> dj.Dataset:
+def row(
+    uid: str = STUDY,
+    *,
+    pid: str | None = None,
+    issuer: str | None = None,
+    accession: str | None = None,
+    modalities: tuple[str, ...] = (),
+    da: str | None = None,
+    tm: str | None = None,
+    offset: str | None = None,
+    **extra: str,
+) -> dj.Dataset:
     """A study-level QIDO row in DICOM JSON."""
     ds: dj.Dataset = {dj.STUDY_UID: {"vr": "UI", "Value": [uid]}}
     for tag, vr, value in [
-        (dj.PATIENT_ID, "LO", pid), (dj.ISSUER_OF_PATIENT_ID, "LO", issuer), (dj.ACCESSION, "SH", accession),
-        (dj.STUDY_DATE, "DA", da), (dj.STUDY_TIME, "TM", tm), (dj.TIMEZONE_OFFSET, "SH", offset),
+        (dj.PATIENT_ID, "LO", pid),
+        (dj.ISSUER_OF_PATIENT_ID, "LO", issuer),
+        (dj.ACCESSION, "SH", accession),
+        (dj.STUDY_DATE, "DA", da),
+        (dj.STUDY_TIME, "TM", tm),
+        (dj.TIMEZONE_OFFSET, "SH", offset),
     ]:
         if value is not None:
             ds[tag] = {"vr": vr, "Value": [value]}
@@ -76,7 +88,11 @@ class TestStudyKeys:
     def test_patient_identifier_with_issuer(self):
         p = make_plan(("patient.identifier", f"{HOSP_A}|MRN0100"))
         assert (p.nothing, p.study_keys, p.study_uids, p.prequeries) == (
-            False, {"PatientID": "MRN0100", "IssuerOfPatientID": "HOSP-A"}, None, ())
+            False,
+            {"PatientID": "MRN0100", "IssuerOfPatientID": "HOSP-A"},
+            None,
+            (),
+        )
         assert len(p.checks) == 1
 
     def test_patient_reference_gives_the_same_keys(self):
@@ -87,7 +103,8 @@ class TestStudyKeys:
 
     def test_patient_without_issuer_or_with_any_issuer_sends_only_patient_id(self):
         assert make_plan(("patient.identifier", "urn:x-imaging-facade:patient-id|MRN0100")).study_keys == {
-            "PatientID": "MRN0100"}
+            "PatientID": "MRN0100"
+        }
         assert make_plan(("patient.identifier", "MRN0100")).study_keys == {"PatientID": "MRN0100"}
 
     def test_patient_or_list_of_exact_values_is_a_qido_list_without_issuer(self):
@@ -110,7 +127,8 @@ class TestStudyKeys:
     def test_started_gives_a_widened_study_date_range(self):
         assert make_plan(("started", "2020-05-01")).study_keys == {"StudyDate": "20200430-20200502"}
         assert make_plan(("started", "ge2020-05-01"), ("started", "le2020-05-31")).study_keys == {
-            "StudyDate": "20200430-20200601"}
+            "StudyDate": "20200430-20200601"
+        }
 
     def test_started_before_year_1000(self):
         assert make_plan(("started", "0999")).study_keys == {"StudyDate": "09981231-10000101"}
@@ -137,18 +155,23 @@ class TestStudyKeys:
         assert make_plan(("_id", "1.2.5,1.2.3")).study_uids == ("1.2.3", "1.2.5")
 
     def test_study_uid_constraints_intersect(self):
-        p = make_plan(("_id", "1.2.3,1.2.4"), ("identifier", "urn:oid:1.2.4,urn:oid:1.2.5"),
-                      ("_id", "1.2.4,1.2.9"))
+        p = make_plan(("_id", "1.2.3,1.2.4"), ("identifier", "urn:oid:1.2.4,urn:oid:1.2.5"), ("_id", "1.2.4,1.2.9"))
         assert p.study_uids == ("1.2.4",)
 
     def test_all_together(self):
         p = make_plan(
-            ("patient.identifier", f"{HOSP_A}|MRN0100"), ("started", "2020"), ("modality", "CT"),
-            ("identifier", "ACC-1"), ("status", "available"),
+            ("patient.identifier", f"{HOSP_A}|MRN0100"),
+            ("started", "2020"),
+            ("modality", "CT"),
+            ("identifier", "ACC-1"),
+            ("status", "available"),
         )
         assert p.study_keys == {
-            "AccessionNumber": "ACC-1", "PatientID": "MRN0100", "IssuerOfPatientID": "HOSP-A",
-            "StudyDate": "20191231-20210101", "ModalitiesInStudy": "CT",
+            "AccessionNumber": "ACC-1",
+            "PatientID": "MRN0100",
+            "IssuerOfPatientID": "HOSP-A",
+            "StudyDate": "20191231-20210101",
+            "ModalitiesInStudy": "CT",
         }
         assert len(p.checks) == 4  # accession, patient, date, modality; status needs none
         good = row(pid="MRN0100", issuer="HOSP-A", accession="ACC-1", modalities=("CT", "SR"), da="20200615")
@@ -190,13 +213,38 @@ class TestNothing:
 
 # Values with characters QIDO cannot carry raw (or that are wildcards there): the key may be widened, but
 # never to universal matching, and the predicate must then tell the real match from the near misses.
-UNSAFE = ["MRN 0100", "MRN,0100", "MRN\\0100", "MRN*", "MRN?0100", "Müller", "山田太郎", "a&b=c", "x%2Ay",
-          "#1", "*", "?", "**", "ü", "a|b", "A$B", "O'Brien", "a/b", "x^y"]
+UNSAFE = [
+    "MRN 0100",
+    "MRN,0100",
+    "MRN\\0100",
+    "MRN*",
+    "MRN?0100",
+    "Müller",
+    "山田太郎",
+    "a&b=c",
+    "x%2Ay",
+    "#1",
+    "*",
+    "?",
+    "**",
+    "ü",
+    "a|b",
+    "A$B",
+    "O'Brien",
+    "a/b",
+    "x^y",
+]
 
 
 def near_misses(value: str) -> list[str]:
-    out = {value.swapcase(), value + "X", "X" + value, "".join("_" if not c.isalnum() else c for c in value),
-           value.replace("ü", "u"), value.replace("0", "O")}
+    out = {
+        value.swapcase(),
+        value + "X",
+        "X" + value,
+        "".join("_" if not c.isalnum() else c for c in value),
+        value.replace("ü", "u"),
+        value.replace("0", "O"),
+    }
     out.discard(value)
     return sorted(out)
 
@@ -256,9 +304,9 @@ class TestUnsafeValues:
         assert p.accepts(row(pid="A1")) and p.accepts(row(pid="B 2"))
         assert not p.accepts(row(pid="B_2")) and not p.accepts(row(pid="a1"))
 
-
-    @pytest.mark.parametrize("items", [[("modality", "CT ")], [("modality", "C T")], [("bodysite", "CHEST ")],
-                                       [("bodysite", "LEFT HAND")]])
+    @pytest.mark.parametrize(
+        "items", [[("modality", "CT ")], [("modality", "C T")], [("bodysite", "CHEST ")], [("bodysite", "LEFT HAND")]]
+    )
     def test_coded_values_with_spaces_are_never_sent_raw(self, items):
         p = make_plan(*items)
         QidoQuery.build("studies", p.study_keys)
@@ -386,36 +434,61 @@ class TestModalityPredicate:
 class TestPrequeries:
     def test_series(self):
         p = make_plan(("series", "1.2.3,1.2.2,1.2.3"))
-        assert p.prequeries == (Prequery(
-            QidoQuery("series", (("SeriesInstanceUID", "1.2.2,1.2.3"), ("limit", "2001"))),
-            dj.SERIES_UID, frozenset({"1.2.2", "1.2.3"}),
-        ),)
+        assert p.prequeries == (
+            Prequery(
+                QidoQuery("series", (("SeriesInstanceUID", "1.2.2,1.2.3"), ("limit", "2001"))),
+                dj.SERIES_UID,
+                frozenset({"1.2.2", "1.2.3"}),
+            ),
+        )
         assert p.study_keys == {} and p.study_uids is None
 
     def test_instance_and_dicom_class(self):
         p = make_plan(("instance", "1.2.3.4"), ("dicom-class", "urn:oid:1.2.840.10008.5.1.4.1.1.2"))
         assert [(q.query, q.attribute, q.accepted) for q in p.prequeries] == [
-            (QidoQuery("instances", (("SOPInstanceUID", "1.2.3.4"), ("limit", "2001"))),
-             dj.SOP_INSTANCE_UID, frozenset({"1.2.3.4"})),
-            (QidoQuery("instances", (("SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"), ("limit", "2001"))),
-             dj.SOP_CLASS_UID, frozenset({"1.2.840.10008.5.1.4.1.1.2"})),
+            (
+                QidoQuery("instances", (("SOPInstanceUID", "1.2.3.4"), ("limit", "2001"))),
+                dj.SOP_INSTANCE_UID,
+                frozenset({"1.2.3.4"}),
+            ),
+            (
+                QidoQuery("instances", (("SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"), ("limit", "2001"))),
+                dj.SOP_CLASS_UID,
+                frozenset({"1.2.840.10008.5.1.4.1.1.2"}),
+            ),
         ]
 
     def test_bodysite_asks_for_the_attribute_it_checks(self):
         p = make_plan(("bodysite", "http://snomed.info/sct|816094009,ABDOMEN"))
-        assert p.prequeries == (Prequery(
-            QidoQuery("series", (("BodyPartExamined", "ABDOMEN,CHEST"), ("includefield", "00180015"),
-                                 ("limit", "2001"))),
-            dj.BODY_PART, frozenset({"ABDOMEN", "CHEST"}),
-        ),)
+        assert p.prequeries == (
+            Prequery(
+                QidoQuery(
+                    "series", (("BodyPartExamined", "ABDOMEN,CHEST"), ("includefield", "00180015"), ("limit", "2001"))
+                ),
+                dj.BODY_PART,
+                frozenset({"ABDOMEN", "CHEST"}),
+            ),
+        )
 
     def test_study_keys_and_uids_narrow_the_prequery_but_not_modalities(self):
-        p = make_plan(("patient.identifier", f"{HOSP_A}|MRN0100"), ("modality", "CT"),
-                      ("started", "2020-05-01"), ("_id", "1.2.9,1.2.8"), ("series", "1.2.3"))
-        assert p.prequeries[0].query == QidoQuery("series", (
-            ("IssuerOfPatientID", "HOSP-A"), ("PatientID", "MRN0100"), ("SeriesInstanceUID", "1.2.3"),
-            ("StudyDate", "20200430-20200502"), ("StudyInstanceUID", "1.2.8,1.2.9"), ("limit", "2001"),
-        ))
+        p = make_plan(
+            ("patient.identifier", f"{HOSP_A}|MRN0100"),
+            ("modality", "CT"),
+            ("started", "2020-05-01"),
+            ("_id", "1.2.9,1.2.8"),
+            ("series", "1.2.3"),
+        )
+        assert p.prequeries[0].query == QidoQuery(
+            "series",
+            (
+                ("IssuerOfPatientID", "HOSP-A"),
+                ("PatientID", "MRN0100"),
+                ("SeriesInstanceUID", "1.2.3"),
+                ("StudyDate", "20200430-20200502"),
+                ("StudyInstanceUID", "1.2.8,1.2.9"),
+                ("limit", "2001"),
+            ),
+        )
         assert p.study_uids == ("1.2.8", "1.2.9")
 
     def test_repeated_prequery_parameters_are_each_asked(self):

@@ -26,8 +26,15 @@ PROFILE = settings(max_examples=400, derandomize=True, database=None, deadline=N
 
 # PACS zones whose offset differs from every DICOM offset (-12:00..+14:00) by at most 24 h: the premise of
 # the ±1 day widening. (Zones beyond it are a known edge: see test_fhir_dates.)
-PACS_ZONES = [None, UTC, ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata"),
-              ZoneInfo("Australia/Lord_Howe"), ZoneInfo("America/St_Johns")]
+PACS_ZONES = [
+    None,
+    UTC,
+    ZoneInfo("Europe/Berlin"),
+    ZoneInfo("America/New_York"),
+    ZoneInfo("Asia/Kolkata"),
+    ZoneInfo("Australia/Lord_Howe"),
+    ZoneInfo("America/St_Johns"),
+]
 PREFIXES = ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"]
 # Text as it reaches us: decoded UTF-8 (query strings, DICOM JSON), so no lone surrogates.
 TEXT = st.characters(codec="utf-8")
@@ -35,26 +42,40 @@ NO_NUL = st.characters(codec="utf-8", exclude_characters="\x00")  # NUL is not i
 ISSUERS = st.one_of(st.none(), st.text(TEXT, min_size=1, max_size=10))
 
 days = st.dates(date(2019, 12, 1), date(2021, 2, 1))
-offsets = st.integers(-12 * 4, 14 * 4).map(
-    lambda q: f"{'-' if q < 0 else '+'}{abs(q) // 4:02d}{abs(q) % 4 * 15:02d}")
+offsets = st.integers(-12 * 4, 14 * 4).map(lambda q: f"{'-' if q < 0 else '+'}{abs(q) // 4:02d}{abs(q) % 4 * 15:02d}")
 times = st.one_of(
     st.none(),
     st.builds(lambda h: f"{h:02d}", st.integers(0, 23)),
     st.builds(lambda h, m: f"{h:02d}{m:02d}", st.integers(0, 23), st.integers(0, 59)),
-    st.builds(lambda h, m, s: f"{h:02d}{m:02d}{s:02d}", st.integers(0, 23), st.integers(0, 59),
-              st.integers(0, 59)),
-    st.builds(lambda h, m, s, f: f"{h:02d}{m:02d}{s:02d}.{f}", st.integers(0, 23), st.integers(0, 59),
-              st.integers(0, 59), st.text("0123456789", min_size=1, max_size=6)),
+    st.builds(lambda h, m, s: f"{h:02d}{m:02d}{s:02d}", st.integers(0, 23), st.integers(0, 59), st.integers(0, 59)),
+    st.builds(
+        lambda h, m, s, f: f"{h:02d}{m:02d}{s:02d}.{f}",
+        st.integers(0, 23),
+        st.integers(0, 59),
+        st.integers(0, 59),
+        st.text("0123456789", min_size=1, max_size=6),
+    ),
 )
 search_zones = st.sampled_from(["", "Z", "+01:00", "-05:00", "+14:00", "-12:00", "+05:30"])
 search_values = st.one_of(
     days.map(lambda d: f"{d.year}"),
     days.map(lambda d: f"{d:%Y-%m}"),
     days.map(lambda d: f"{d:%Y-%m-%d}"),
-    st.builds(lambda d, h, m, z: f"{d:%Y-%m-%d}T{h:02d}:{m:02d}{z}", days, st.integers(0, 23),
-              st.integers(0, 59), search_zones),
-    st.builds(lambda d, h, m, s, z: f"{d:%Y-%m-%d}T{h:02d}:{m:02d}:{s:02d}{z}", days, st.integers(0, 23),
-              st.integers(0, 59), st.integers(0, 59), search_zones),
+    st.builds(
+        lambda d, h, m, z: f"{d:%Y-%m-%d}T{h:02d}:{m:02d}{z}",
+        days,
+        st.integers(0, 23),
+        st.integers(0, 59),
+        search_zones,
+    ),
+    st.builds(
+        lambda d, h, m, s, z: f"{d:%Y-%m-%d}T{h:02d}:{m:02d}:{s:02d}{z}",
+        days,
+        st.integers(0, 23),
+        st.integers(0, 59),
+        st.integers(0, 59),
+        search_zones,
+    ),
 )
 criteria = st.tuples(st.sampled_from(PREFIXES), search_values)
 studies = st.tuples(days, times, st.one_of(st.none(), offsets))
@@ -83,9 +104,11 @@ def test_qido_date_range_is_a_superset_of_one_criterion(zone, criterion, study):
 
 
 @PROFILE
-@given(zone=st.sampled_from(PACS_ZONES),
-       groups=st.lists(st.lists(criteria, min_size=1, max_size=3), min_size=1, max_size=3),
-       study=studies)
+@given(
+    zone=st.sampled_from(PACS_ZONES),
+    groups=st.lists(st.lists(criteria, min_size=1, max_size=3), min_size=1, max_size=3),
+    study=studies,
+)
 def test_qido_date_range_is_a_superset_of_and_of_or_groups(zone, groups, study):
     parsed = [[parse_search_date(p + v, zone or UTC) for p, v in g] for g in groups]
     da, tm, offset = study
@@ -143,8 +166,11 @@ def test_distinct_pairs_get_distinct_ids(a, b):
 
 
 @PROFILE
-@given(st.one_of(st.text(TEXT, max_size=70), st.text("abcdefghijklmnopqrstuvwxyz234567", max_size=64).map(
-    lambda t: "p" + t)))
+@given(
+    st.one_of(
+        st.text(TEXT, max_size=70), st.text("abcdefghijklmnopqrstuvwxyz234567", max_size=64).map(lambda t: "p" + t)
+    )
+)
 def test_decode_never_raises_and_only_accepts_canonical_ids(text):
     pair = patient_ids.decode(text)
     if pair is not None:

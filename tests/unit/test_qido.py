@@ -9,12 +9,20 @@ from app.qido import INSTANCE_FIELDS, STUDY_FIELDS, QidoQuery, date_range, match
 
 class TestQidoQuery:
     def test_build_sorts_params_and_adds_fields_limit_offset(self):
-        q = QidoQuery.build("studies", {"PatientName": "Doe^J*", "PatientID": "X"},
-                            fields=("00081030", "00100021"), limit=21, offset=40)
-        assert q == QidoQuery("studies", (
-            ("PatientID", "X"), ("PatientName", "Doe^J*"), ("includefield", "00081030"),
-            ("includefield", "00100021"), ("limit", "21"), ("offset", "40"),
-        ))
+        q = QidoQuery.build(
+            "studies", {"PatientName": "Doe^J*", "PatientID": "X"}, fields=("00081030", "00100021"), limit=21, offset=40
+        )
+        assert q == QidoQuery(
+            "studies",
+            (
+                ("PatientID", "X"),
+                ("PatientName", "Doe^J*"),
+                ("includefield", "00081030"),
+                ("includefield", "00100021"),
+                ("limit", "21"),
+                ("offset", "40"),
+            ),
+        )
 
     def test_path_keeps_caret_star_and_question_mark_raw(self):
         q = QidoQuery.build("studies", {"PatientName": "Doe^J*", "PatientID": "MRN?0100"}, limit=5)
@@ -25,7 +33,8 @@ class TestQidoQuery:
 
     def test_zero_offset_and_no_limit_are_left_out(self):
         assert QidoQuery.build("instances", {"StudyInstanceUID": "1.2.3"}, offset=0).path == (
-            "instances?StudyInstanceUID=1.2.3")
+            "instances?StudyInstanceUID=1.2.3"
+        )
 
     def test_equal_searches_are_equal_keys(self):
         a = QidoQuery.build("studies", {"PatientID": "X", "StudyDate": "20200101-"}, limit=3)
@@ -35,9 +44,16 @@ class TestQidoQuery:
         assert a != QidoQuery.build("series", {"PatientID": "X", "StudyDate": "20200101-"}, limit=3)
 
     def test_uid_list_range_and_wildcards_are_allowed_values(self):
-        QidoQuery("studies", (("StudyInstanceUID", "1.2.3,1.2.4"), ("StudyDate", "20200101-20201231"),
-                              ("PatientID", "A?B*"), ("ReferringPhysicianName", "O'Brien^J"),
-                              ("00100020", "x:/~._-")))
+        QidoQuery(
+            "studies",
+            (
+                ("StudyInstanceUID", "1.2.3,1.2.4"),
+                ("StudyDate", "20200101-20201231"),
+                ("PatientID", "A?B*"),
+                ("ReferringPhysicianName", "O'Brien^J"),
+                ("00100020", "x:/~._-"),
+            ),
+        )
 
     @pytest.mark.parametrize("value", ["a b", "a&b", "a=b", "a#b", "a%20b", "a+b", "Müller", "a\\b", "a\nb"])
     def test_values_that_are_not_safe_raw_are_refused(self, value):

@@ -61,8 +61,7 @@ class TestCombining:
     def test_defaults(self):
         assert parse() == SearchRequest((), count=20, offset=0, include_endpoint=False, pretty=False)
 
-    @pytest.mark.parametrize("name", ["identifier", "patient", "started", "modality", "_id", "series",
-                                      "status"])
+    @pytest.mark.parametrize("name", ["identifier", "patient", "started", "modality", "_id", "series", "status"])
     def test_empty_values_are_ignored(self, name):
         req = parse((name, ""))
         assert req.criteria == ()
@@ -127,8 +126,7 @@ class TestIdentifier:
 
     def test_accession_with_and_without_system(self):
         got = values(("identifier", "ACC-1,http://hospital-a.example.org/acc|ACC-2,|ACC-3"))
-        assert got == [(Token(None, "ACC-1"), Token("http://hospital-a.example.org/acc", "ACC-2"),
-                        Token("", "ACC-3"))]
+        assert got == [(Token(None, "ACC-1"), Token("http://hospital-a.example.org/acc", "ACC-2"), Token("", "ACC-3"))]
 
     def test_mixed_study_uid_and_accession_in_one_parameter_parse(self):
         got = values(("identifier", "urn:oid:1.2.3,ACC"))
@@ -152,11 +150,23 @@ class TestId:
     def test_id_takes_bare_uids_only(self):
         assert values(("_id", "1.2.3,urn:oid:1.2.4,abc,sys|1.2.5,1.2.6")) == [("1.2.3", "1.2.6")]
 
-    @pytest.mark.parametrize(("text", "ok"), [
-        ("1.2.3", True), ("0.1", True), ("1.0.2", True), ("1", False), ("01.2", False), ("1..2", False),
-        ("1.2.", False), (".1.2", False), ("1.2a", False), ("1." * 31 + "12", True), ("1." * 32 + "1", False),
-        ("1.\u0662", False),
-    ])
+    @pytest.mark.parametrize(
+        ("text", "ok"),
+        [
+            ("1.2.3", True),
+            ("0.1", True),
+            ("1.0.2", True),
+            ("1", False),
+            ("01.2", False),
+            ("1..2", False),
+            ("1.2.", False),
+            (".1.2", False),
+            ("1.2a", False),
+            ("1." * 31 + "12", True),
+            ("1." * 32 + "1", False),
+            ("1.\u0662", False),
+        ],
+    )
     def test_is_uid(self, text, ok):
         assert is_uid(text) is ok
 
@@ -219,11 +229,16 @@ class TestPatient:
     def test_typed_chain(self):
         assert values(("subject:Patient.identifier", "MRN0100")) == values(("subject.identifier", "MRN0100"))
 
-    @pytest.mark.parametrize("raw", [
-        "http://unknown.example.org/mrn|MRN0100", "urn:x-imaging-facade:issuer:|X",
-        "urn:x-imaging-facade:patient-id|", "|MRN0100",
-        "urn:x-imaging-facade:issuer:" + "I" * 65 + "|MRN0100",  # an issuer longer than LO
-    ])
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            "http://unknown.example.org/mrn|MRN0100",
+            "urn:x-imaging-facade:issuer:|X",
+            "urn:x-imaging-facade:patient-id|",
+            "|MRN0100",
+            "urn:x-imaging-facade:issuer:" + "I" * 65 + "|MRN0100",  # an issuer longer than LO
+        ],
+    )
     def test_identifier_with_a_system_we_never_emit_matches_nothing(self, raw):
         assert values(("patient.identifier", raw)) == [()]
 
@@ -267,7 +282,8 @@ class TestBodySite:
 class TestStatus:
     def test_codes(self):
         assert values(("status", "available,http://hl7.org/fhir/imagingstudy-status|cancelled")) == [
-            ("available", "cancelled")]
+            ("available", "cancelled")
+        ]
 
     def test_known_code_with_another_system_matches_nothing(self):
         assert values(("status", "http://other|available")) == [()]
@@ -360,16 +376,24 @@ class TestUnknownAndUnsupported:
 
     @pytest.mark.parametrize(
         "key",
-        ["patient:exact", "modality:text", "modality:above", "modality:not", "identifier:of-type",
-         "started:missing", "patient:Device", "_id:below", "bodysite:in"],
+        [
+            "patient:exact",
+            "modality:text",
+            "modality:above",
+            "modality:not",
+            "identifier:of-type",
+            "started:missing",
+            "patient:Device",
+            "_id:below",
+            "bodysite:in",
+        ],
     )
     @pytest.mark.parametrize("ctx", [CTX, STRICT], ids=["lenient", "strict"])
     def test_unsupported_modifiers_are_always_rejected(self, key, ctx):
         with pytest.raises(UnsupportedSearch, match="modifier"):
             parse((key, "x"), ctx=ctx)
 
-    @pytest.mark.parametrize("key", ["patient.name", "patient.birthdate", "subject.identifier.value",
-                                     "modality.x"])
+    @pytest.mark.parametrize("key", ["patient.name", "patient.birthdate", "subject.identifier.value", "modality.x"])
     @pytest.mark.parametrize("ctx", [CTX, STRICT], ids=["lenient", "strict"])
     def test_unsupported_chains_are_always_rejected(self, key, ctx):
         with pytest.raises(UnsupportedSearch, match="chained"):
@@ -387,8 +411,14 @@ class TestUnknownAndUnsupported:
 
 class TestLinkParams:
     def test_canonical_parameters(self):
-        req = parse(("patient.identifier", "MRN1"), ("foo", "bar"), ("_include", "ImagingStudy:endpoint"),
-                    ("_count", "10"), ("_offset", "30"), ("modality", "CT,MR"))
+        req = parse(
+            ("patient.identifier", "MRN1"),
+            ("foo", "bar"),
+            ("_include", "ImagingStudy:endpoint"),
+            ("_count", "10"),
+            ("_offset", "30"),
+            ("modality", "CT,MR"),
+        )
         assert req.link_params() == [
             ("patient.identifier", "MRN1"),
             ("modality", "CT,MR"),

@@ -18,6 +18,7 @@ def toml(tmp_path: Path):
         path = tmp_path / "facade.toml"
         path.write_text(text, encoding="utf-8")
         return path
+
     return write
 
 
@@ -41,18 +42,34 @@ def error(env: dict[str, str], config_file: Path) -> str:
 class TestSources:
     def test_defaults(self, empty):
         assert load({"FACADE_DICOMWEB_URL": URL}, empty) == Settings(
-            dicomweb_url=URL, public_url=None, wado_url=None, pacs_timezone=None, default_count=20,
-            max_count=100, uid_batch=100, instance_limit=20000, prequery_limit=2000, cache_ttl=60.0,
-            cache_max_bytes=64 * 1024 * 1024, upstream_connect_timeout=3.0, upstream_read_timeout=20.0,
-            upstream_max_connections=32, endpoint_id="wado-rs", accession_system=None,
+            dicomweb_url=URL,
+            public_url=None,
+            wado_url=None,
+            pacs_timezone=None,
+            default_count=20,
+            max_count=100,
+            uid_batch=100,
+            instance_limit=20000,
+            prequery_limit=2000,
+            cache_ttl=60.0,
+            cache_max_bytes=64 * 1024 * 1024,
+            upstream_connect_timeout=3.0,
+            upstream_read_timeout=20.0,
+            upstream_max_connections=32,
+            endpoint_id="wado-rs",
+            accession_system=None,
             patient_identifier_system="urn:x-imaging-facade:patient-id",
-            issuer_system_prefix="urn:x-imaging-facade:issuer:", issuer_systems={}, log_level="info",
+            issuer_system_prefix="urn:x-imaging-facade:issuer:",
+            issuer_systems={},
+            log_level="info",
         )
 
     def test_toml_file(self, toml):
-        path = toml(f'[facade]\ndicomweb_url = "{URL}"\nmax_count = 50\ncache_ttl = 5\n'
-                    'pacs_timezone = "Europe/Berlin"\n'
-                    '[facade.issuer_systems]\n"HOSP-A" = "http://hospital-a.example.org/mrn"\n')
+        path = toml(
+            f'[facade]\ndicomweb_url = "{URL}"\nmax_count = 50\ncache_ttl = 5\n'
+            'pacs_timezone = "Europe/Berlin"\n'
+            '[facade.issuer_systems]\n"HOSP-A" = "http://hospital-a.example.org/mrn"\n'
+        )
         s = load({}, path)
         assert (s.dicomweb_url, s.max_count, s.cache_ttl, s.pacs_timezone) == (URL, 50, 5.0, "Europe/Berlin")
         assert s.issuer_systems == {"HOSP-A": "http://hospital-a.example.org/mrn"}
@@ -60,15 +77,23 @@ class TestSources:
 
     def test_environment_overrides_the_file(self, toml):
         path = toml(f'[facade]\ndicomweb_url = "{URL}"\nmax_count = 50\naccession_system = "http://file/acc"\n')
-        env = {"FACADE_MAX_COUNT": "70", "FACADE_CACHE_TTL": "0.5", "FACADE_ACCESSION_SYSTEM": "http://env/acc",
-               "FACADE_ISSUER_SYSTEMS": '{"HOSP-A": "http://a"}', "UNRELATED": "x", "FACADE_UNKNOWN": "x"}
+        env = {
+            "FACADE_MAX_COUNT": "70",
+            "FACADE_CACHE_TTL": "0.5",
+            "FACADE_ACCESSION_SYSTEM": "http://env/acc",
+            "FACADE_ISSUER_SYSTEMS": '{"HOSP-A": "http://a"}',
+            "UNRELATED": "x",
+            "FACADE_UNKNOWN": "x",
+        }
         s = load(env, path)
         assert (s.max_count, s.cache_ttl, s.accession_system) == (70, 0.5, "http://env/acc")
         assert s.issuer_systems == {"HOSP-A": "http://a"}
 
     def test_empty_string_means_unset_for_optional_settings(self, toml):
-        path = toml(f'[facade]\ndicomweb_url = "{URL}"\npublic_url = ""\nwado_url = ""\n'
-                    'pacs_timezone = ""\naccession_system = ""\n')
+        path = toml(
+            f'[facade]\ndicomweb_url = "{URL}"\npublic_url = ""\nwado_url = ""\n'
+            'pacs_timezone = ""\naccession_system = ""\n'
+        )
         s = load({}, path)
         assert (s.public_url, s.wado_url, s.pacs_timezone, s.accession_system) == (None, None, None, None)
         assert load({"FACADE_DICOMWEB_URL": URL, "FACADE_PUBLIC_URL": ""}, path).public_url is None
@@ -88,7 +113,8 @@ class TestSources:
         assert s.wado_base == URL
         assert s.tz == ZoneInfo("Europe/Berlin")
         assert Settings(dicomweb_url=URL, wado_url="https://wado.example.org/dw/").wado_base == (
-            "https://wado.example.org/dw")
+            "https://wado.example.org/dw"
+        )
         assert Settings(dicomweb_url=URL).tz is None
 
     def test_settings_are_frozen(self):
@@ -105,8 +131,7 @@ class TestErrors:
         assert "dicomweb_url is required" in error({"FACADE_DICOMWEB_URL": ""}, in_file)
 
     @pytest.mark.parametrize("name", ["DICOMWEB_URL", "PUBLIC_URL", "WADO_URL"])
-    @pytest.mark.parametrize("value", ["ftp://pacs/dw", "pacs:8042/dicom-web", "not a url", "http://",
-                                       "/dicom-web"])
+    @pytest.mark.parametrize("value", ["ftp://pacs/dw", "pacs:8042/dicom-web", "not a url", "http://", "/dicom-web"])
     def test_bad_url(self, empty, name, value):
         env = {"FACADE_DICOMWEB_URL": URL, f"FACADE_{name}": value}
         assert error(env, empty) == f"{name.lower()} must be an absolute http(s) URL, got {value!r}"
@@ -116,16 +141,21 @@ class TestErrors:
         assert "s3cret" not in message and "orthanc" not in message
         assert message == "dicomweb_url must be an absolute http(s) URL, got 'ftp://***@pacs:8042/dw'"
 
-    @pytest.mark.parametrize(("name", "value"), [
-        ("MAX_COUNT", "abc"), ("MAX_COUNT", "1.5"), ("UID_BATCH", ""), ("CACHE_MAX_BYTES", "64MB"),
-        ("DEFAULT_COUNT", "0x10"),
-    ])
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("MAX_COUNT", "abc"),
+            ("MAX_COUNT", "1.5"),
+            ("UID_BATCH", ""),
+            ("CACHE_MAX_BYTES", "64MB"),
+            ("DEFAULT_COUNT", "0x10"),
+        ],
+    )
     def test_bad_int(self, empty, name, value):
         message = error({"FACADE_DICOMWEB_URL": URL, f"FACADE_{name}": value}, empty)
         assert message.startswith(f"{name.lower()} must be an integer")
 
-    @pytest.mark.parametrize("text", ["max_count = true", "max_count = 1.5", 'max_count = "many"',
-                                      "max_count = [1]"])
+    @pytest.mark.parametrize("text", ["max_count = true", "max_count = 1.5", 'max_count = "many"', "max_count = [1]"])
     def test_bad_int_in_toml(self, toml, text):
         message = error({}, toml(f'[facade]\ndicomweb_url = "{URL}"\n{text}\n'))
         assert message.startswith("max_count must be an integer")
@@ -135,8 +165,7 @@ class TestErrors:
         message = error({"FACADE_DICOMWEB_URL": URL, "FACADE_CACHE_TTL": value}, empty)
         assert message == f"cache_ttl must be a number, got {value!r}"
 
-    @pytest.mark.parametrize(("name", "value"), [("MAX_COUNT", "0"), ("UID_BATCH", "-1"),
-                                                 ("CACHE_MAX_BYTES", "0")])
+    @pytest.mark.parametrize(("name", "value"), [("MAX_COUNT", "0"), ("UID_BATCH", "-1"), ("CACHE_MAX_BYTES", "0")])
     def test_counts_must_be_positive(self, empty, name, value):
         message = error({"FACADE_DICOMWEB_URL": URL, f"FACADE_{name}": value}, empty)
         assert message == f"{name.lower()} must be a positive integer"
@@ -154,8 +183,7 @@ class TestErrors:
         path = toml(f'[facade]\ndicomweb_url = "{URL}"\ncolour = "blue"\nmax_cont = 5\n')
         assert error({}, path) == f"unknown setting(s) in {path}: colour, max_cont"
 
-    @pytest.mark.parametrize("zone", ["Mars/Olympus", "CEST", "../../etc/passwd", "/etc/localtime",
-                                      "Europe/"])
+    @pytest.mark.parametrize("zone", ["Mars/Olympus", "CEST", "../../etc/passwd", "/etc/localtime", "Europe/"])
     def test_bad_time_zone(self, empty, zone):
         env = {"FACADE_DICOMWEB_URL": URL, "FACADE_PACS_TIMEZONE": zone}
         assert error(env, empty) == f"pacs_timezone {zone!r} is not an IANA time zone"
@@ -178,7 +206,8 @@ class TestErrors:
     @pytest.mark.parametrize("value", ["[1]", '{"A": 1}', "{bad", '"x"'])
     def test_bad_issuer_systems(self, empty, value):
         assert error({"FACADE_DICOMWEB_URL": URL, "FACADE_ISSUER_SYSTEMS": value}, empty).startswith(
-            "issuer_systems must be a")
+            "issuer_systems must be a"
+        )
 
     def test_bad_issuer_systems_in_toml(self, toml):
         path = toml(f'[facade]\ndicomweb_url = "{URL}"\n[facade.issuer_systems]\nA = 1\n')
@@ -186,7 +215,8 @@ class TestErrors:
 
     def test_non_string_for_a_string_setting(self, toml):
         assert error({}, toml(f'[facade]\ndicomweb_url = "{URL}"\nendpoint_id = 5\n')) == (
-            "endpoint_id must be a string")
+            "endpoint_id must be a string"
+        )
 
     @pytest.mark.parametrize("value", ["", "x" * 65])
     def test_endpoint_id_length(self, empty, value):
@@ -197,8 +227,7 @@ class TestErrors:
     def test_endpoint_id_must_be_a_fhir_id(self, empty, value):
         error({"FACADE_DICOMWEB_URL": URL, "FACADE_ENDPOINT_ID": value}, empty)
 
-    @pytest.mark.parametrize("value", ["http://pacs:abc/dw", "http://pacs:99999/dw",
-                                       "ftp://u:pw@pacs:abc/dw"])
+    @pytest.mark.parametrize("value", ["http://pacs:abc/dw", "http://pacs:99999/dw", "ftp://u:pw@pacs:abc/dw"])
     def test_bad_port(self, empty, value):
         error({"FACADE_DICOMWEB_URL": value}, empty)
 
