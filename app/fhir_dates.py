@@ -187,7 +187,7 @@ def _offset_zone(text: str) -> tzinfo:
     return fixed_zone(sign * timedelta(hours=hours, minutes=minutes))
 
 
-def qido_date_range(criteria: list[list[DateCriterion]], zone: tzinfo | None = None) -> str | None:
+def qido_date_range(criteria: list[list[DateCriterion]]) -> str | None:
     """A StudyDate range (PS3.4 C.2.2.2.5, inclusive days) that is a superset of what the criteria accept.
 
     ``criteria`` is AND of OR-groups. Each OR-group gives a hull of days; the groups intersect. Bounds are taken as
@@ -195,7 +195,6 @@ def qido_date_range(criteria: list[list[DateCriterion]], zone: tzinfo | None = N
     or the PACS zone), which is within -12..+14 h of UTC, so its day is never more than one away from the UTC day.
     ``ne`` bounds nothing. None: no usable bound; "EMPTY": the bounds exclude each other.
     """
-    del zone  # kept for callers; the UTC argument above holds for every zone
     lo: date | None = None
     hi: date | None = None
     for group in criteria:

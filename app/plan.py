@@ -105,7 +105,7 @@ def plan(req: SearchRequest, ctx: PlanContext) -> Plan:
 
     date_groups: list[list[DateCriterion]] = [list(c.values) for c in req.all("started")]
     if date_groups:
-        span = qido_date_range(date_groups, ctx.zone)
+        span = qido_date_range(date_groups)
         if span == "EMPTY":
             return Plan(nothing=True)
         if span:

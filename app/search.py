@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import patient_ids
 from .errors import InvalidRequest, UnsupportedSearch
@@ -305,8 +304,3 @@ _PARSERS: dict[str, Any] = {
     "status": _parse_status,
 }
 _SPECIAL = frozenset(_PARSERS) - {"reference", "date"}
-
-
-def base_url_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED_SYSTEM = "http://snomed.info/sct"
-SOP_CLASS_SYSTEM = "urn:ietf:rfc:3986"  # R4 ImagingStudy.series.instance.sopClass: Coding with urn:oid: code
 ACSN_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}
 ENDPOINT_CONNECTION_TYPES = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 
