@@ -18,6 +18,11 @@ Orthanc, so raw and facade do the same PACS work. Phases, per scenario:
   whole search (all its upstream calls in order); with wrk, raw searches/s = upstream calls/s / calls per
   search.
 
+Also recorded: the facade's RSS (before load, after the cold phases, after the warm ones), CPU per request of
+the facade and of Orthanc (/proc), and the CPU other processes used meanwhile (the machine may be shared;
+each phase first waits up to ``--quiet-wait`` s for a quiet moment). ``--from-json`` re-prints the tables of
+a results file; ``--facade-gc-threshold`` is an experiment knob (see bench/README.md).
+
 Every loop is bounded by a request count and by a time limit; every process started here is stopped by PID.
 """
 
@@ -31,6 +36,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -60,6 +66,7 @@ FHIR = "/fhir/R4"
 FHIR_HEADERS = {"Accept": "application/fhir+json"}
 COLD_HEADERS = {**FHIR_HEADERS, "Cache-Control": "no-cache"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPLAYED_HEADERS = ("accept", "accept-encoding")
 TARGET_COLD_RATIO = 1.10
 TARGET_WARM_RATIO = 5.0
 TARGET_CALLS_PER_PAGE = 2
@@ -104,6 +111,84 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def system_busy_seconds() -> float:
+    """User + system CPU time of all cores since boot (/proc/stat). Interrupt and softirq time (loopback TCP
+    under load: ~0.3 core) and steal are left out: they are not attributed to any process."""
+    user, nice, system = (int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4])
+    return (user + nice + system) / CLK_TCK
+
+
+class ForeignCpu:
+    """CPU used by processes other than this benchmark, its servers and its wrk runs, as a share of a core.
+
+    A noise indicator: anything else running on the 2 cores (another test suite, a build) skews the numbers.
+    """
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self._pids = list(pids)
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished children: the wrk runs
+        own = time.process_time() + children.ru_utime + children.ru_stime + sum(map(cpu_seconds, self._pids))
+        return time.monotonic(), system_busy_seconds(), own
+
+    def cores(self) -> float:
+        t1, busy1, own1 = self._sample()
+        t0, busy0, own0 = self._start
+        return round(max(0.0, (busy1 - busy0) - (own1 - own0)) / max(t1 - t0, 1e-6), 2)
+
+
+async def wait_quiet(pids: Sequence[int], max_wait: float, threshold: float = 0.2) -> float:
+    """Wait (at most ``max_wait`` s) for a 1 s window in which other processes used < ``threshold`` cores.
+
+    Returns the seconds waited. Other sessions may run test suites on the same 2 cores; better to start a
+    phase in a quiet moment than to measure them.
+    """
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait:
+        meter = ForeignCpu(pids)
+        await asyncio.sleep(1.0)
+        if meter.cores() < threshold:
+            break
+    return round(time.monotonic() - start, 1)
+
+
+async def settle(pid: int, max_wait: float = 15.0) -> float:
+    """Wait (at most ``max_wait`` s) until process ``pid`` is idle (< 0.05 core over 0.5 s); time waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait:
+        cpu0 = cpu_seconds(pid)
+        await asyncio.sleep(0.5)
+        if cpu_seconds(pid) - cpu0 < 0.025:
+            break
+    return round(time.monotonic() - start, 1)
+
+
+def code_version() -> str:
+    """The commit the facade code comes from, with "+dirty" when app/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "app"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -137,7 +222,8 @@ def ms(seconds: float) -> float:
 @dataclass(frozen=True)
 class Call:
     url: str  # absolute upstream URL, query exactly as the facade sent it
-    accept: str
+    headers: tuple[tuple[str, str], ...]  # the facade's Accept and Accept-Encoding, replayed as sent
+    stage: int = 0  # calls the facade had in flight together share a stage; stages run one after another
 
 
 @dataclass
@@ -212,21 +298,34 @@ def studies_in(body: Any) -> int:
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):
-    """Forwards to the network and remembers each request the facade sends upstream."""
+    """Forwards to the network and remembers each request the facade sends upstream, and when."""
 
     def __init__(self) -> None:
         self._inner = httpx.AsyncHTTPTransport()
-        self.calls: list[Call] = []
+        self.log: list[tuple[float, float, Call]] = []  # (sent, answer headers received, call)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        self.calls.append(
-            Call(
-                f"{url.scheme}://{url.netloc.decode()}{url.raw_path.decode()}",
-                request.headers.get("accept", ""),
-            )
+        call = Call(
+            f"{url.scheme}://{url.netloc.decode()}{url.raw_path.decode()}",
+            tuple((k, v) for k in REPLAYED_HEADERS if (v := request.headers.get(k)) is not None),
         )
-        return await self._inner.handle_async_request(request)
+        sent = time.perf_counter()
+        response = await self._inner.handle_async_request(request)
+        self.log.append((sent, time.perf_counter(), call))
+        return response
+
+    def calls(self) -> list[Call]:
+        """Calls in sending order; one sent before all calls of the current stage were answered joins it."""
+        out: list[Call] = []
+        stage, stage_end = -1, 0.0
+        for sent, answered, call in sorted(self.log, key=lambda e: e[0]):
+            if stage < 0 or sent >= stage_end:
+                stage, stage_end = stage + 1, answered
+            else:
+                stage_end = min(stage_end, answered)
+            out.append(Call(call.url, call.headers, stage))
+        return out
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -243,13 +342,13 @@ async def record_calls(scenarios: list[Scenario], dicomweb_url: str, origin: str
     ):
         for sc in scenarios:
             for path in dict.fromkeys(sc.paths):
-                transport.calls.clear()
+                transport.log.clear()
                 response = await client.get(path, headers=COLD_HEADERS)
                 if response.status_code != 200:
                     raise BenchError(
                         f"in-process facade: {path} -> {response.status_code} {response.text[:300]}"
                     )
-                sc.calls[path] = list(transport.calls)
+                sc.calls[path] = transport.calls()
                 sc.results[path] = studies_in(response.json())
 
 
@@ -257,13 +356,27 @@ async def record_calls(scenarios: list[Scenario], dicomweb_url: str, origin: str
 
 
 class FacadeProcess:
-    def __init__(self, dicomweb_url: str, cache_ttl: float, logdir: Path) -> None:
+    """``python -m app`` on a free port. ``gc_threshold`` (an experiment, off by default) runs the same module
+    after ``gc.set_threshold(...)``, to measure what the cyclic GC costs without touching app/."""
+
+    def __init__(
+        self, dicomweb_url: str, cache_ttl: float, logdir: Path, gc_threshold: tuple[int, ...] | None = None
+    ) -> None:
         self.port = free_port()
         self.origin = f"http://127.0.0.1:{self.port}"
         self._log_path = logdir / "facade.log"
         self._log = open(self._log_path, "wb")  # closed in stop()
+        argv = ["--host", "127.0.0.1", "--port", str(self.port)]
+        if gc_threshold:
+            boot = (
+                f"import gc, runpy, sys; gc.set_threshold(*{gc_threshold!r}); sys.argv = ['app', *{argv!r}]; "
+                "runpy.run_module('app', run_name='__main__', alter_sys=True)"
+            )
+            cmd = [sys.executable, "-c", boot]
+        else:
+            cmd = [sys.executable, "-m", "app", *argv]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port)],
+            cmd,
             cwd=ROOT,
             env=facade_env(dicomweb_url, cache_ttl),
             stdin=subprocess.DEVNULL,
@@ -335,8 +448,13 @@ async def get(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> h
 
 
 async def raw_search(client: httpx.AsyncClient, calls: list[Call]) -> None:
-    for call in calls:  # in order: the facade's later calls depend on the earlier answers
-        await get(client, call.url, {"Accept": call.accept})
+    """The facade's calls stage after stage (later ones need earlier answers), a stage's calls together."""
+    for _, group in itertools.groupby(calls, key=lambda c: c.stage):
+        stage = list(group)
+        if len(stage) == 1:
+            await get(client, stage[0].url, dict(stage[0].headers))
+        else:
+            await asyncio.gather(*(get(client, c.url, dict(c.headers)) for c in stage))
 
 
 async def facade_request(client: httpx.AsyncClient, path: str, headers: dict[str, str]) -> None:
@@ -366,19 +484,23 @@ class Series:
         )
 
 
-async def raw_vs_cold(sc: Scenario, facade: str, max_seconds: float) -> tuple[Series, Series]:
+async def raw_vs_cold(
+    sc: Scenario, facade: FacadeProcess, orthanc_pid: int, max_seconds: float
+) -> tuple[Series, Series, dict[str, float]]:
     raw: list[float] = []
     cold: list[float] = []
-    async with client_for(1, upstream=True) as rc, client_for(1, base_url=facade) as fc:
+    orthanc_cpu = {"raw": 0.0, "cold": 0.0}
+    async with client_for(1, upstream=True) as rc, client_for(1, base_url=facade.origin) as fc:
         # one untimed round each, to open the connections
         await raw_search(rc, sc.calls[sc.paths[0]])
         await facade_request(fc, sc.paths[0], COLD_HEADERS)
+        facade_cpu0 = cpu_seconds(facade.pid)
         deadline = time.monotonic() + max_seconds
         for i, path in enumerate(sc.paths):
             if time.monotonic() > deadline:
                 break
-            order = ("raw", "cold") if i % 2 == 0 else ("cold", "raw")
-            for kind in order:
+            for kind in ("raw", "cold") if i % 2 == 0 else ("cold", "raw"):
+                cpu0 = cpu_seconds(orthanc_pid)
                 t0 = time.perf_counter()
                 if kind == "raw":
                     await raw_search(rc, sc.calls[path])
@@ -386,7 +508,15 @@ async def raw_vs_cold(sc: Scenario, facade: str, max_seconds: float) -> tuple[Se
                 else:
                     await facade_request(fc, path, COLD_HEADERS)
                     cold.append(time.perf_counter() - t0)
-    return Series.of(raw), Series.of(cold)
+                orthanc_cpu[kind] += cpu_seconds(orthanc_pid) - cpu0
+        facade_cpu = cpu_seconds(facade.pid) - facade_cpu0
+    cpu = {
+        # CPU time per request, from /proc (10 ms ticks, so only meaningful summed over many requests)
+        "facade_ms_per_cold_request": ms(facade_cpu / max(len(cold), 1)),
+        "orthanc_ms_per_raw_request": ms(orthanc_cpu["raw"] / max(len(raw), 1)),
+        "orthanc_ms_per_cold_request": ms(orthanc_cpu["cold"] / max(len(cold), 1)),
+    }
+    return Series.of(raw), Series.of(cold), cpu
 
 
 async def prewarm(sc: Scenario, facade: str) -> int:
@@ -609,9 +739,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--phase-seconds", type=float, default=90.0, help="time cap of each sequential phase")
     p.add_argument("--scenarios", default="", help="comma list of scenario keys to run (default: all)")
     p.add_argument("--no-wrk", action="store_true", help="skip the wrk runs even if wrk is installed")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="before each phase, wait up to this many seconds for other processes to be idle",
+    )
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--facade-gc-threshold",
+        default="",
+        metavar="G0,G1,G2",
+        help="experiment: start the facade after gc.set_threshold(G0, G1, G2) (default: Python's)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        metavar="RESULTS",
+        help="measure nothing: print the tables of an earlier results file",
+    )
     return p.parse_args(argv)
 
 
@@ -646,6 +795,7 @@ async def measure(
                 "max": max(results),
                 "mean": sum(results) / len(results),
             },
+            "upstream_stages_per_search": max(len({c.stage for c in cl}) for cl in sc.calls.values()),
             "example_upstream_calls": [
                 c.url.replace(pacs.dicomweb_url, "{dicomweb}") for c in sc.calls[sc.paths[0]]
             ],
@@ -653,9 +803,14 @@ async def measure(
         }
     for sc in scenarios:
         log(f"{sc.key}: raw vs cold, sequential, {len(sc.paths)} requests each")
-        raw, cold = await raw_vs_cold(sc, facade.origin, args.phase_seconds)
+        waited = {"raw_vs_cold": await wait_quiet([facade.pid, pacs.pid], args.quiet_wait)}
+        foreign = ForeignCpu([facade.pid, pacs.pid])
+        raw, cold, cpu = await raw_vs_cold(sc, facade, pacs.pid, args.phase_seconds)
+        out[sc.key]["foreign_cpu_cores"] = {"raw_vs_cold": foreign.cores()}
+        out[sc.key]["waited_for_quiet_s"] = waited
         out[sc.key]["raw_seq"] = asdict(raw)
         out[sc.key]["cold_seq"] = asdict(cold)
+        out[sc.key]["cold_cpu"] = cpu
         out[sc.key]["cold_ratio_p50"] = round(cold.p50_ms / raw.p50_ms, 3)
         out[sc.key]["cold_ratio_p95"] = round(cold.p95_ms / raw.p95_ms, 3)
         out[sc.key]["cold_ratio_mean"] = round(cold.mean_ms / raw.mean_ms, 3)
@@ -664,6 +819,10 @@ async def measure(
     max_ops = 1_000_000
     for sc in scenarios:
         log(f"{sc.key}: warm")
+        out[sc.key]["waited_for_quiet_s"]["warm_and_load"] = await wait_quiet(
+            [facade.pid, pacs.pid], args.quiet_wait
+        )
+        foreign = ForeignCpu([facade.pid, pacs.pid])
         out[sc.key]["prewarm_mismatches"] = await prewarm(sc, facade.origin)
         out[sc.key]["warm_seq"] = asdict(await warm_sequential(sc, facade.origin, args.phase_seconds))
         loads: dict[str, Any] = {}
@@ -676,13 +835,13 @@ async def measure(
             flat = [c.url for p in sc.paths for c in sc.calls[p]]
             raw_paths = [u[len(pacs.url) :] for u in flat]
             per_search = len(flat) / len(sc.paths)
-            accept = sc.calls[sc.paths[0]][0].accept
+            upstream_headers = dict(sc.calls[sc.paths[0]][0].headers)
             loads["raw_wrk"] = asdict(
                 await asyncio.to_thread(
                     run_wrk,
                     pacs.url,
                     raw_paths,
-                    {"Accept": accept},
+                    upstream_headers,
                     args.concurrency,
                     args.duration,
                     workdir,
@@ -690,6 +849,8 @@ async def measure(
                     per_search,
                 )
             )
+            # wrk hangs up at the deadline, but Orthanc finishes the requests it had: let it go idle first.
+            loads["raw_wrk"]["settle_s"] = await settle(pacs.pid)
             loads["warm_wrk"] = asdict(
                 await asyncio.to_thread(
                     run_wrk,
@@ -706,6 +867,7 @@ async def measure(
             )
             loads["ratio_wrk"] = round(loads["warm_wrk"]["req_s"] / loads["raw_wrk"]["req_s"], 2)
         out[sc.key]["load"] = loads
+        out[sc.key]["foreign_cpu_cores"]["warm_and_load"] = foreign.cores()
         log(
             f"  warm p50 {out[sc.key]['warm_seq']['p50_ms']} ms; req/s raw {loads['raw_httpx']['req_s']} "
             f"warm {loads['warm_httpx']['req_s']} (httpx)"
@@ -745,7 +907,7 @@ def pair(a: Any, b: Any) -> str:
 
 
 def row(*cells: Any) -> str:
-    return "| " + " | ".join(fmt(c) for c in cells) + " |"
+    return "| " + " | ".join(fmt(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -753,11 +915,18 @@ def markdown(result: dict[str, Any]) -> str:
     meta, ds, args = result["meta"], result["meta"]["dataset"], result["meta"]["args"]
     ok = {True: "ok", False: "**MISSED**"}
     c = args["concurrency"]
+    machine = meta["machine"]
     lines = [
-        f"Run {meta['date']}, {meta['machine']['cpus']} vCPU ({meta['machine']['cpu_model']}), dataset "
+        f"Run {meta['date']} (app at {meta.get('code', 'unknown')}), {machine['cpus']} vCPU "
+        f"({machine['cpu_model']}), dataset "
         f"{ds['patients']} patients / {ds['studies']} studies / {ds['series']} series / {ds['instances']} "
         f"instances; {args['requests']} requests per sequential phase, concurrency {c}, "
-        f"{args['duration']:.0f} s per throughput run.",
+        f"{args['duration']:.0f} s per throughput run."
+        + (
+            f" EXPERIMENT: facade started after gc.set_threshold({args['facade_gc_threshold']})."
+            if args["facade_gc_threshold"]
+            else ""
+        ),
         "",
         "Latency (sequential, one keep-alive connection; raw = the facade's own upstream calls replayed "
         "to Orthanc)",
@@ -769,11 +938,12 @@ def markdown(result: dict[str, Any]) -> str:
             "raw p50 / p95 ms",
             "cold p50 / p95 ms",
             "cold/raw p50 (p95)",
+            "facade CPU ms / cold req",
             "warm p50 / p95 ms",
             "raw seq req/s",
             "warm seq req/s",
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for sc in scs.values():
         calls = sc["upstream_calls_per_search"]
@@ -786,6 +956,7 @@ def markdown(result: dict[str, Any]) -> str:
                 pair(raw["p50_ms"], raw["p95_ms"]),
                 pair(cold["p50_ms"], cold["p95_ms"]),
                 f"{sc['cold_ratio_p50']:.2f}x ({sc['cold_ratio_p95']:.2f}x)",
+                sc["cold_cpu"]["facade_ms_per_cold_request"],
                 pair(warm["p50_ms"], warm["p95_ms"]),
                 raw["req_s"],
                 warm["req_s"],
@@ -827,8 +998,11 @@ def markdown(result: dict[str, Any]) -> str:
             )
         )
     rss = {k: v / 1024 for k, v in result["rss"].items()}
+    foreign = max(v for sc in scs.values() for v in sc["foreign_cpu_cores"].values())
     lines += [
         "",
+        f"Other processes on the machine used at most {foreign:.2f} cores during any phase "
+        "(noise indicator: the machine is shared).",
         f"Facade RSS: {rss['before_load_kib']:.1f} MiB before load, {rss['after_cold_kib']:.1f} MiB after "
         f"the cold phases, {rss['after_warm_kib']:.1f} MiB after the warm phases.",
         "",
@@ -854,7 +1028,11 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        print(markdown(json.loads(args.from_json.read_text())))
+        return 0
     t_start = time.monotonic()
+    version = code_version()
     log(
         f"generating {args.patients}x{args.studies_per_patient}x{args.series}x{args.instances} "
         f"(seed {args.seed})"
@@ -874,7 +1052,8 @@ def main(argv: list[str] | None = None) -> int:
             stored = store(pacs.dicomweb_url, datasets, batch=50, workers=2)
             load_seconds = time.monotonic() - t0
             log(f"stored {stored} instances in {load_seconds:.1f} s")
-            facade = FacadeProcess(pacs.dicomweb_url, 86400, workdir)
+            gc_threshold = tuple(int(x) for x in args.facade_gc_threshold.split(",") if x) or None
+            facade = FacadeProcess(pacs.dicomweb_url, 86400, workdir, gc_threshold)
             try:  # the facade is stopped before Orthanc
                 facade.wait_ready()
                 log(f"facade pid {facade.pid} at {facade.origin}; recording upstream calls in-process")
@@ -889,6 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
     result["meta"] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_info(),
+        "code": version,
         "dataset": {
             "patients": len(manifest.patients),
             "studies": len(manifest.studies),
