@@ -7,6 +7,7 @@ and that is decided in :mod:`app.upstream`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 Dataset = dict[str, Any]
@@ -44,31 +45,44 @@ DOCUMENT_TITLE = "00420010"
 IMAGE_TYPE = "00080008"
 
 
-# The accessors below run once per attribute of every row (thousands per page), so they take the common shape
-# with one dict lookup and one index, and fall back to the tolerant path only on an exception.
+# Rows from the PACS are slimmed once, when they arrive (:func:`slim`): only the attributes the facade reads,
+# as ``tag -> tuple of values``. Fewer objects to parse-and-keep, and dicts/tuples of plain strings and numbers
+# are not tracked by Python's cyclic garbage collector, so a cache full of rows costs no GC time. The accessors
+# read both that shape and full DICOM JSON (what unit tests and tolerant callers pass).
 
 
-def values(ds: Dataset, tag: str) -> list[Any]:
-    try:
-        value = ds[tag]["Value"]
-    except (KeyError, TypeError):
-        return []
-    return value if isinstance(value, list) else []
+def slim(row: Dataset) -> Dataset:
+    out: Dataset = {}
+    for tag, element in row.items():
+        # PS3.18 F.2.1.1.1 keys are upper-case hex; accept a lower-case server too.
+        if (tag in USED_TAGS or (tag := tag.upper()) in USED_TAGS) and type(element) is dict:
+            value = element.get("Value")
+            if type(value) is list and value:
+                out[tag] = tuple(value)
+    return out
+
+
+def values(ds: Dataset, tag: str) -> Sequence[Any]:
+    value = ds.get(tag)
+    if type(value) is tuple:
+        return value
+    if isinstance(value, dict):
+        inner = value.get("Value")
+        return inner if isinstance(inner, list) else ()
+    return ()
 
 
 def first(ds: Dataset, tag: str) -> Any:
-    try:
-        return ds[tag]["Value"][0]
-    except (KeyError, IndexError, TypeError):
-        return None
+    value = ds.get(tag)
+    if type(value) is tuple:
+        return value[0]
+    vals = values(ds, tag) if value is not None else ()
+    return vals[0] if vals else None
 
 
 def text(ds: Dataset, tag: str) -> str | None:
     """First value as a stripped string; empty strings read as None."""
-    try:
-        value = ds[tag]["Value"][0]
-    except (KeyError, IndexError, TypeError):
-        return None
+    value = first(ds, tag)
     if type(value) is not str:
         if isinstance(value, dict):  # a PN sent where a string was expected
             value = value.get("Alphabetic")
@@ -97,6 +111,15 @@ def integer(ds: Dataset, tag: str) -> int | None:
         except ValueError:
             return None
     return None
+
+
+USED_TAGS = frozenset({
+    STUDY_DATE, STUDY_TIME, SERIES_DATE, SERIES_TIME, ACCESSION, MODALITIES_IN_STUDY, MODALITY, SOP_CLASS_UID,
+    SOP_INSTANCE_UID, TIMEZONE_OFFSET, REFERRING_PHYSICIAN, STUDY_DESCRIPTION, SERIES_DESCRIPTION, PATIENT_NAME,
+    PATIENT_ID, ISSUER_OF_PATIENT_ID, BODY_PART, STUDY_UID, SERIES_UID, STUDY_ID, SERIES_NUMBER, INSTANCE_NUMBER,
+    LATERALITY, NUMBER_OF_SERIES, NUMBER_OF_STUDY_INSTANCES, NUMBER_OF_SERIES_INSTANCES, CONTENT_LABEL,
+    DOCUMENT_TITLE, IMAGE_TYPE,
+})
 
 
 def person_name(ds: Dataset, tag: str) -> dict[str, str] | None:

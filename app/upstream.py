@@ -14,7 +14,7 @@ from typing import Protocol
 import httpx
 import orjson
 
-from .dicom_json import Dataset
+from .dicom_json import Dataset, slim
 from .errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from .qido import QidoQuery
 
@@ -80,4 +80,4 @@ def _parse(body: bytes) -> list[Dataset]:
         data = [data]
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
         raise UpstreamBadResponse("the PACS sent JSON that is not DICOM JSON")
-    return data
+    return [slim(row) for row in data]
