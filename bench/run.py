@@ -196,11 +196,7 @@ def machine_info() -> dict[str, Any]:
             model = line.split(":", 1)[1].strip()
             break
     mem = next(
-        (
-            line.split()[1]
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal:")
-        ),
+        (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:")),
         "0",
     )
     return {
@@ -240,9 +236,7 @@ def build_scenarios(manifest: Manifest, n: int, seed: int) -> list[Scenario]:
     rng = random.Random(seed)
     patients = [patient_ids.encode(pid, issuer) for pid, issuer in manifest.patients]
     ct_patients = list(
-        dict.fromkeys(
-            patient_ids.encode(s.patient_id, s.issuer) for s in manifest.studies if "CT" in s.modalities
-        )
+        dict.fromkeys(patient_ids.encode(s.patient_id, s.issuer) for s in manifest.studies if "CT" in s.modalities)
     )
     uids = [s.study_uid for s in manifest.studies]
     if not patients or not ct_patients or not uids:
@@ -345,9 +339,7 @@ async def record_calls(scenarios: list[Scenario], dicomweb_url: str, origin: str
                 transport.log.clear()
                 response = await client.get(path, headers=COLD_HEADERS)
                 if response.status_code != 200:
-                    raise BenchError(
-                        f"in-process facade: {path} -> {response.status_code} {response.text[:300]}"
-                    )
+                    raise BenchError(f"in-process facade: {path} -> {response.status_code} {response.text[:300]}")
                 sc.calls[path] = transport.calls()
                 sc.results[path] = studies_in(response.json())
 
@@ -796,9 +788,7 @@ async def measure(
                 "mean": sum(results) / len(results),
             },
             "upstream_stages_per_search": max(len({c.stage for c in cl}) for cl in sc.calls.values()),
-            "example_upstream_calls": [
-                c.url.replace(pacs.dicomweb_url, "{dicomweb}") for c in sc.calls[sc.paths[0]]
-            ],
+            "example_upstream_calls": [c.url.replace(pacs.dicomweb_url, "{dicomweb}") for c in sc.calls[sc.paths[0]]],
             "is_page": sc.is_page,
         }
     for sc in scenarios:
@@ -819,9 +809,7 @@ async def measure(
     max_ops = 1_000_000
     for sc in scenarios:
         log(f"{sc.key}: warm")
-        out[sc.key]["waited_for_quiet_s"]["warm_and_load"] = await wait_quiet(
-            [facade.pid, pacs.pid], args.quiet_wait
-        )
+        out[sc.key]["waited_for_quiet_s"]["warm_and_load"] = await wait_quiet([facade.pid, pacs.pid], args.quiet_wait)
         foreign = ForeignCpu([facade.pid, pacs.pid])
         out[sc.key]["prewarm_mismatches"] = await prewarm(sc, facade.origin)
         out[sc.key]["warm_seq"] = asdict(await warm_sequential(sc, facade.origin, args.phase_seconds))
@@ -871,11 +859,7 @@ async def measure(
         log(
             f"  warm p50 {out[sc.key]['warm_seq']['p50_ms']} ms; req/s raw {loads['raw_httpx']['req_s']} "
             f"warm {loads['warm_httpx']['req_s']} (httpx)"
-            + (
-                f", raw {loads['raw_wrk']['req_s']} warm {loads['warm_wrk']['req_s']} (wrk)"
-                if use_wrk
-                else ""
-            )
+            + (f", raw {loads['raw_wrk']['req_s']} warm {loads['warm_wrk']['req_s']} (wrk)" if use_wrk else "")
         )
     rss["after_warm_kib"] = rss_kib(facade.pid)
     return {"scenarios": out, "rss": rss, "wrk": use_wrk}
@@ -928,8 +912,7 @@ def markdown(result: dict[str, Any]) -> str:
             else ""
         ),
         "",
-        "Latency (sequential, one keep-alive connection; raw = the facade's own upstream calls replayed "
-        "to Orthanc)",
+        "Latency (sequential, one keep-alive connection; raw = the facade's own upstream calls replayed to Orthanc)",
         "",
         row(
             "scenario",
@@ -1033,10 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_start = time.monotonic()
     version = code_version()
-    log(
-        f"generating {args.patients}x{args.studies_per_patient}x{args.series}x{args.instances} "
-        f"(seed {args.seed})"
-    )
+    log(f"generating {args.patients}x{args.studies_per_patient}x{args.series}x{args.instances} (seed {args.seed})")
     datasets, manifest = build_bulk(
         args.patients, args.studies_per_patient, args.series, args.instances, seed=args.seed
     )
