@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from . import bundle
+from . import bundle, gcpause
 from .cache import CachedQido
 from .errors import NotFound
 from .mapping.endpoint import wado_endpoint
@@ -52,7 +52,8 @@ class Facade:
         page = await search_page(
             plan(req, self.plan_context), fetch, count=req.count, offset=req.offset, limits=self.limits
         )
-        studies = [imaging_study(row, instances, self.mapping) for row, instances in page.studies]
+        with gcpause.paused():  # many small dicts, no cycles (app.gcpause)
+            studies = [imaging_study(row, instances, self.mapping) for row, instances in page.studies]
 
         def link(offset: int) -> str:
             return bundle.search_url(base, "ImagingStudy", req.link_params(offset=offset))

@@ -14,6 +14,7 @@ from typing import Protocol
 import httpx
 import orjson
 
+from . import gcpause
 from .dicom_json import Dataset, slim
 from .errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from .qido import QidoQuery
@@ -72,12 +73,13 @@ class DicomWebUpstream:
 
 def _parse(body: bytes) -> list[Dataset]:
     """Tolerant reader: a list of datasets, or one dataset (some servers send that, as dicomweb-client notes)."""
-    try:
-        data = orjson.loads(body) if body.strip() else []
-    except orjson.JSONDecodeError:
-        raise UpstreamBadResponse("the PACS sent a response that is not JSON") from None
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-        raise UpstreamBadResponse("the PACS sent JSON that is not DICOM JSON")
-    return [slim(row) for row in data]
+    with gcpause.paused():
+        try:
+            data = orjson.loads(body) if body.strip() else []
+        except orjson.JSONDecodeError:
+            raise UpstreamBadResponse("the PACS sent a response that is not JSON") from None
+        if isinstance(data, dict):
+            data = [data]
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise UpstreamBadResponse("the PACS sent JSON that is not DICOM JSON")
+        return [slim(row) for row in data]
