@@ -36,10 +36,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             max_keepalive_connections=settings.upstream_max_connections,
             keepalive_expiry=0.8,
         )
-        async with httpx.AsyncClient(
-            timeout=timeout, limits=limits, transport=transport, follow_redirects=False, trust_env=False
-        ) as client:
-            upstream = DicomWebUpstream(client, settings.dicomweb_url)
+        async with transport or httpx.AsyncHTTPTransport(limits=limits, trust_env=False) as pool:
+            upstream = DicomWebUpstream(pool, settings.dicomweb_url, timeout)
             app.state.upstream = upstream
             app.state.facade = Facade(
                 settings, CachedQido(upstream, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes)

@@ -35,7 +35,7 @@ class TestUpstreamFaults:
         ],
     )
     def test_transport_faults(self, pacs, make_client, fault, status, code):
-        pacs.get(url__startswith="http://svc-user").mock(side_effect=fault)
+        pacs.get(url__startswith="http://pacs.internal:8042/dicom-web/").mock(side_effect=fault)
         client = make_client(dicomweb_url=SECRET_PACS)
         started = time.perf_counter()
         r = client.get("/fhir/R4/ImagingStudy?modality=CT")
@@ -55,9 +55,18 @@ class TestUpstreamFaults:
         ],
     )
     def test_bad_answers_are_502(self, pacs, make_client, response):
-        pacs.get(url__startswith="http://svc-user").mock(return_value=response)
+        pacs.get(url__startswith="http://pacs.internal:8042/dicom-web/").mock(return_value=response)
         client = make_client(dicomweb_url=SECRET_PACS)
         assert _outcome(client.get("/fhir/R4/ImagingStudy"), 502)["code"] == "exception"
+
+    def test_credentials_in_the_url_become_basic_auth(self, pacs, make_client):
+        route = pacs.get(url__startswith="http://pacs.internal:8042/dicom-web/").mock(
+            return_value=httpx.Response(200, json=[])
+        )
+        make_client(dicomweb_url=SECRET_PACS).get("/fhir/R4/ImagingStudy")
+        request = route.calls[0].request
+        assert request.headers["authorization"] == "Basic c3ZjLXVzZXI6czNjcjN0"  # svc-user:s3cr3t
+        assert "s3cr3t" not in str(request.url)
 
     def test_stale_keep_alive_is_retried_once(self, pacs, client):
         route = pacs.get(url__regex=rf"^{PACS}/studies").mock(
