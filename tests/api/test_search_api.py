@@ -200,3 +200,46 @@ class TestOddPacsData:
         study = entry["resource"]
         assert study["id"] == "1.2.3.2" and "numberOfSeries" not in study
         assert study["started"] == "2020-01-02"  # an impossible zone offset is ignored, leaving the date
+
+
+class TestLimits:
+    def test_uid_lists_are_split_into_batches(self, pacs, make_client):
+        uids = [f"1.2.3.{i}" for i in range(5)]
+        _serve(pacs, [study_row(u) for u in uids], [])
+        client = make_client(uid_batch=2)
+        body = client.get(f"/fhir/R4/ImagingStudy?_id={','.join(uids)}&_count=5").json()
+        assert {e["resource"]["id"] for e in body["entry"]} == set(uids)
+        lists = [q.split("StudyInstanceUID=")[1].split("&")[0] for q in _paths(pacs)]
+        assert all(len(x.split(",")) <= 2 for x in lists)
+        assert sorted(",".join(lists).split(",")) == sorted(uids * 2)  # each UID once in studies, once in instances
+
+    def test_instance_rows_are_paged_past_instance_limit(self, pacs, make_client):
+        rows = [instance_row("1.2.3.1", "1.2.3.1.1", f"1.2.3.1.1.{j}", number=j) for j in range(1, 6)]
+
+        def instances(request):
+            offset = int(request.url.params.get("offset", 0))
+            return httpx.Response(200, json=rows[offset : offset + 2])
+
+        pacs.get(url__regex=rf"^{PACS}/studies").mock(return_value=httpx.Response(200, json=[study_row("1.2.3.1")]))
+        pacs.get(url__regex=rf"^{PACS}/instances").mock(side_effect=instances)
+        client = make_client(instance_limit=2)
+        study = client.get("/fhir/R4/ImagingStudy/1.2.3.1").json()
+        assert [i["number"] for i in study["series"][0]["instance"]] == [1, 2, 3, 4, 5]
+
+    def test_too_many_instances_is_too_costly(self, pacs, make_client):
+        rows = [instance_row("1.2.3.1", "1.2.3.1.1", f"1.2.3.1.1.{j}") for j in range(2)]
+        _serve(pacs, [study_row("1.2.3.1")], rows)  # every page full: the limit is never reached
+        r = make_client(instance_limit=2).get("/fhir/R4/ImagingStudy/1.2.3.1")
+        assert r.status_code == 400 and r.json()["issue"][0]["code"] == "too-costly"
+
+    def test_broad_series_level_criterion_is_too_costly(self, pacs, make_client):
+        series_rows = [instance_row(f"1.2.3.{i}", f"1.2.3.{i}.1", f"1.2.3.{i}.1.1") for i in range(4)]
+        pacs.get(url__regex=rf"^{PACS}/series").mock(return_value=httpx.Response(200, json=series_rows))
+        r = make_client(prequery_limit=3).get("/fhir/R4/ImagingStudy?bodysite=CHEST")
+        assert r.status_code == 400 and r.json()["issue"][0]["code"] == "too-costly"
+
+    def test_head_and_fhir_version_on_search(self, pacs, client):
+        _serve(pacs, [], [])
+        assert client.head("/fhir/R4/ImagingStudy?modality=CT").status_code == 200
+        r = client.get("/fhir/R4/ImagingStudy", headers={"accept": "application/fhir+json; fhirVersion=4.0"})
+        assert r.status_code == 200
