@@ -11,9 +11,11 @@ from .errors import NotFound
 from .mapping.endpoint import wado_endpoint
 from .mapping.imaging_study import MappingContext, imaging_study
 from .plan import PlanContext, plan
+from .qido import QidoQuery
 from .search import SearchContext, SearchRequest, is_uid
 from .settings import Settings
-from .studies import Limits, read_study, search_page
+from .studies import Fetch, Limits, read_study, search_page
+from .upstream import QidoResult
 
 
 class Facade:
@@ -46,11 +48,8 @@ class Facade:
         )
 
     async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
-        async def fetch(query: Any) -> Any:
-            return await self.qido.search(query, fresh=fresh)
-
         page = await search_page(
-            plan(req, self.plan_context), fetch, count=req.count, offset=req.offset, limits=self.limits
+            plan(req, self.plan_context), self._fetcher(fresh), count=req.count, offset=req.offset, limits=self.limits
         )
         with gcpause.paused():  # many small dicts, no cycles (app.gcpause)
             studies = [imaging_study(row, instances, self.mapping) for row, instances in page.studies]
@@ -72,13 +71,18 @@ class Facade:
         if not is_uid(study_id):
             raise NotFound(f"ImagingStudy/{study_id[:70]} is not known")
 
-        async def fetch(query: Any) -> Any:
-            return await self.qido.search(query, fresh=fresh)
-
-        found = await read_study(study_id, fetch, self.limits)
+        found = await read_study(study_id, self._fetcher(fresh), self.limits)
         if found is None:
             raise NotFound(f"ImagingStudy/{study_id} is not known")
         return imaging_study(found[0], found[1], self.mapping)
+
+    def _fetcher(self, fresh: bool) -> Fetch:
+        """The cached QIDO port, bypassing cached answers when the client sent Cache-Control: no-cache."""
+
+        async def fetch(query: QidoQuery) -> QidoResult:
+            return await self.qido.search(query, fresh=fresh)
+
+        return fetch
 
     def endpoint(self, base: str, endpoint_id: str | None = None) -> dict[str, Any]:
         if endpoint_id is not None and endpoint_id != self.settings.endpoint_id:

@@ -48,15 +48,17 @@ async def search_page(plan: Plan, fetch: Fetch, *, count: int, offset: int, limi
         rows, instances = await asyncio.gather(
             _studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch), instances_of(window, fetch, limits)
         )
-        rows = [r for r in rows if plan.accepts(r)]
-        has_next = len(order) > offset + count
-        return StudyPage([(r, instances.get(dj.text(r, dj.STUDY_UID) or "", [])) for r in rows], has_next)
+        return _page([r for r in rows if plan.accepts(r)], instances, has_next=len(order) > offset + count)
     # One row more than asked tells whether a next page exists (QIDO gives no total, PS3.18 §8.3.4.4).
     query = QidoQuery.build("studies", plan.study_keys, fields=STUDY_FIELDS, limit=count + 1, offset=offset)
     rows = (await fetch(query)).rows
     has_next = len(rows) > count
     rows = [r for r in _dedupe(rows[:count]) if plan.accepts(r)]
     instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in rows], fetch, limits)
+    return _page(rows, instances, has_next=has_next)
+
+
+def _page(rows: list[dj.Dataset], instances: dict[str, list[dj.Dataset]], *, has_next: bool) -> StudyPage:
     return StudyPage([(r, instances.get(dj.text(r, dj.STUDY_UID) or "", [])) for r in rows], has_next)
 
 
