@@ -51,7 +51,9 @@ class Settings:
 
     @property
     def wado_base(self) -> str:
-        return (self.wado_url or self.dicomweb_url).rstrip("/")
+        """Endpoint.address: never with the credentials a DICOMweb URL may carry for the facade's own calls."""
+        parts = urlsplit(self.wado_url or self.dicomweb_url)
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
 
     @property
     def tz(self) -> ZoneInfo | None:
