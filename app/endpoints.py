@@ -42,6 +42,12 @@ async def read_imaging_study(request: Request) -> Response:
     return FHIRResponse(resource, pretty=pretty(request))
 
 
+async def read_patient(request: Request) -> Response:
+    negotiate(request)
+    resource = await _facade(request).read_patient(request.path_params["id"], fresh=wants_fresh(request))
+    return FHIRResponse(resource, pretty=pretty(request))
+
+
 async def read_endpoint(request: Request) -> Response:
     negotiate(request)
     facade = _facade(request)

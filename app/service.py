@@ -5,16 +5,17 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from . import bundle, gcpause
+from . import bundle, gcpause, patient_ids
 from .cache import CachedQido
 from .errors import NotFound
 from .mapping.endpoint import wado_endpoint
 from .mapping.imaging_study import MappingContext, imaging_study
+from .mapping.patient import patient
 from .plan import PlanContext, plan
 from .qido import QidoQuery
-from .search import SearchContext, SearchRequest, is_uid
+from .search import Criterion, PatientKey, SearchContext, SearchRequest, is_uid
 from .settings import Settings
-from .studies import Fetch, Limits, read_study, search_page
+from .studies import Fetch, Limits, first_matching_study, read_study, search_page
 from .upstream import QidoResult
 
 
@@ -75,6 +76,18 @@ class Facade:
         if found is None:
             raise NotFound(f"ImagingStudy/{study_id} is not known")
         return imaging_study(found[0], found[1], self.mapping)
+
+    async def read_patient(self, patient_id: str, *, fresh: bool) -> dict[str, Any]:
+        """Patient/<id>: the patient attributes of any one of their studies (the id encodes PatientID + issuer)."""
+        pair = patient_ids.decode(patient_id)
+        row = None
+        if pair is not None:
+            key = PatientKey(*pair)
+            req = SearchRequest((Criterion("patient", (key,), "patient", patient_id),))
+            row = await first_matching_study(plan(req, self.plan_context), self._fetcher(fresh))
+        if row is None:
+            raise NotFound(f"Patient/{patient_id[:70]} is not known")
+        return patient(row, self.mapping)
 
     def _fetcher(self, fresh: bool) -> Fetch:
         """The cached QIDO port, bypassing cached answers when the client sent Cache-Control: no-cache."""

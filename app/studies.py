@@ -69,6 +69,14 @@ async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset
     return (rows[0], instances.get(uid, [])) if rows else None
 
 
+async def first_matching_study(plan: Plan, fetch: Fetch, *, scan: int = 50) -> dj.Dataset | None:
+    """The first study row the plan accepts among the PACS's first ``scan`` candidates (one request)."""
+    if plan.nothing:
+        return None
+    query = QidoQuery.build("studies", plan.study_keys, fields=STUDY_FIELDS, limit=scan)
+    return next((r for r in _dedupe((await fetch(query)).rows) if plan.accepts(r)), None)
+
+
 async def instances_of(uids: list[str], fetch: Fetch, limits: Limits) -> dict[str, list[dj.Dataset]]:
     """All instance rows of these studies: one request per ``uid_batch`` studies (more past ``instance_limit``)."""
     out: dict[str, list[dj.Dataset]] = {uid: [] for uid in uids}

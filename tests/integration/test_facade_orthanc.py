@@ -311,3 +311,24 @@ class TestEndpointAndPost:
     def test_metadata_is_valid(self, facade):
         r = facade.get("/fhir/R4/metadata")
         check(r.json())
+
+
+class TestPatientRead:
+    def test_every_patient_matches_the_truth(self, facade, orthanc):
+        manifest: Manifest = orthanc.manifest
+        for pid, issuer in manifest.patients:
+            truth = manifest.studies_of(pid, issuer)[0]
+            r = facade.get(f"/fhir/R4/Patient/{patient_ids.encode(pid, issuer)}")
+            assert r.status_code == 200, (pid, issuer)
+            patient = r.json()
+            assert patient["identifier"][0]["value"] == pid
+            assert patient.get("gender") == {"M": "male", "F": "female", "O": "other"}.get(truth.sex or "")
+            bd = truth.birth_date
+            assert patient.get("birthDate") == (f"{bd[:4]}-{bd[4:6]}-{bd[6:]}" if bd else None)
+            groups = [g for g in truth.patient_name.split("=") if g.strip("^")]
+            assert len(patient["name"]) == len(groups)
+            assert patient["name"][0]["family"] == groups[0].split("^")[0]
+
+    def test_yamada_has_three_name_representations(self, facade, orthanc):
+        r = facade.get(f"/fhir/R4/Patient/{patient_ids.encode('JP0002', None)}").json()
+        assert [n["text"] for n in r["name"]] == ["Tarou Yamada", "山田 太郎", "やまだ たろう"]

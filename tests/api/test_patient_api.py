@@ -1,0 +1,70 @@
+"""Patient read: derived from the PACS's study-level patient attributes, id = encoded PatientID + issuer."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+import httpx
+
+from app import patient_ids
+from tests.api.conftest import PACS, study_row
+
+
+def _serve(pacs, rows):
+    return pacs.get(url__regex=rf"^{PACS}/studies").mock(return_value=httpx.Response(200, json=rows))
+
+
+def test_read_patient_from_a_study_row(pacs, client):
+    row = study_row("1.2.3.1", patient_id="SHARED01", issuer="HOSP-A", name="Smith^John^^Dr")
+    row["00100030"] = {"vr": "DA", "Value": ["19600505"]}
+    row["00100040"] = {"vr": "CS", "Value": ["M"]}
+    route = _serve(pacs, [row])
+    pid = patient_ids.encode("SHARED01", "HOSP-A")
+    patient = client.get(f"/fhir/R4/Patient/{pid}").json()
+    assert patient == {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [
+            {
+                "use": "usual",
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+                "system": "urn:x-imaging-facade:issuer:HOSP-A",
+                "value": "SHARED01",
+                "assigner": {"display": "HOSP-A"},
+            }
+        ],
+        "name": [{"use": "official", "text": "Dr John Smith", "family": "Smith", "given": ["John"], "prefix": ["Dr"]}],
+        "gender": "male",
+        "birthDate": "1960-05-05",
+    }
+    query = unquote(str(route.calls[0].request.url))
+    assert "PatientID=SHARED01" in query and "IssuerOfPatientID=HOSP-A" in query
+
+
+def test_other_issuer_or_case_is_not_the_patient(pacs, client):
+    _serve(
+        pacs,
+        [
+            study_row("1.2.3.1", patient_id="shared01", issuer="HOSP-A"),
+            study_row("1.2.3.2", patient_id="SHARED01", issuer="HOSP-B"),
+        ],
+    )
+    r = client.get(f"/fhir/R4/Patient/{patient_ids.encode('SHARED01', 'HOSP-A')}")
+    assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_unknown_or_foreign_ids_are_404_without_asking_for_foreign_ones(pacs, client):
+    _serve(pacs, [])
+    assert client.get(f"/fhir/R4/Patient/{patient_ids.encode('NOPE', None)}").status_code == 404
+    calls = len(pacs.calls)
+    assert client.get("/fhir/R4/Patient/123").status_code == 404
+    assert len(pacs.calls) == calls
+
+
+def test_study_subject_resolves_to_the_patient(pacs, client):
+    _serve(pacs, [study_row("1.2.3.1", patient_id="MRN1")])
+    pacs.get(url__regex=rf"^{PACS}/instances").mock(return_value=httpx.Response(200, json=[]))
+    study = client.get("/fhir/R4/ImagingStudy/1.2.3.1").json()
+    patient = client.get(f"/fhir/R4/{study['subject']['reference']}").json()
+    assert patient["resourceType"] == "Patient"
+    assert patient["identifier"][0]["value"] == study["subject"]["identifier"]["value"] == "MRN1"
