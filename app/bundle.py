@@ -24,14 +24,19 @@ def searchset(
     next_url: str | None = None,
     previous_url: str | None = None,
     included: list[dict[str, Any]] | None = None,
+    total: int | None = None,
 ) -> dict[str, Any]:
+    """``total`` only where it was counted honestly (``_summary=count``); QIDO itself reports none."""
     links = [{"relation": "self", "url": self_url}]
     if next_url:
         links.append({"relation": "next", "url": next_url})
     if previous_url:
         links.append({"relation": "previous", "url": previous_url})
     entries = [_entry(base, r, "match") for r in matches] + [_entry(base, r, "include") for r in included or ()]
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
     if entries:
         bundle["entry"] = entries
     return bundle

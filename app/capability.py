@@ -25,7 +25,8 @@ def capability_statement(base: str, *, software_version: str, date: str) -> dict
                 "mode": "server",
                 "documentation": "Searches are answered live from the PACS's QIDO-RS. Paging uses _count (capped, "
                 "never rejected) and _offset in the next/previous links; no Bundle.total is given "
-                "because QIDO-RS reports none.",
+                "because QIDO-RS reports none, except for _summary=count, which counts every matching study. "
+                "_summary=true gives series without their instances (a series-level QIDO query instead).",
                 "resource": [
                     {
                         "type": "ImagingStudy",

@@ -21,6 +21,7 @@ _UID_LIST = re.compile(r"[0-9.]+(?:,[0-9.]+)*")
 _DATE_RANGE = re.compile(r"\d{8}-\d{8}|\d{8}-|-\d{8}|\d{8}")
 
 STUDY_FIELDS = ("00081030", "00100021", "00080201")  # StudyDescription, IssuerOfPatientID, TimezoneOffsetFromUTC
+SERIES_FIELDS = ("00080021", "00080031", "00180015", "00200060")  # SeriesDate/Time, BodyPartExamined, Laterality
 INSTANCE_FIELDS = (
     "00080008",  # ImageType (instance.title fallback)
     "00080021",

@@ -22,7 +22,7 @@ from typing import Any
 from . import patient_ids
 from .errors import InvalidRequest, UnsupportedSearch
 from .fhir_dates import DateCriterion, parse_search_date
-from .search_params import BY_NAME, INCLUDES, RESULT_PARAMS
+from .search_params import BY_NAME, INCLUDES, RESULT_PARAMS, SUMMARIES
 from .terminology import DCM_SYSTEM, SNOMED_SYSTEM, body_parts_for_snomed
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -60,8 +60,17 @@ class SearchRequest:
     criteria: tuple[Criterion, ...] = ()
     count: int = 20
     offset: int = 0
-    include_endpoint: bool = False
+    includes: frozenset[str] = frozenset()
     pretty: bool = False
+    summary: str = "false"  # R4 _summary: true | data | count | false
+
+    @property
+    def include_endpoint(self) -> bool:
+        return "ImagingStudy:endpoint" in self.includes
+
+    @property
+    def include_patient(self) -> bool:
+        return "ImagingStudy:patient" in self.includes
 
     def all(self, name: str) -> list[Criterion]:
         return [c for c in self.criteria if c.name == name]
@@ -73,8 +82,9 @@ class SearchRequest:
     def link_params(self, *, offset: int | None = None) -> list[tuple[str, str]]:
         """The canonical parameters of this search, for self/next/previous links (stable across pages)."""
         out = [(c.param, c.text) for c in self.criteria]
-        if self.include_endpoint:
-            out.append(("_include", INCLUDES[0]))
+        out += [("_include", include) for include in sorted(self.includes)]
+        if self.summary != "false":
+            out.append(("_summary", self.summary))
         out.append(("_count", str(self.count)))
         off = self.offset if offset is None else offset
         if off:
@@ -98,7 +108,8 @@ class SearchContext:
 
 def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> SearchRequest:
     criteria: list[Criterion] = []
-    count, offset, include_endpoint, pretty = ctx.default_count, 0, False, False
+    count, offset, pretty, summary = ctx.default_count, 0, False, "false"
+    includes: set[str] = set()
     seen_result: set[str] = set()
     for key, value in items:
         # search.html#chaining: "name[:Type].chain" or "name:modifier"; split the chain off first.
@@ -116,7 +127,7 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
                 offset = _non_negative(base, value)
             elif base == "_include":
                 if value in INCLUDES:
-                    include_endpoint = True
+                    includes.add(value)
                 elif ctx.strict:
                     raise UnsupportedSearch(f"_include={value} is not supported")
             elif base == "_format":
@@ -125,6 +136,13 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
                 if value not in ("true", "false"):
                     raise InvalidRequest("_pretty must be true or false")
                 pretty = value == "true"
+            elif base == "_summary":
+                if value not in ("true", "text", "data", "count", "false"):
+                    raise InvalidRequest(f"_summary must be true, text, data, count or false, got {value[:40]!r}")
+                if value in SUMMARIES:
+                    summary = value
+                elif ctx.strict:
+                    raise UnsupportedSearch("_summary=text is not supported (no narrative yet)")
             elif base == "_total" and value not in ("none",):
                 # QIDO gives no count (PS3.18 §8.3.4.4), so an honest total is not possible.
                 if ctx.strict:
@@ -143,7 +161,7 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
             continue  # an empty value is ignored (search.html: parameters without a value)
         parsed = _PARSERS[spec.type if base not in _SPECIAL else base](base, modifier or chain, value, ctx)
         criteria.append(Criterion(base, tuple(parsed), key, value))
-    return SearchRequest(tuple(criteria), count, offset, include_endpoint, pretty)
+    return SearchRequest(tuple(criteria), count, offset, frozenset(includes), pretty, summary)
 
 
 def _non_negative(name: str, value: str) -> int:

@@ -84,7 +84,10 @@ IMAGING_STUDY_PARAMS: tuple[ParamSpec, ...] = (
 BY_NAME = {p.name: p for p in IMAGING_STUDY_PARAMS}
 
 # _include values served (R4 CapabilityStatement.rest.resource.searchInclude).
-INCLUDES = ("ImagingStudy:endpoint",)
+INCLUDES = ("ImagingStudy:endpoint", "ImagingStudy:patient")
+
+# _summary values served (R4 search.html#summary); "text" is not, as the resources carry no narrative yet.
+SUMMARIES = ("true", "data", "count", "false")
 
 # Result parameters understood by the parser; anything else starting with "_" is unsupported.
-RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_pretty", "_total")
+RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_pretty", "_total", "_summary")

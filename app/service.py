@@ -6,6 +6,7 @@ from datetime import UTC
 from typing import Any
 
 from . import bundle, gcpause, patient_ids
+from . import dicom_json as dj
 from .cache import CachedQido
 from .errors import NotFound
 from .mapping.endpoint import wado_endpoint
@@ -15,7 +16,7 @@ from .plan import PlanContext, plan
 from .qido import QidoQuery
 from .search import Criterion, PatientKey, SearchContext, SearchRequest, is_uid
 from .settings import Settings
-from .studies import Fetch, Limits, first_matching_study, read_study, search_page
+from .studies import Fetch, Limits, count_studies, first_matching_study, read_study, search_page
 from .upstream import QidoResult
 
 
@@ -49,16 +50,39 @@ class Facade:
         )
 
     async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
-        page = await search_page(
-            plan(req, self.plan_context), self._fetcher(fresh), count=req.count, offset=req.offset, limits=self.limits
-        )
-        with gcpause.paused():  # many small dicts, no cycles (app.gcpause)
-            studies = [imaging_study(row, instances, self.mapping) for row, instances in page.studies]
-
         def link(offset: int) -> str:
             return bundle.search_url(base, "ImagingStudy", req.link_params(offset=offset))
 
-        included = [self.endpoint(base)] if req.include_endpoint and studies else []
+        the_plan = plan(req, self.plan_context)
+        if req.summary == "count":
+            total = await count_studies(the_plan, self._fetcher(fresh), self.limits)
+            return bundle.searchset(base, [], self_url=link(req.offset), total=total)
+        summary = req.summary == "true"
+        page = await search_page(
+            the_plan,
+            self._fetcher(fresh),
+            count=req.count,
+            offset=req.offset,
+            limits=self.limits,
+            level="series" if summary else "instances",
+        )
+        with gcpause.paused():  # many small dicts, no cycles (app.gcpause)
+            studies = [
+                imaging_study(row, None, self.mapping, series_rows=rows)
+                if summary
+                else imaging_study(row, rows, self.mapping)
+                for row, rows in page.studies
+            ]
+        included: list[dict[str, Any]] = []
+        if req.include_patient:
+            # The subject's attributes are in the study rows already: no extra upstream request.
+            subjects = {
+                patient_ids.encode(dj.text(r, dj.PATIENT_ID) or "", dj.text(r, dj.ISSUER_OF_PATIENT_ID)): r
+                for r, _ in page.studies
+            }
+            included += [patient(row, self.mapping) for row in subjects.values()]
+        if req.include_endpoint and studies:
+            included.append(self.endpoint(base))
         return bundle.searchset(
             base,
             studies,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from . import dicom_json as dj
 from .errors import TooCostly
 from .plan import Plan
-from .qido import INSTANCE_FIELDS, STUDY_FIELDS, QidoQuery, uid_list
+from .qido import INSTANCE_FIELDS, SERIES_FIELDS, STUDY_FIELDS, QidoQuery, uid_list
 from .search import is_uid
 from .upstream import QidoResult
 
@@ -37,7 +37,10 @@ class StudyPage:
     has_next: bool
 
 
-async def search_page(plan: Plan, fetch: Fetch, *, count: int, offset: int, limits: Limits) -> StudyPage:
+async def search_page(
+    plan: Plan, fetch: Fetch, *, count: int, offset: int, limits: Limits, level: str = "instances"
+) -> StudyPage:
+    """``level="series"`` (``_summary=true``): series-level rows instead of instance rows, per study."""
     if plan.nothing or count == 0:
         return StudyPage([], has_next=False)
     if plan.prequeries or plan.study_uids is not None:
@@ -46,7 +49,8 @@ async def search_page(plan: Plan, fetch: Fetch, *, count: int, offset: int, limi
         order = await _candidate_uids(plan, fetch, limits.prequery)
         window = order[offset : offset + count]
         rows, instances = await asyncio.gather(
-            _studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch), instances_of(window, fetch, limits)
+            _studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch),
+            instances_of(window, fetch, limits, level=level),
         )
         return _page([r for r in rows if plan.accepts(r)], instances, has_next=len(order) > offset + count)
     # One row more than asked tells whether a next page exists (QIDO gives no total, PS3.18 §8.3.4.4).
@@ -54,7 +58,7 @@ async def search_page(plan: Plan, fetch: Fetch, *, count: int, offset: int, limi
     rows = (await fetch(query)).rows
     has_next = len(rows) > count
     rows = [r for r in _dedupe(rows[:count]) if plan.accepts(r)]
-    instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in rows], fetch, limits)
+    instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in rows], fetch, limits, level=level)
     return _page(rows, instances, has_next=has_next)
 
 
@@ -69,6 +73,23 @@ async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset
     return (rows[0], instances.get(uid, [])) if rows else None
 
 
+async def count_studies(plan: Plan, fetch: Fetch, limits: Limits) -> int:
+    """``_summary=count``: an honest count, from every matching study row, up to ``limits.prequery`` of them."""
+    if plan.nothing:
+        return 0
+    if plan.prequeries or plan.study_uids is not None:
+        order = await _candidate_uids(plan, fetch, limits.prequery)
+        if len(order) > limits.prequery:
+            raise TooCostly(f"more than {limits.prequery} studies match; a count would be too costly")
+        rows = await _studies_by_uid(order, plan.study_keys, fetch, limits.uid_batch)
+    else:
+        query = QidoQuery.build("studies", plan.study_keys, fields=STUDY_FIELDS, limit=limits.prequery + 1)
+        rows = _dedupe((await fetch(query)).rows)
+        if len(rows) > limits.prequery:
+            raise TooCostly(f"more than {limits.prequery} studies match; a count would be too costly")
+    return sum(1 for r in rows if plan.accepts(r))
+
+
 async def first_matching_study(plan: Plan, fetch: Fetch, *, scan: int = 50) -> dj.Dataset | None:
     """The first study row the plan accepts among the PACS's first ``scan`` candidates (one request)."""
     if plan.nothing:
@@ -77,15 +98,17 @@ async def first_matching_study(plan: Plan, fetch: Fetch, *, scan: int = 50) -> d
     return next((r for r in _dedupe((await fetch(query)).rows) if plan.accepts(r)), None)
 
 
-async def instances_of(uids: list[str], fetch: Fetch, limits: Limits) -> dict[str, list[dj.Dataset]]:
-    """All instance rows of these studies: one request per ``uid_batch`` studies (more past ``instance_limit``)."""
+async def instances_of(
+    uids: list[str], fetch: Fetch, limits: Limits, *, level: str = "instances"
+) -> dict[str, list[dj.Dataset]]:
+    """All instance (or series) rows of these studies: one request per ``uid_batch`` studies (more past
+    ``instance_limit`` rows)."""
+    fields = INSTANCE_FIELDS if level == "instances" else SERIES_FIELDS
     out: dict[str, list[dj.Dataset]] = {uid: [] for uid in uids}
     for batch in _batches(sorted(uids), limits.uid_batch):
         keys = {"StudyInstanceUID": uid_list(batch)}
         for page in range(MAX_INSTANCE_PAGES):
-            query = QidoQuery.build(
-                "instances", keys, fields=INSTANCE_FIELDS, limit=limits.instances, offset=page * limits.instances
-            )
+            query = QidoQuery.build(level, keys, fields=fields, limit=limits.instances, offset=page * limits.instances)
             rows = (await fetch(query)).rows
             for row in rows:
                 uid = dj.text(row, dj.STUDY_UID)

@@ -32,7 +32,17 @@ class MappingContext:
     issuer_systems: Mapping[str, str] = field(default_factory=dict)
 
 
-def imaging_study(study: dj.Dataset, instances: list[dj.Dataset] | None, ctx: MappingContext) -> dict[str, Any]:
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+
+
+def imaging_study(
+    study: dj.Dataset,
+    instances: list[dj.Dataset] | None,
+    ctx: MappingContext,
+    *,
+    series_rows: list[dj.Dataset] | None = None,
+) -> dict[str, Any]:
+    """``series_rows`` instead of ``instances``: the ``_summary=true`` form, series without instance level."""
     uid = dj.text(study, dj.STUDY_UID)
     assert uid, "callers drop rows without a StudyInstanceUID"
     offset = dj.text(study, dj.TIMEZONE_OFFSET)
@@ -54,6 +64,9 @@ def imaging_study(study: dj.Dataset, instances: list[dj.Dataset] | None, ctx: Ma
     if referrer:
         res["referrer"] = {"display": referrer}
     res["endpoint"] = endpoint
+    if series_rows is not None:
+        # search.html#summary: Σ elements only; the resource SHALL say it is incomplete (SUBSETTED).
+        res["meta"] = {"tag": [dict(SUBSETTED)]}
     # No instance rows (not asked for, or none came back): the study-level counts of the PACS stand.
     series = _series(instances, offset, ctx, endpoint) if instances else None
     n_series = len(series) if series is not None else dj.integer(study, dj.NUMBER_OF_SERIES)
@@ -62,6 +75,8 @@ def imaging_study(study: dj.Dataset, instances: list[dj.Dataset] | None, ctx: Ma
         if series is not None
         else dj.integer(study, dj.NUMBER_OF_STUDY_INSTANCES)
     )
+    if series_rows:
+        series = _summary_series(series_rows, offset, ctx, endpoint)
     if n_series is not None and n_series >= 0:  # unsignedInt: a negative count from the PACS is dropped
         res["numberOfSeries"] = n_series
     if n_instances is not None and n_instances >= 0:
@@ -110,15 +125,30 @@ def _series(
         series_uid = dj.text(row, dj.SERIES_UID)
         if series_uid and dj.text(row, dj.SOP_INSTANCE_UID):
             by_series.setdefault(series_uid, []).append(row)
-    out = [_one_series(uid, rows, offset, ctx, endpoint) for uid, rows in by_series.items()]
+    out = [_one_series(uid, rows[0], rows, offset, ctx, endpoint) for uid, rows in by_series.items()]
+    out.sort(key=lambda s: (s.get("number") is None, s.get("number", 0), s["uid"]))
+    return out
+
+
+def _summary_series(
+    series_rows: list[dj.Dataset], offset: str | None, ctx: MappingContext, endpoint: list[dict[str, str]]
+) -> list[dict[str, Any]]:
+    """Series from series-level QIDO rows (``_summary=true``: no instance level, R4 search.html#summary)."""
+    by_uid = {uid: row for row in series_rows if (uid := dj.text(row, dj.SERIES_UID))}
+    out = [_one_series(uid, row, None, offset, ctx, endpoint) for uid, row in by_uid.items()]
     out.sort(key=lambda s: (s.get("number") is None, s.get("number", 0), s["uid"]))
     return out
 
 
 def _one_series(
-    uid: str, rows: list[dj.Dataset], offset: str | None, ctx: MappingContext, endpoint: list[dict[str, str]]
+    uid: str,
+    head: dj.Dataset,
+    rows: list[dj.Dataset] | None,
+    offset: str | None,
+    ctx: MappingContext,
+    endpoint: list[dict[str, str]],
 ) -> dict[str, Any]:
-    head = rows[0]
+    """One series from its first row; ``rows`` are its instance rows, None for a series-level row."""
     series: dict[str, Any] = {"uid": uid}
     number = dj.integer(head, dj.SERIES_NUMBER)
     if number is not None and number >= 0:  # R4 unsignedInt
@@ -128,7 +158,9 @@ def _one_series(
     description = dj.text(head, dj.SERIES_DESCRIPTION)
     if description:
         series["description"] = description
-    series["numberOfInstances"] = len(rows)
+    count = len(rows) if rows is not None else dj.integer(head, dj.NUMBER_OF_SERIES_INSTANCES)
+    if count is not None and count >= 0:
+        series["numberOfInstances"] = count
     series["endpoint"] = endpoint
     body = dj.text(head, dj.BODY_PART)
     if body and body.upper() in BODY_PARTS:
@@ -143,9 +175,10 @@ def _one_series(
     _, started = dicom_interval(dj.text(head, dj.SERIES_DATE), dj.text(head, dj.SERIES_TIME), offset, ctx.zone)
     if started:
         series["started"] = started
-    instances = [_instance(r) for r in rows]
-    instances.sort(key=lambda i: (i.get("number") is None, i.get("number", 0), i["uid"]))
-    series["instance"] = instances
+    if rows is not None:
+        instances = [_instance(r) for r in rows]
+        instances.sort(key=lambda i: (i.get("number") is None, i.get("number", 0), i["uid"]))
+        series["instance"] = instances
     return series
 
 

@@ -332,3 +332,41 @@ class TestPatientRead:
     def test_yamada_has_three_name_representations(self, facade, orthanc):
         r = facade.get(f"/fhir/R4/Patient/{patient_ids.encode('JP0002', None)}").json()
         assert [n["text"] for n in r["name"]] == ["Tarou Yamada", "山田 太郎", "やまだ たろう"]
+
+
+class TestSummaryAndIncludes:
+    def test_summary_true_has_series_but_no_instances(self, facade, orthanc):
+        manifest: Manifest = orthanc.manifest
+        before = upstream_requests(facade)
+        body = search(facade, "modality=CT&_summary=true", **{"cache-control": "no-cache"})
+        assert upstream_requests(facade) - before == 2
+        for entry in body["entry"]:
+            study = entry["resource"]
+            truth = manifest.study(study["id"])
+            assert study["meta"]["tag"][0]["code"] == "SUBSETTED"
+            assert {s["uid"] for s in study["series"]} == {s.uid for s in truth.series}
+            assert all("instance" not in s for s in study["series"])
+            assert sorted(s["numberOfInstances"] for s in study["series"]) == sorted(
+                len(s.instances) for s in truth.series
+            )
+        assert "_summary=true" in body["link"][0]["url"]
+
+    def test_summary_count_is_an_honest_total(self, facade, orthanc):
+        manifest: Manifest = orthanc.manifest
+        for query, want in [
+            ("modality=CT", sum("CT" in s.modalities for s in manifest.studies)),
+            ("patient.identifier=SHARED01", sum(s.patient_id == "SHARED01" for s in manifest.studies)),
+            ("bodysite=KNEE", sum(any(se.body_part == "KNEE" for se in s.series) for s in manifest.studies)),
+            ("identifier=*", 0),
+        ]:
+            body = search(facade, f"{query}&_summary=count")
+            assert body["total"] == want and "entry" not in body, query
+
+    def test_include_patient(self, facade, orthanc):
+        body = search(facade, "patient.identifier=SHARED01&_include=ImagingStudy:patient")
+        patients = [e["resource"] for e in body["entry"] if e["search"]["mode"] == "include"]
+        assert sorted(p["id"] for p in patients) == sorted(
+            patient_ids.encode("SHARED01", issuer) for issuer in ("HOSP-A", "HOSP-B")
+        )
+        studies = [e["resource"] for e in body["entry"] if e["search"]["mode"] == "match"]
+        assert {s["subject"]["reference"] for s in studies} == {f"Patient/{p['id']}" for p in patients}

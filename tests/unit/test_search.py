@@ -59,7 +59,7 @@ class TestCombining:
         assert [c.values for c in req.all("modality")] == [("CT", "MR"), ("US",)]
 
     def test_defaults(self):
-        assert parse() == SearchRequest((), count=20, offset=0, include_endpoint=False, pretty=False)
+        assert parse() == SearchRequest((), count=20, offset=0, includes=frozenset(), pretty=False, summary="false")
 
     @pytest.mark.parametrize("name", ["identifier", "patient", "started", "modality", "_id", "series", "status"])
     def test_empty_values_are_ignored(self, name):
@@ -358,18 +358,33 @@ class TestResultParameters:
 
     def test_unknown_include_is_ignored_unless_strict(self):
         assert not parse(("_include", "ImagingStudy:patient")).include_endpoint
+        assert parse(("_include", "ImagingStudy:patient")).include_patient
+        assert parse(("_include", "ImagingStudy:*")).includes == frozenset()
         with pytest.raises(UnsupportedSearch):
-            parse(("_include", "ImagingStudy:patient"), ctx=STRICT)
+            parse(("_include", "ImagingStudy:*"), ctx=STRICT)
+
+    @pytest.mark.parametrize("value", ["true", "data", "count", "false"])
+    def test_summary(self, value):
+        req = parse(("_summary", value))
+        assert req.summary == value
+        assert (("_summary", value) in req.link_params()) is (value != "false")
+
+    def test_summary_text_is_unsupported_and_bad_values_are_invalid(self):
+        assert parse(("_summary", "text")).summary == "false"
+        with pytest.raises(UnsupportedSearch):
+            parse(("_summary", "text"), ctx=STRICT)
+        with pytest.raises(InvalidRequest):
+            parse(("_summary", "x"))
 
 
 class TestUnknownAndUnsupported:
-    @pytest.mark.parametrize("key", ["foo", "_sort", "_summary", "_elements", "reason", "_lastUpdated"])
+    @pytest.mark.parametrize("key", ["foo", "_sort", "_elements", "reason", "_lastUpdated"])
     def test_unknown_parameters_are_ignored_and_left_out_of_links(self, key):
         req = parse((key, "x"), ("modality", "CT"))
         assert req.criteria == (Criterion("modality", ("CT",), "modality", "CT"),)
         assert req.link_params() == [("modality", "CT"), ("_count", "20")]
 
-    @pytest.mark.parametrize("key", ["foo", "_sort", "_summary"])
+    @pytest.mark.parametrize("key", ["foo", "_sort", "_elements"])
     def test_unknown_parameters_are_rejected_when_strict(self, key):
         with pytest.raises(UnsupportedSearch, match="is not supported"):
             parse((key, "x"), ctx=STRICT)
