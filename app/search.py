@@ -142,7 +142,7 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
                 if value in SUMMARIES:
                     summary = value
                 elif ctx.strict:
-                    raise UnsupportedSearch("_summary=text is not supported (no narrative yet)")
+                    raise UnsupportedSearch("_summary=text is not supported")
             elif base == "_total" and value not in ("none",):
                 # QIDO gives no count (PS3.18 §8.3.4.4), so an honest total is not possible.
                 if ctx.strict:

@@ -86,7 +86,7 @@ BY_NAME = {p.name: p for p in IMAGING_STUDY_PARAMS}
 # _include values served (R4 CapabilityStatement.rest.resource.searchInclude).
 INCLUDES = ("ImagingStudy:endpoint", "ImagingStudy:patient")
 
-# _summary values served (R4 search.html#summary); "text" is not, as the resources carry no narrative yet.
+# _summary values served (R4 search.html#summary); "text" is not (yet).
 SUMMARIES = ("true", "data", "count", "false")
 
 # Result parameters understood by the parser; anything else starting with "_" is unsupported.

@@ -10,7 +10,7 @@ from . import dicom_json as dj
 from .cache import CachedQido
 from .errors import NotFound
 from .mapping.endpoint import wado_endpoint
-from .mapping.imaging_study import MappingContext, imaging_study
+from .mapping.imaging_study import SUBSETTED, MappingContext, imaging_study
 from .mapping.patient import patient
 from .plan import PlanContext, plan
 from .qido import QidoQuery
@@ -83,6 +83,10 @@ class Facade:
             included += [patient(row, self.mapping) for row in subjects.values()]
         if req.include_endpoint and studies:
             included.append(self.endpoint(base))
+        if req.summary in ("true", "data"):  # neither carries the narrative (search.html#summary)
+            for resource in studies + included:
+                if resource.pop("text", None) is not None:
+                    resource["meta"] = {"tag": [dict(SUBSETTED)]}
         return bundle.searchset(
             base,
             studies,

@@ -17,7 +17,7 @@ from .. import dicom_json as dj
 from .. import patient_ids
 from ..fhir_dates import dicom_interval
 from ..terminology import ACSN_TYPE, BODY_PARTS, DCM_SYSTEM, LATERALITY, NON_ACQUISITION_MODALITIES, SNOMED_SYSTEM
-from . import names
+from . import names, narrative
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
@@ -86,6 +86,8 @@ def imaging_study(
         res["description"] = description
     if series:
         res["series"] = series
+    if series_rows is None:  # Resource.text is not a summary element (search.html#summary)
+        res["text"] = narrative.imaging_study_text(res)
     return res
 
 

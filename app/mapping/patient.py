@@ -12,7 +12,7 @@ from typing import Any
 from .. import dicom_json as dj
 from .. import patient_ids
 from ..fhir_dates import dicom_interval
-from . import names
+from . import names, narrative
 from .imaging_study import MappingContext
 
 # PatientSex (0010,0040) → administrative-gender (R4 required binding). Other or empty values are left out.
@@ -45,4 +45,5 @@ def patient(row: dj.Dataset, ctx: MappingContext) -> dict[str, Any]:
     _, birth = dicom_interval(dj.text(row, dj.PATIENT_BIRTH_DATE), None, None, None)
     if birth:
         res["birthDate"] = birth
+    res["text"] = narrative.patient_text(res)
     return res

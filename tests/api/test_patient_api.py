@@ -21,6 +21,10 @@ def test_read_patient_from_a_study_row(pacs, client):
     route = _serve(pacs, [row])
     pid = patient_ids.encode("SHARED01", "HOSP-A")
     patient = client.get(f"/fhir/R4/Patient/{pid}").json()
+    assert patient.pop("text")["div"] == (
+        '<div xmlns="http://www.w3.org/1999/xhtml"><p><b>Dr John Smith</b>, male, born 1960-05-05</p>'
+        "<p>Patient ID: SHARED01 (HOSP-A)</p></div>"
+    )
     assert patient == {
         "resourceType": "Patient",
         "id": pid,

@@ -370,3 +370,16 @@ class TestSummaryAndIncludes:
         )
         studies = [e["resource"] for e in body["entry"] if e["search"]["mode"] == "match"]
         assert {s["subject"]["reference"] for s in studies} == {f"Patient/{p['id']}" for p in patients}
+
+
+class TestNarrative:
+    def test_every_study_and_patient_has_a_generated_narrative(self, facade, orthanc):
+        body = search(facade, "_count=100&_include=ImagingStudy:patient")
+        for entry in body["entry"]:
+            text = entry["resource"]["text"]
+            assert text["status"] == "generated" and text["div"].startswith(
+                '<div xmlns="http://www.w3.org/1999/xhtml">'
+            )
+        data = search(facade, "_count=100&_summary=data")
+        assert all("text" not in e["resource"] for e in data["entry"])
+        assert all(e["resource"]["meta"]["tag"][0]["code"] == "SUBSETTED" for e in data["entry"])
