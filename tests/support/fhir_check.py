@@ -8,6 +8,7 @@ dateTime with a time must carry a zone (datatypes.html#dateTime).
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from typing import Any
 
@@ -77,7 +78,25 @@ def check(resource: dict[str, Any]) -> None:
         r4b.model_validate(resource)
     except Exception as exc:  # pydantic ValidationError
         raise FhirCheckError(f"{resource['resourceType']} fails R4B validation: {exc}") from None
+    _google_r4(resource)
     _bindings(resource)
+
+
+def _google_r4(resource: dict[str, Any]) -> None:
+    """The stricter check: google-fhir-r4 parses into R4 protos, which enforce required bindings (typed enums),
+    cardinalities and every primitive's regex (dateTime with zone, unsignedInt, id, ...)."""
+    from google.fhir.r4 import json_format
+
+    rtype = resource["resourceType"]
+    if rtype == "Bundle":
+        module = "bundle_and_contained_resource"
+    else:
+        module = re.sub(r"(?<!^)(?=[A-Z])", "_", rtype).lower()
+    proto = getattr(importlib.import_module(f"google.fhir.r4.proto.core.resources.{module}_pb2"), rtype)
+    try:
+        json_format.json_fhir_string_to_proto(json.dumps(resource), proto, validate=True)
+    except Exception as exc:  # google.fhir.core InvalidFhirError and friends
+        raise FhirCheckError(f"{rtype} fails google-fhir-r4 validation: {exc}") from None
 
 
 def _r4b(resource_type: str) -> Any:
