@@ -26,7 +26,9 @@ def capability_statement(base: str, *, software_version: str, date: str) -> dict
                 "documentation": "Searches are answered live from the PACS's QIDO-RS. Paging uses _count (capped, "
                 "never rejected) and _offset in the next/previous links; no Bundle.total is given "
                 "because QIDO-RS reports none, except for _summary=count, which counts every matching study. "
-                "_summary=true gives series without their instances (a series-level QIDO query instead).",
+                "_summary=true gives series without their instances (a series-level QIDO query instead). "
+                "_sort=started|-started and _total=accurate|estimate read every matching study (up to the "
+                "server's prequery_limit; more is refused as too costly), since QIDO-RS can neither sort nor count.",
                 "resource": [
                     {
                         "type": "ImagingStudy",

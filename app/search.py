@@ -22,7 +22,7 @@ from typing import Any
 from . import patient_ids
 from .errors import InvalidRequest, UnsupportedSearch
 from .fhir_dates import DateCriterion, parse_search_date
-from .search_params import BY_NAME, INCLUDES, RESULT_PARAMS, SUMMARIES
+from .search_params import BY_NAME, INCLUDES, RESULT_PARAMS, SORTS, SUMMARIES
 from .terminology import DCM_SYSTEM, SNOMED_SYSTEM, body_parts_for_snomed
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -63,6 +63,8 @@ class SearchRequest:
     includes: frozenset[str] = frozenset()
     pretty: bool = False
     summary: str = "false"  # R4 _summary: true | data | count | false
+    sort: str | None = None  # "started" or "-started"
+    total: str = "none"  # R4 _total: none | estimate | accurate
 
     @property
     def include_endpoint(self) -> bool:
@@ -85,6 +87,10 @@ class SearchRequest:
         out += [("_include", include) for include in sorted(self.includes)]
         if self.summary != "false":
             out.append(("_summary", self.summary))
+        if self.sort:
+            out.append(("_sort", self.sort))
+        if self.total != "none":
+            out.append(("_total", self.total))
         out.append(("_count", str(self.count)))
         off = self.offset if offset is None else offset
         if off:
@@ -108,7 +114,8 @@ class SearchContext:
 
 def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> SearchRequest:
     criteria: list[Criterion] = []
-    count, offset, pretty, summary = ctx.default_count, 0, False, "false"
+    count, offset, pretty, summary, total = ctx.default_count, 0, False, "false", "none"
+    sort: str | None = None
     includes: set[str] = set()
     seen_result: set[str] = set()
     for key, value in items:
@@ -143,10 +150,16 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
                     summary = value
                 elif ctx.strict:
                     raise UnsupportedSearch("_summary=text is not supported")
-            elif base == "_total" and value not in ("none",):
-                # QIDO gives no count (PS3.18 §8.3.4.4), so an honest total is not possible.
-                if ctx.strict:
-                    raise UnsupportedSearch(f"_total={value} is not supported (the PACS gives no count)")
+            elif base == "_total":
+                # QIDO gives no count (PS3.18 §8.3.4.4): a total means reading every matching study row.
+                if value not in ("none", "estimate", "accurate"):
+                    raise InvalidRequest(f"_total must be none, estimate or accurate, got {value[:40]!r}")
+                total = value
+            elif base == "_sort":
+                if value in SORTS:
+                    sort = value
+                elif ctx.strict:
+                    raise UnsupportedSearch(f"_sort={value[:60]} is not supported; only started or -started")
             continue
         spec = BY_NAME.get(base)
         if spec is None:
@@ -161,7 +174,7 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
             continue  # an empty value is ignored (search.html: parameters without a value)
         parsed = _PARSERS[spec.type if base not in _SPECIAL else base](base, modifier or chain, value, ctx)
         criteria.append(Criterion(base, tuple(parsed), key, value))
-    return SearchRequest(tuple(criteria), count, offset, frozenset(includes), pretty, summary)
+    return SearchRequest(tuple(criteria), count, offset, frozenset(includes), pretty, summary, sort, total)
 
 
 def _non_negative(name: str, value: str) -> int:

@@ -90,4 +90,7 @@ INCLUDES = ("ImagingStudy:endpoint", "ImagingStudy:patient")
 SUMMARIES = ("true", "data", "count", "false")
 
 # Result parameters understood by the parser; anything else starting with "_" is unsupported.
-RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_pretty", "_total", "_summary")
+RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_pretty", "_total", "_summary", "_sort")
+
+# _sort keys served: QIDO cannot sort, so the facade sorts all matches itself (up to prequery_limit studies).
+SORTS = ("started", "-started")

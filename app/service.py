@@ -16,7 +16,16 @@ from .plan import PlanContext, plan
 from .qido import QidoQuery
 from .search import Criterion, PatientKey, SearchContext, SearchRequest, is_uid
 from .settings import Settings
-from .studies import Fetch, Limits, count_studies, first_matching_study, read_study, search_page
+from .studies import (
+    Fetch,
+    Limits,
+    all_matching,
+    first_matching_study,
+    read_study,
+    search_page,
+    sort_by_started,
+    window_page,
+)
 from .upstream import QidoResult
 
 
@@ -53,19 +62,23 @@ class Facade:
         def link(offset: int) -> str:
             return bundle.search_url(base, "ImagingStudy", req.link_params(offset=offset))
 
-        the_plan = plan(req, self.plan_context)
-        if req.summary == "count":
-            total = await count_studies(the_plan, self._fetcher(fresh), self.limits)
-            return bundle.searchset(base, [], self_url=link(req.offset), total=total)
+        the_plan, fetch = plan(req, self.plan_context), self._fetcher(fresh)
         summary = req.summary == "true"
-        page = await search_page(
-            the_plan,
-            self._fetcher(fresh),
-            count=req.count,
-            offset=req.offset,
-            limits=self.limits,
-            level="series" if summary else "instances",
-        )
+        level = "series" if summary else "instances"
+        total: int | None = None
+        if req.summary == "count" or req.sort or req.total != "none":
+            # Counting and sorting need every matching study row (QIDO does neither).
+            rows = await all_matching(the_plan, fetch, self.limits)
+            total = len(rows)
+            if req.summary == "count":
+                return bundle.searchset(base, [], self_url=link(req.offset), total=total)
+            if req.sort:
+                rows = sort_by_started(rows, self.plan_context.zone, descending=req.sort.startswith("-"))
+            page = await window_page(rows, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level)
+        else:
+            page = await search_page(
+                the_plan, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level
+            )
         with gcpause.paused():  # many small dicts, no cycles (app.gcpause)
             studies = [
                 imaging_study(row, None, self.mapping, series_rows=rows)
@@ -92,6 +105,7 @@ class Facade:
             studies,
             self_url=link(req.offset),
             included=included,
+            total=total if req.total != "none" else None,
             next_url=link(req.offset + req.count) if page.has_next else None,
             previous_url=link(max(0, req.offset - req.count)) if req.offset and req.count else None,
         )

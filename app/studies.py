@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 
 from . import dicom_json as dj
 from .errors import TooCostly
+from .fhir_dates import dicom_interval
 from .plan import Plan
 from .qido import INSTANCE_FIELDS, SERIES_FIELDS, STUDY_FIELDS, QidoQuery, uid_list
 from .search import is_uid
@@ -73,21 +75,47 @@ async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset
     return (rows[0], instances.get(uid, [])) if rows else None
 
 
-async def count_studies(plan: Plan, fetch: Fetch, limits: Limits) -> int:
-    """``_summary=count``: an honest count, from every matching study row, up to ``limits.prequery`` of them."""
+async def all_matching(plan: Plan, fetch: Fetch, limits: Limits) -> list[dj.Dataset]:
+    """Every study row the plan accepts, in PACS order; for an honest count or a global sort.
+
+    Refused as too costly past ``limits.prequery`` candidate studies: QIDO can neither count nor sort.
+    """
     if plan.nothing:
-        return 0
+        return []
     if plan.prequeries or plan.study_uids is not None:
         order = await _candidate_uids(plan, fetch, limits.prequery)
-        if len(order) > limits.prequery:
-            raise TooCostly(f"more than {limits.prequery} studies match; a count would be too costly")
-        rows = await _studies_by_uid(order, plan.study_keys, fetch, limits.uid_batch)
+        too_many = len(order) > limits.prequery
+        rows = [] if too_many else await _studies_by_uid(order, plan.study_keys, fetch, limits.uid_batch)
     else:
         query = QidoQuery.build("studies", plan.study_keys, fields=STUDY_FIELDS, limit=limits.prequery + 1)
         rows = _dedupe((await fetch(query)).rows)
-        if len(rows) > limits.prequery:
-            raise TooCostly(f"more than {limits.prequery} studies match; a count would be too costly")
-    return sum(1 for r in rows if plan.accepts(r))
+        too_many = len(rows) > limits.prequery
+    if too_many:
+        raise TooCostly(f"more than {limits.prequery} studies match; counting or sorting them is too costly")
+    return [r for r in rows if plan.accepts(r)]
+
+
+def sort_by_started(rows: list[dj.Dataset], zone: tzinfo | None, *, descending: bool) -> list[dj.Dataset]:
+    """FHIR _sort on ImagingStudy.started: by the start of each study's interval; studies without a date last."""
+
+    def key(row: dj.Dataset) -> datetime:
+        interval, _ = dicom_interval(
+            dj.text(row, dj.STUDY_DATE), dj.text(row, dj.STUDY_TIME), dj.text(row, dj.TIMEZONE_OFFSET), zone
+        )
+        return interval.low if interval else datetime.min.replace(tzinfo=UTC)
+
+    dated = [r for r in rows if dj.text(r, dj.STUDY_DATE)]
+    undated = [r for r in rows if not dj.text(r, dj.STUDY_DATE)]
+    return sorted(dated, key=key, reverse=descending) + undated
+
+
+async def window_page(
+    rows: list[dj.Dataset], fetch: Fetch, *, count: int, offset: int, limits: Limits, level: str = "instances"
+) -> StudyPage:
+    """A page cut from already known (counted or sorted) study rows, with their instance or series rows."""
+    window = rows[offset : offset + count]
+    instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in window], fetch, limits, level=level)
+    return _page(window, instances, has_next=len(rows) > offset + count)
 
 
 async def first_matching_study(plan: Plan, fetch: Fetch, *, scan: int = 50) -> dj.Dataset | None:

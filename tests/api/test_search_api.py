@@ -131,7 +131,7 @@ class TestLinks:
 
     def test_unknown_parameters_are_left_out_of_self(self, pacs, client):
         _serve(pacs, [], [])
-        body = client.get("/fhir/R4/ImagingStudy?foo=bar&modality=CT&_sort=started").json()
+        body = client.get("/fhir/R4/ImagingStudy?foo=bar&modality=CT&_sort=_lastUpdated").json()
         assert body["link"][0]["url"] == "http://testserver/fhir/R4/ImagingStudy?modality=CT&_count=20"
 
     def test_include_endpoint(self, pacs, client):

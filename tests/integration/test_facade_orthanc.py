@@ -383,3 +383,28 @@ class TestNarrative:
         data = search(facade, "_count=100&_summary=data")
         assert all("text" not in e["resource"] for e in data["entry"])
         assert all(e["resource"]["meta"]["tag"][0]["code"] == "SUBSETTED" for e in data["entry"])
+
+
+class TestSortAndTotal:
+    def _started(self, body):
+        return [e["resource"].get("started") for e in body.get("entry", [])]
+
+    @pytest.mark.parametrize("descending", [False, True])
+    def test_sort_by_started_across_pages(self, facade, orthanc, descending):
+        manifest: Manifest = orthanc.manifest
+        sort = "-started" if descending else "started"
+        seen: list[str] = []
+        url: str | None = f"/fhir/R4/ImagingStudy?_sort={sort}&_count=4"
+        while url:
+            body = facade.get(url).json()
+            seen += [e["resource"]["id"] for e in body.get("entry", [])]
+            url = next((link["url"] for link in body["link"] if link["relation"] == "next"), None)
+        dates = [manifest.study(uid).study_date for uid in seen]
+        assert len(seen) == len(manifest.studies) and dates == sorted(dates, reverse=descending)
+
+    def test_total_accurate(self, facade, orthanc):
+        manifest: Manifest = orthanc.manifest
+        body = search(facade, "modality=CT&_total=accurate&_count=1")
+        assert body["total"] == sum("CT" in s.modalities for s in manifest.studies)
+        assert len(body["entry"]) == 1
+        assert "total" not in search(facade, "modality=CT&_count=1")

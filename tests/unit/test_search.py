@@ -349,12 +349,19 @@ class TestResultParameters:
         with pytest.raises(InvalidRequest):
             parse(("_pretty", "yes"))
 
-    def test_total_none_is_fine_and_others_are_ignored_unless_strict(self):
+    def test_total(self):
         assert parse(("_total", "none")) == parse()
-        assert parse(("_total", "accurate")) == parse()
-        assert parse(("_total", "none"), ctx=STRICT) == parse()
+        assert parse(("_total", "accurate")).total == "accurate"
+        assert ("_total", "estimate") in parse(("_total", "estimate"), ctx=STRICT).link_params()
+        with pytest.raises(InvalidRequest):
+            parse(("_total", "exact"))
+
+    def test_sort_started_only(self):
+        assert parse(("_sort", "-started")).sort == "-started"
+        assert ("_sort", "started") in parse(("_sort", "started")).link_params()
+        assert parse(("_sort", "_id")).sort is None
         with pytest.raises(UnsupportedSearch):
-            parse(("_total", "accurate"), ctx=STRICT)
+            parse(("_sort", "_id"), ctx=STRICT)
 
     def test_unknown_include_is_ignored_unless_strict(self):
         assert not parse(("_include", "ImagingStudy:patient")).include_endpoint
@@ -378,13 +385,13 @@ class TestResultParameters:
 
 
 class TestUnknownAndUnsupported:
-    @pytest.mark.parametrize("key", ["foo", "_sort", "_elements", "reason", "_lastUpdated"])
+    @pytest.mark.parametrize("key", ["foo", "_elements", "reason", "_lastUpdated"])
     def test_unknown_parameters_are_ignored_and_left_out_of_links(self, key):
         req = parse((key, "x"), ("modality", "CT"))
         assert req.criteria == (Criterion("modality", ("CT",), "modality", "CT"),)
         assert req.link_params() == [("modality", "CT"), ("_count", "20")]
 
-    @pytest.mark.parametrize("key", ["foo", "_sort", "_elements"])
+    @pytest.mark.parametrize("key", ["foo", "_elements", "_has"])
     def test_unknown_parameters_are_rejected_when_strict(self, key):
         with pytest.raises(UnsupportedSearch, match="is not supported"):
             parse((key, "x"), ctx=STRICT)
