@@ -22,7 +22,7 @@ from typing import Any
 from . import patient_ids
 from .errors import InvalidRequest, UnsupportedSearch
 from .fhir_dates import DateCriterion, parse_search_date
-from .search_params import BY_NAME, INCLUDES, RESULT_PARAMS, SORTS, SUMMARIES
+from .search_params import BY_NAME, ELEMENTS, INCLUDES, RESULT_PARAMS, SORTS, SUMMARIES
 from .terminology import DCM_SYSTEM, SNOMED_SYSTEM, body_parts_for_snomed
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -65,6 +65,7 @@ class SearchRequest:
     summary: str = "false"  # R4 _summary: true | data | count | false
     sort: str | None = None  # "started" or "-started"
     total: str = "none"  # R4 _total: none | estimate | accurate
+    elements: frozenset[str] = frozenset()  # _elements: top-level elements to keep (empty: all)
 
     @property
     def include_endpoint(self) -> bool:
@@ -91,6 +92,8 @@ class SearchRequest:
             out.append(("_sort", self.sort))
         if self.total != "none":
             out.append(("_total", self.total))
+        if self.elements:
+            out.append(("_elements", ",".join(sorted(self.elements))))
         out.append(("_count", str(self.count)))
         off = self.offset if offset is None else offset
         if off:
@@ -110,6 +113,7 @@ class SearchContext:
     issuer_systems: Mapping[str, str] = field(default_factory=dict)
     base_url: str = ""
     strict: bool = False
+    endpoint_id: str = "wado-rs"
 
 
 def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> SearchRequest:
@@ -117,6 +121,7 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
     count, offset, pretty, summary, total = ctx.default_count, 0, False, "false", "none"
     sort: str | None = None
     includes: set[str] = set()
+    elements: frozenset[str] = frozenset()
     seen_result: set[str] = set()
     for key, value in items:
         # search.html#chaining: "name[:Type].chain" or "name:modifier"; split the chain off first.
@@ -155,6 +160,9 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
                 if value not in ("none", "estimate", "accurate"):
                     raise InvalidRequest(f"_total must be none, estimate or accurate, got {value[:40]!r}")
                 total = value
+            elif base == "_elements":
+                # search.html#elements: unknown names are left out rather than refused.
+                elements = frozenset(e.strip() for e in value.split(",")) & ELEMENTS
             elif base == "_sort":
                 if value in SORTS:
                     sort = value
@@ -174,7 +182,7 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
             continue  # an empty value is ignored (search.html: parameters without a value)
         parsed = _PARSERS[spec.type if base not in _SPECIAL else base](base, modifier or chain, value, ctx)
         criteria.append(Criterion(base, tuple(parsed), key, value))
-    return SearchRequest(tuple(criteria), count, offset, frozenset(includes), pretty, summary, sort, total)
+    return SearchRequest(tuple(criteria), count, offset, frozenset(includes), pretty, summary, sort, total, elements)
 
 
 def _non_negative(name: str, value: str) -> int:
@@ -249,20 +257,24 @@ def _parse_identifier(name: str, modifier: str, value: str, ctx: SearchContext) 
 def _parse_patient(name: str, modifier: str, value: str, ctx: SearchContext) -> list[PatientKey]:
     if modifier == "identifier":
         return [k for t in _tokens(value) if (k := _patient_by_identifier(t, ctx)) is not None]
-    keys = []
-    for ref in split_or(value):
-        ref = _unescape(ref)
+    pairs = (patient_ids.decode(rid) for rid in _local_ids(value, "Patient", ctx))
+    return [PatientKey(*pair) for pair in pairs if pair is not None]
+
+
+def _local_ids(value: str, resource_type: str, ctx: SearchContext) -> list[str]:
+    """Ids of the references in a reference parameter that point at this server's ``resource_type``:
+    ``Type/id``, a bare ``id``, or an absolute URL under the base the client used (search.html#reference).
+    A reference to another server or another type is not one of ours, and is dropped."""
+    ids = []
+    for ref in map(_unescape, split_or(value)):
         if "://" in ref:
             if not ctx.base_url or not ref.startswith(ctx.base_url.rstrip("/") + "/"):
-                continue  # a Patient on another server is not one of ours
+                continue
             ref = ref[len(ctx.base_url.rstrip("/")) + 1 :]
         rtype, slash, rid = ref.rpartition("/")
-        if slash and rtype != "Patient":
-            continue
-        pair = patient_ids.decode(rid)
-        if pair is not None:
-            keys.append(PatientKey(*pair))
-    return keys
+        if not slash or rtype == resource_type:
+            ids.append(rid)
+    return ids
 
 
 def _patient_by_identifier(t: Token, ctx: SearchContext) -> PatientKey | None:
@@ -322,7 +334,13 @@ def _parse_status(name: str, modifier: str, value: str, ctx: SearchContext) -> l
     return out
 
 
+def _parse_endpoint(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    """Every study references the one WADO-RS Endpoint: it matches all, any other endpoint none."""
+    return [rid for rid in _local_ids(value, "Endpoint", ctx) if rid == ctx.endpoint_id]
+
+
 _PARSERS: dict[str, Any] = {
+    "endpoint": _parse_endpoint,
     "_id": _parse_id,
     "identifier": _parse_identifier,
     "reference": _parse_patient,

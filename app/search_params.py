@@ -77,6 +77,12 @@ IMAGING_STUDY_PARAMS: tuple[ParamSpec, ...] = (
         "SNOMED CT code (`http://snomed.info/sct|<code>`) of a series body site, or a DICOM BodyPartExamined term.",
     ),
     ParamSpec(
+        "endpoint",
+        "reference",
+        SP + "ImagingStudy-endpoint",
+        "`Endpoint/<id>` of this server's WADO-RS Endpoint (every study has it); any other endpoint matches nothing.",
+    ),
+    ParamSpec(
         "status", "token", SP + "ImagingStudy-status", "Studies in the PACS are `available`; other codes match nothing."
     ),
 )
@@ -90,7 +96,34 @@ INCLUDES = ("ImagingStudy:endpoint", "ImagingStudy:patient")
 SUMMARIES = ("true", "data", "count", "false")
 
 # Result parameters understood by the parser; anything else starting with "_" is unsupported.
-RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_pretty", "_total", "_summary", "_sort")
+RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_pretty", "_total", "_summary", "_sort", "_elements")
+
+# Top-level ImagingStudy elements _elements may name (R4); mandatory ones (status, subject) are always kept.
+ELEMENTS = frozenset(
+    {
+        "identifier",
+        "status",
+        "modality",
+        "subject",
+        "encounter",
+        "started",
+        "basedOn",
+        "referrer",
+        "interpreter",
+        "endpoint",
+        "numberOfSeries",
+        "numberOfInstances",
+        "procedureReference",
+        "procedureCode",
+        "location",
+        "reasonCode",
+        "reasonReference",
+        "note",
+        "description",
+        "series",
+        "text",
+    }
+)
 
 # _sort keys served: QIDO cannot sort, so the facade sorts all matches itself (up to prequery_limit studies).
 SORTS = ("started", "-started")

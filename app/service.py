@@ -56,6 +56,7 @@ class Facade:
             issuer_systems=s.issuer_systems,
             base_url=base,
             strict=strict,
+            endpoint_id=s.endpoint_id,
         )
 
     async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
@@ -85,6 +86,11 @@ class Facade:
                 if summary
                 else imaging_study(row, rows, self.mapping)
                 for row, rows in page.studies
+            ]
+        if req.elements:  # search.html#elements: the listed elements plus the mandatory ones, marked SUBSETTED
+            keep = req.elements | {"resourceType", "id", "meta", "status", "subject"}
+            studies = [
+                {k: v for k, v in r.items() if k in keep} | {"meta": {"tag": [dict(SUBSETTED)]}} for r in studies
             ]
         included: list[dict[str, Any]] = []
         if req.include_patient:

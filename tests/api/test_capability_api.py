@@ -45,6 +45,7 @@ def test_every_listed_parameter_is_accepted_strictly(pacs, client, param):
         "instance": "1.2.3",
         "dicom-class": "1.2.840.10008.5.1.4.1.1.2",
         "bodysite": "KNEE",
+        "endpoint": "Endpoint/wado-rs",
         "status": "available",
     }[param]
     r = client.get(f"/fhir/R4/ImagingStudy?{param}={sample}", headers={"prefer": "handling=strict"})

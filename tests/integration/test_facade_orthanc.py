@@ -408,3 +408,19 @@ class TestSortAndTotal:
         assert body["total"] == sum("CT" in s.modalities for s in manifest.studies)
         assert len(body["entry"]) == 1
         assert "total" not in search(facade, "modality=CT&_count=1")
+
+
+class TestElementsAndEndpointParam:
+    def test_elements(self, facade, orthanc):
+        body = search(facade, "_elements=started,modality&_count=3")
+        for entry in body["entry"]:
+            study = entry["resource"]
+            assert set(study) == {"resourceType", "id", "meta", "status", "subject", "started", "modality"} - (
+                set() if "modality" in study else {"modality"}
+            )
+            assert study["meta"]["tag"][0]["code"] == "SUBSETTED"
+
+    def test_endpoint_parameter(self, facade, orthanc):
+        every = {s.study_uid for s in orthanc.manifest.studies}
+        assert uids(search(facade, "endpoint=Endpoint/wado-rs&_count=100")) == every
+        assert not uids(search(facade, "endpoint=Endpoint/elsewhere"))

@@ -391,7 +391,7 @@ class TestUnknownAndUnsupported:
         assert req.criteria == (Criterion("modality", ("CT",), "modality", "CT"),)
         assert req.link_params() == [("modality", "CT"), ("_count", "20")]
 
-    @pytest.mark.parametrize("key", ["foo", "_elements", "_has"])
+    @pytest.mark.parametrize("key", ["foo", "_has", "_lastUpdated"])
     def test_unknown_parameters_are_rejected_when_strict(self, key):
         with pytest.raises(UnsupportedSearch, match="is not supported"):
             parse((key, "x"), ctx=STRICT)
@@ -465,7 +465,7 @@ class TestLinkParams:
 def test_every_table_parameter_parses_a_plain_value():
     samples = {"token": "1.2.3", "reference": f"Patient/{PID_A}", "date": "2020"}
     for spec in IMAGING_STUDY_PARAMS:
-        special = {"modality": "CT", "status": "available", "bodysite": "CHEST"}
+        special = {"modality": "CT", "status": "available", "bodysite": "CHEST", "endpoint": "Endpoint/wado-rs"}
         value = special.get(spec.name, samples[spec.type])
         req = parse((spec.name, value))
         assert req.criteria[0].name == spec.name, spec.name
@@ -474,3 +474,15 @@ def test_every_table_parameter_parses_a_plain_value():
 
 def test_table_names_are_unique():
     assert len(BY_NAME) == len(IMAGING_STUDY_PARAMS)
+
+
+def test_endpoint_reference_forms():
+    assert parse(("endpoint", "Endpoint/wado-rs")).criteria[0].values == ("wado-rs",)
+    assert parse(("endpoint", "wado-rs,Endpoint/other")).criteria[0].values == ("wado-rs",)
+    assert parse(("endpoint", "Endpoint/other")).matches_nothing
+
+
+def test_elements_keeps_known_names_only():
+    req = parse(("_elements", "started,series, bogus"))
+    assert req.elements == {"started", "series"}
+    assert ("_elements", "series,started") in req.link_params()
