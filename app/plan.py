@@ -9,12 +9,16 @@ The split, by parameter (PS3.18 Table 10.6.1-5 for what QIDO can match at study 
     started               StudyDate range, widened ±1 day    re-checked: FHIR prefix semantics on the interval
     modality              ModalitiesInStudy list             re-checked (case); later groups only here
     status                nothing (always "available")       the value itself
+    referrer.name         nothing (accents: see below)       starts-with on any name part, no case or accents
+    :missing, :not        nothing (QIDO cannot negate)       presence / absence of the attribute
     series, instance,     a pre-query at series/instance     rows re-checked exactly, then the study UIDs
     dicom-class, bodysite level, per parameter               found are intersected
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -67,7 +71,11 @@ class PlanContext:
 
 
 def plan(req: SearchRequest, ctx: PlanContext) -> Plan:
-    if req.matches_nothing or any(c.name == "status" and "available" not in c.values for c in req.criteria):
+    if req.matches_nothing or any(
+        c.name == "status" and ("available" in c.values) == (c.modifier == "not")
+        for c in req.criteria
+        if c.modifier != "missing"
+    ):
         return Plan(nothing=True)
     keys: dict[str, str] = {}
     checks: list[Check] = []
@@ -117,6 +125,21 @@ def plan(req: SearchRequest, ctx: PlanContext) -> Plan:
         if "ModalitiesInStudy" not in keys:
             keys["ModalitiesInStudy"] = ",".join(sorted(set(c.values)))  # CS values validated by the parser
 
+    for c in req.criteria:
+        if c.modifier == "missing":
+            check = _missing_check(c.name, c.values[0])
+            if check is None:  # identifier and status are never missing
+                if c.values[0]:
+                    return Plan(nothing=True)
+            else:
+                checks.append(check)
+        elif c.modifier == "not" and c.name == "modality":
+            checks.append(_not_check(_modality_check(frozenset(c.values))))
+    for c in req.all("referrer"):
+        # Checked here only: FHIR string search ignores accents, and no QIDO wildcard pattern can match "Pérez"
+        # for "perez" (Orthanc compares bytes), so any PACS-side key could drop a match.
+        checks.append(_name_check(dj.REFERRING_PHYSICIAN, list(c.values)))
+
     prequeries: list[Prequery] = []
     for name, (level, key, attribute) in PREQUERY_KEYS.items():
         for c in req.all(name):
@@ -165,6 +188,42 @@ def _patient_check(keys: list[PatientKey]) -> Check:
         return any(k.patient_id == pid and (k.any_issuer or k.issuer == issuer) for k in keys)
 
     return check
+
+
+_MISSING_TAGS = {"started": dj.STUDY_DATE, "modality": dj.MODALITIES_IN_STUDY, "referrer": dj.REFERRING_PHYSICIAN}
+
+
+def _missing_check(name: str, missing: bool) -> Check | None:
+    """search.html#missing; None for parameters whose element every study has."""
+    tag = _MISSING_TAGS.get(name)
+    if tag is None:
+        return None
+
+    def check(row: Row) -> bool:
+        return (dj.first(row, tag) is None) == missing
+
+    return check
+
+
+def _not_check(inner: Check) -> Check:
+    return lambda row: not inner(row)
+
+
+def _name_check(tag: str, values: list[str]) -> Check:
+    """FHIR string search on a name (search.html#string): any part starts with the value, ignoring case
+    and accents."""
+    wanted = [_fold(v) for v in values]
+
+    def check(row: Row) -> bool:
+        pn = dj.person_name(row, tag) or {}
+        parts = [_fold(p) for group in pn.values() for p in re.split(r"[\^= ]+", group) if p]
+        return any(p.startswith(w) for p in parts for w in wanted)
+
+    return check
+
+
+def _fold(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
 
 
 def _modality_check(codes: frozenset[str]) -> Check:

@@ -53,6 +53,7 @@ class Criterion:
     values: tuple[Any, ...]  # OR-ed, typed per parameter; empty: matches nothing
     param: str  # "name[:modifier]" or "name.chain" as sent
     text: str  # the value as sent, for the self link
+    modifier: str = ""  # "missing" (values: (bool,)) or "not" (values: codes to exclude); "" otherwise
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ class SearchRequest:
     def include_patient(self) -> bool:
         return "ImagingStudy:patient" in self.includes
 
-    def all(self, name: str) -> list[Criterion]:
-        return [c for c in self.criteria if c.name == name]
+    def all(self, name: str, *, modifier: str = "") -> list[Criterion]:
+        return [c for c in self.criteria if c.name == name and c.modifier == modifier]
 
     @property
     def matches_nothing(self) -> bool:
@@ -180,7 +181,16 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
             raise UnsupportedSearch(f"modifier :{modifier} is not supported on {base}")
         if value == "":
             continue  # an empty value is ignored (search.html: parameters without a value)
+        if modifier == "missing":
+            if value not in ("true", "false"):
+                raise InvalidRequest(f"{key} takes true or false")
+            criteria.append(Criterion(base, (value == "true",), key, value, "missing"))
+            continue
         parsed = _PARSERS[spec.type if base not in _SPECIAL else base](base, modifier or chain, value, ctx)
+        if modifier == "not":
+            if parsed:  # excluding values that can never occur excludes nothing
+                criteria.append(Criterion(base, tuple(parsed), key, value, "not"))
+            continue
         criteria.append(Criterion(base, tuple(parsed), key, value))
     return SearchRequest(tuple(criteria), count, offset, frozenset(includes), pretty, summary, sort, total, elements)
 
@@ -334,6 +344,14 @@ def _parse_status(name: str, modifier: str, value: str, ctx: SearchContext) -> l
     return out
 
 
+def _parse_referrer(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    """``referrer.name`` (a string: starts-with on any name part, case- and accent-insensitive); a plain
+    ``referrer=Practitioner/x`` can match nothing, as the PACS keeps referrers as names only."""
+    if modifier != "name":
+        return []
+    return [v for v in map(_unescape, split_or(value)) if v.strip()]
+
+
 def _parse_endpoint(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
     """Every study references the one WADO-RS Endpoint: it matches all, any other endpoint none."""
     return [rid for rid in _local_ids(value, "Endpoint", ctx) if rid == ctx.endpoint_id]
@@ -341,6 +359,7 @@ def _parse_endpoint(name: str, modifier: str, value: str, ctx: SearchContext) ->
 
 _PARSERS: dict[str, Any] = {
     "endpoint": _parse_endpoint,
+    "referrer": _parse_referrer,
     "_id": _parse_id,
     "identifier": _parse_identifier,
     "reference": _parse_patient,

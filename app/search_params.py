@@ -33,7 +33,8 @@ IMAGING_STUDY_PARAMS: tuple[ParamSpec, ...] = (
         "token",
         SP + "ImagingStudy-identifier",
         "`urn:dicom:uid|urn:oid:<StudyInstanceUID>`, a bare `urn:oid:<uid>`, or the accession number "
-        "(`[system]|value`; exact, case-sensitive).",
+        "(`[system]|value`; exact, case-sensitive). `:missing` (every study has its UID identifier).",
+        modifiers=frozenset({"missing"}),
     ),
     ParamSpec(
         "patient",
@@ -57,13 +58,16 @@ IMAGING_STUDY_PARAMS: tuple[ParamSpec, ...] = (
         "date",
         SP + "ImagingStudy-started",
         "Prefixes eq, ne, gt, ge, lt, le, sa, eb; partial dates; dateTime with or without zone "
-        "(without: the PACS time zone setting, else UTC).",
+        "(without: the PACS time zone setting, else UTC). `:missing`: studies without (or with) a StudyDate.",
+        modifiers=frozenset({"missing"}),
     ),
     ParamSpec(
         "modality",
         "token",
         SP + "ImagingStudy-modality",
-        "DICOM modality code, with or without the DCM system; comma-separated values are OR-ed.",
+        "DICOM modality code, with or without the DCM system; comma-separated values are OR-ed. `:not` "
+        "(checked by the facade, QIDO cannot negate) and `:missing`.",
+        modifiers=frozenset({"not", "missing"}),
     ),
     ParamSpec("series", "token", SP + "ImagingStudy-series", "Series Instance UID."),
     ParamSpec("instance", "token", SP + "ImagingStudy-instance", "SOP Instance UID."),
@@ -77,13 +81,27 @@ IMAGING_STUDY_PARAMS: tuple[ParamSpec, ...] = (
         "SNOMED CT code (`http://snomed.info/sct|<code>`) of a series body site, or a DICOM BodyPartExamined term.",
     ),
     ParamSpec(
+        "referrer",
+        "reference",
+        SP + "ImagingStudy-referrer",
+        "`referrer.name=<text>` (starts-with on any part of ReferringPhysicianName, case- and "
+        "accent-insensitive) and `referrer:missing`; the PACS has no Practitioner ids, so `Practitioner/<id>` "
+        "matches nothing.",
+        modifiers=frozenset({"missing"}),
+        chains=("name",),
+    ),
+    ParamSpec(
         "endpoint",
         "reference",
         SP + "ImagingStudy-endpoint",
         "`Endpoint/<id>` of this server's WADO-RS Endpoint (every study has it); any other endpoint matches nothing.",
     ),
     ParamSpec(
-        "status", "token", SP + "ImagingStudy-status", "Studies in the PACS are `available`; other codes match nothing."
+        "status",
+        "token",
+        SP + "ImagingStudy-status",
+        "Studies in the PACS are `available`; other codes match nothing. `:not` and `:missing`.",
+        modifiers=frozenset({"not", "missing"}),
     ),
 )
 

@@ -424,3 +424,40 @@ class TestElementsAndEndpointParam:
         every = {s.study_uid for s in orthanc.manifest.studies}
         assert uids(search(facade, "endpoint=Endpoint/wado-rs&_count=100")) == every
         assert not uids(search(facade, "endpoint=Endpoint/elsewhere"))
+
+
+class TestModifiersAndReferrer:
+    def test_modality_not(self, facade, orthanc):
+        manifest: Manifest = orthanc.manifest
+        want = {s.study_uid for s in manifest.studies if "CT" not in s.modalities}
+        assert uids(search(facade, "modality:not=CT&_count=100")) == want
+
+    def test_missing(self, facade, orthanc):
+        manifest: Manifest = orthanc.manifest
+        with_referrer = {s.study_uid for s in manifest.studies if s.referrer}
+        assert with_referrer
+        assert uids(search(facade, "referrer:missing=false&_count=100")) == with_referrer
+        assert (
+            uids(search(facade, "referrer:missing=true&_count=100"))
+            == {s.study_uid for s in manifest.studies} - with_referrer
+        )
+        assert not uids(search(facade, "identifier:missing=true"))
+        assert len(uids(search(facade, "started:missing=false&_count=100"))) == len(manifest.studies)
+
+    def test_referrer_name_starts_with_any_part_ignoring_case_and_accents(self, facade, orthanc):
+        manifest: Manifest = orthanc.manifest
+        for study in manifest.studies:
+            if not study.referrer:
+                continue
+            family = study.referrer.split("^")[0]
+            want = {s.study_uid for s in manifest.studies if s.referrer and s.referrer.split("^")[0] == family}
+            prefix = family[:3].lower()
+            got = uids(search(facade, f"referrer.name={quote(prefix)}&_count=100"))
+            assert want <= got, (family, prefix)
+        assert not uids(search(facade, "referrer=Practitioner/123"))
+
+    def test_referrer_name_accents_and_case(self, facade, orthanc):
+        want = {s.study_uid for s in orthanc.manifest.studies if s.referrer == "Pérez^Luis"}
+        assert want
+        assert uids(search(facade, "referrer.name=perez&_count=100")) == want
+        assert uids(search(facade, "referrer.name=LUIS&_count=100")) == want
