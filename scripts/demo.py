@@ -11,11 +11,9 @@ queries (non-zero if one fails), which the test suite uses to keep this demo wor
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +26,7 @@ if str(ROOT) not in sys.path:
 
 from app import patient_ids  # noqa: E402
 from tests.support.dataset import build_dataset  # noqa: E402
+from tests.support.facade import FacadeProcess  # noqa: E402
 from tests.support.orthanc import OrthancServer, store  # noqa: E402
 
 
@@ -91,13 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Orthanc (pid {pacs.pid}) at {pacs.url}: {len(manifest.studies)} studies, "
             f"{manifest.n_instances} instances of {len(manifest.patients)} patients"
         )
-        env = os.environ | {"FACADE_DICOMWEB_URL": pacs.dicomweb_url, "FACADE_LOG_LEVEL": "warning"}
-        facade = subprocess.Popen(
-            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(args.port)], cwd=ROOT, env=env
-        )
-        try:
-            base = f"http://127.0.0.1:{args.port}/fhir/R4"
-            _wait(base, facade)
+        with FacadeProcess(pacs.dicomweb_url, port=args.port) as facade:
+            base = facade.base
             print(f"Facade (pid {facade.pid}) at {base}\n")
             failed = 0
             for title, url in _examples(base, manifest):
@@ -107,30 +101,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.check:
                 return 1 if failed else 0
             print("Both keep running; Ctrl-C stops them.")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            while not stop.wait(1):
+                pass
             return 0
-        finally:
-            facade.terminate()
-            try:
-                facade.wait(10)
-            except subprocess.TimeoutExpired:
-                facade.kill()
-
-
-def _wait(base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the facade exited with status {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/metadata", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the facade did not answer within 30 s")
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     sys.exit(main())

@@ -3,55 +3,25 @@ Orthanc: what an EMR developer would do with them must just work."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
 from app import patient_ids
 from tests.support.dataset import Manifest
+from tests.support.facade import FacadeProcess
 
 fhirpy = pytest.importorskip("fhirpy")
 fhirclient_client = pytest.importorskip("fhirclient.client")
 from fhirclient.models.imagingstudy import ImagingStudy  # noqa: E402
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def base(orthanc) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = os.environ | {"FACADE_DICOMWEB_URL": orthanc.dicomweb_url, "FACADE_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env
-    )
-    url = f"http://127.0.0.1:{port}/fhir/R4"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/metadata", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with FacadeProcess(orthanc.dicomweb_url) as facade:
+        yield facade.base
 
 
 def _ids(resources) -> set[str]:

@@ -1,0 +1,75 @@
+"""Run the facade as a real server process (``python -m app``) on 127.0.0.1, for the demo and end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class FacadeProcess:
+    """``with FacadeProcess(dicomweb_url) as facade: facade.base`` — started, answering, stopped by PID."""
+
+    def __init__(self, dicomweb_url: str, *, port: int | None = None, env: Mapping[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}/fhir/R4"
+        self._env = dict(os.environ) | {"FACADE_DICOMWEB_URL": dicomweb_url, "FACADE_LOG_LEVEL": "warning"}
+        self._env |= dict(env or {})
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def __enter__(self) -> FacadeProcess:
+        cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port)]
+        self._proc = subprocess.Popen(cmd, cwd=ROOT, env=self._env)
+        try:
+            self._wait()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+    def _wait(self, timeout: float = 30.0) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the facade exited with status {self._proc.returncode}")
+            try:
+                if httpx.get(f"{self.base}/metadata", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the facade did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.terminate()  # this PID only
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
