@@ -117,12 +117,23 @@ class SearchContext:
     endpoint_id: str = "wado-rs"
 
 
+@dataclass
+class _Results:
+    """The result parameters (search.html#return) as they are read; becomes part of the SearchRequest."""
+
+    count: int
+    offset: int = 0
+    pretty: bool = False
+    summary: str = "false"
+    total: str = "none"
+    sort: str | None = None
+    includes: set[str] = field(default_factory=set)
+    elements: frozenset[str] = frozenset()
+
+
 def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> SearchRequest:
     criteria: list[Criterion] = []
-    count, offset, pretty, summary, total = ctx.default_count, 0, False, "false", "none"
-    sort: str | None = None
-    includes: set[str] = set()
-    elements: frozenset[str] = frozenset()
+    results = _Results(count=ctx.default_count)
     seen_result: set[str] = set()
     for key, value in items:
         # search.html#chaining: "name[:Type].chain" or "name:modifier"; split the chain off first.
@@ -134,41 +145,7 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
             if base in seen_result and base != "_include":
                 raise InvalidRequest(f"parameter {base} given more than once")
             seen_result.add(base)
-            if base == "_count":
-                count = min(_non_negative(base, value), ctx.max_count)
-            elif base == "_offset":
-                offset = _non_negative(base, value)
-            elif base == "_include":
-                if value in INCLUDES:
-                    includes.add(value)
-                elif ctx.strict:
-                    raise UnsupportedSearch(f"_include={value} is not supported")
-            elif base == "_format":
-                pass  # checked with the Accept header by app.fhir_http.negotiate
-            elif base == "_pretty":
-                if value not in ("true", "false"):
-                    raise InvalidRequest("_pretty must be true or false")
-                pretty = value == "true"
-            elif base == "_summary":
-                if value not in ("true", "text", "data", "count", "false"):
-                    raise InvalidRequest(f"_summary must be true, text, data, count or false, got {value[:40]!r}")
-                if value in SUMMARIES:
-                    summary = value
-                elif ctx.strict:
-                    raise UnsupportedSearch("_summary=text is not supported")
-            elif base == "_total":
-                # QIDO gives no count (PS3.18 §8.3.4.4): a total means reading every matching study row.
-                if value not in ("none", "estimate", "accurate"):
-                    raise InvalidRequest(f"_total must be none, estimate or accurate, got {value[:40]!r}")
-                total = value
-            elif base == "_elements":
-                # search.html#elements: unknown names are left out rather than refused.
-                elements = frozenset(e.strip() for e in value.split(",")) & ELEMENTS
-            elif base == "_sort":
-                if value in SORTS:
-                    sort = value
-                elif ctx.strict:
-                    raise UnsupportedSearch(f"_sort={value[:60]} is not supported; only started or -started")
+            _result_param(base, value, ctx, results)
             continue
         spec = BY_NAME.get(base)
         if spec is None:
@@ -181,18 +158,63 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
             raise UnsupportedSearch(f"modifier :{modifier} is not supported on {base}")
         if value == "":
             continue  # an empty value is ignored (search.html: parameters without a value)
-        if modifier == "missing":
-            if value not in ("true", "false"):
-                raise InvalidRequest(f"{key} takes true or false")
-            criteria.append(Criterion(base, (value == "true",), key, value, "missing"))
-            continue
-        parsed = _PARSERS[spec.type if base not in _SPECIAL else base](base, modifier or chain, value, ctx)
-        if modifier == "not":
-            if parsed:  # excluding values that can never occur excludes nothing
-                criteria.append(Criterion(base, tuple(parsed), key, value, "not"))
-            continue
-        criteria.append(Criterion(base, tuple(parsed), key, value))
-    return SearchRequest(tuple(criteria), count, offset, frozenset(includes), pretty, summary, sort, total, elements)
+        criterion = _criterion(spec.type if base not in _SPECIAL else base, base, key, modifier, chain, value, ctx)
+        if criterion is not None:
+            criteria.append(criterion)
+    r = results
+    return SearchRequest(
+        tuple(criteria), r.count, r.offset, frozenset(r.includes), r.pretty, r.summary, r.sort, r.total, r.elements
+    )
+
+
+def _criterion(
+    kind: str, base: str, key: str, modifier: str, chain: str, value: str, ctx: SearchContext
+) -> Criterion | None:
+    if modifier == "missing":  # search.html#missing
+        if value not in ("true", "false"):
+            raise InvalidRequest(f"{key} takes true or false")
+        return Criterion(base, (value == "true",), key, value, "missing")
+    parsed = _PARSERS[kind](base, modifier or chain, value, ctx)
+    if modifier == "not":  # excluding values that can never occur excludes nothing
+        return Criterion(base, tuple(parsed), key, value, "not") if parsed else None
+    return Criterion(base, tuple(parsed), key, value)
+
+
+def _result_param(name: str, value: str, ctx: SearchContext, results: _Results) -> None:
+    if name == "_count":
+        results.count = min(_non_negative(name, value), ctx.max_count)
+    elif name == "_offset":
+        results.offset = _non_negative(name, value)
+    elif name == "_include":
+        if value in INCLUDES:
+            results.includes.add(value)
+        elif ctx.strict:
+            raise UnsupportedSearch(f"_include={value} is not supported")
+    elif name == "_pretty":
+        if value not in ("true", "false"):
+            raise InvalidRequest("_pretty must be true or false")
+        results.pretty = value == "true"
+    elif name == "_summary":
+        if value not in ("true", "text", "data", "count", "false"):
+            raise InvalidRequest(f"_summary must be true, text, data, count or false, got {value[:40]!r}")
+        if value in SUMMARIES:
+            results.summary = value
+        elif ctx.strict:
+            raise UnsupportedSearch("_summary=text is not supported")
+    elif name == "_total":
+        # QIDO gives no count (PS3.18 §8.3.4.4): a total means reading every matching study row.
+        if value not in ("none", "estimate", "accurate"):
+            raise InvalidRequest(f"_total must be none, estimate or accurate, got {value[:40]!r}")
+        results.total = value
+    elif name == "_elements":
+        # search.html#elements: unknown names are left out rather than refused.
+        results.elements = frozenset(e.strip() for e in value.split(",")) & ELEMENTS
+    elif name == "_sort":
+        if value in SORTS:
+            results.sort = value
+        elif ctx.strict:
+            raise UnsupportedSearch(f"_sort={value[:60]} is not supported; only started or -started")
+    # _format is checked with the Accept header by app.fhir_http.negotiate
 
 
 def _non_negative(name: str, value: str) -> int:
