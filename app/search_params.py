@@ -110,8 +110,8 @@ BY_NAME = {p.name: p for p in IMAGING_STUDY_PARAMS}
 # _include values served (R4 CapabilityStatement.rest.resource.searchInclude).
 INCLUDES = ("ImagingStudy:endpoint", "ImagingStudy:patient")
 
-# _summary values served (R4 search.html#summary); "text" is not (yet).
-SUMMARIES = ("true", "data", "count", "false")
+# _summary values served (R4 search.html#summary).
+SUMMARIES = ("true", "text", "data", "count", "false")
 
 # Result parameters understood by the parser; anything else starting with "_" is unsupported.
 RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_pretty", "_total", "_summary", "_sort", "_elements")

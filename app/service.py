@@ -87,8 +87,9 @@ class Facade:
                 else imaging_study(row, rows, self.mapping)
                 for row, rows in page.studies
             ]
-        if req.elements:  # search.html#elements: the listed elements plus the mandatory ones, marked SUBSETTED
-            keep = req.elements | {"resourceType", "id", "meta", "status", "subject"}
+        elements = req.elements or ({"text"} if req.summary == "text" else set())
+        if elements:  # search.html#elements and _summary=text: listed plus mandatory elements, marked SUBSETTED
+            keep = elements | {"resourceType", "id", "meta", "status", "subject"}
             studies = [
                 {k: v for k, v in r.items() if k in keep} | {"meta": {"tag": [dict(SUBSETTED)]}} for r in studies
             ]

@@ -461,3 +461,11 @@ class TestModifiersAndReferrer:
         assert want
         assert uids(search(facade, "referrer.name=perez&_count=100")) == want
         assert uids(search(facade, "referrer.name=LUIS&_count=100")) == want
+
+
+def test_summary_text(facade):
+    body = search(facade, "_summary=text&_count=3")
+    for entry in body["entry"]:
+        study = entry["resource"]
+        assert set(study) == {"resourceType", "id", "meta", "status", "subject", "text"}
+        assert study["meta"]["tag"][0]["code"] == "SUBSETTED"

@@ -376,10 +376,8 @@ class TestResultParameters:
         assert req.summary == value
         assert (("_summary", value) in req.link_params()) is (value != "false")
 
-    def test_summary_text_is_unsupported_and_bad_values_are_invalid(self):
-        assert parse(("_summary", "text")).summary == "false"
-        with pytest.raises(UnsupportedSearch):
-            parse(("_summary", "text"), ctx=STRICT)
+    def test_summary_text_and_bad_values(self):
+        assert parse(("_summary", "text"), ctx=STRICT).summary == "text"
         with pytest.raises(InvalidRequest):
             parse(("_summary", "x"))
 
