@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from app.fhir_dates import DateCriterion, Interval, dicom_interval, parse_search_date, qido_date_range
+from tests.unit.helpers import inside
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -372,15 +373,6 @@ SEARCH_VALUES = [
 PREFIXES = ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"]
 
 
-def _inside(da: str, rng: str | None) -> bool:
-    if rng is None:
-        return True
-    if rng == "EMPTY":
-        return False
-    lo, _, hi = rng.partition("-")
-    return (not lo or lo <= da) and (not hi or da <= hi)
-
-
 def test_qido_range_is_a_superset_of_the_exact_check():
     checked = matched = 0
     for zone in PACS_ZONES:
@@ -396,7 +388,7 @@ def test_qido_range_is_a_superset_of_the_exact_check():
                 checked += 1
                 if c.matches(interval):
                     matched += 1
-                    assert _inside(da, rng), (zone, prefix + value, da, interval, rng)
+                    assert inside(da, rng), (zone, prefix + value, da, interval, rng)
     assert matched > 1000 and checked > matched  # the grid exercises both outcomes
 
 
@@ -415,7 +407,7 @@ def test_qido_range_superset_for_and_of_or_groups():
                 interval, _ = dicom_interval(da, tm, offset, zone)
                 assert interval is not None
                 if all(any(c.matches(interval) for c in g) for g in groups):
-                    assert _inside(da, rng), (zone, raw_groups, da, tm, offset, rng)
+                    assert inside(da, rng), (zone, raw_groups, da, tm, offset, rng)
 
 
 def test_qido_range_superset_for_offsets_more_than_a_day_apart():
@@ -423,7 +415,7 @@ def test_qido_range_superset_for_offsets_more_than_a_day_apart():
     c = crit("2020-05-01", kiritimati)
     interval, _ = dicom_interval("20200429", "230000", "-1200", kiritimati)
     assert interval is not None and c.matches(interval)
-    assert _inside("20200429", qido_date_range([[c]]))
+    assert inside("20200429", qido_date_range([[c]]))
 
 
 def test_criterion_value_is_hashable_and_frozen():

@@ -7,7 +7,6 @@ wildcards); every widened key must come with a predicate that rejects the near m
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -18,17 +17,9 @@ from app.errors import UnsupportedSearch
 from app.plan import Plan, PlanContext, Prequery, plan
 from app.qido import QidoQuery
 from app.search import SearchContext, SearchRequest, parse_search
+from tests.unit.helpers import SEARCH_CTX
 
 BERLIN = ZoneInfo("Europe/Berlin")
-SEARCH_CTX = SearchContext(
-    default_count=20,
-    max_count=100,
-    search_zone=UTC,
-    patient_system="urn:x-imaging-facade:patient-id",
-    issuer_prefix="urn:x-imaging-facade:issuer:",
-    issuer_systems={"HOSP-A": "http://hospital-a.example.org/mrn"},
-    base_url="https://fhir.example.org/fhir/R4",
-)
 CTX = PlanContext(accession_system=None, zone=None, prequery_limit=2000)
 HOSP_A = "http://hospital-a.example.org/mrn"
 STUDY = "1.2.826.0.1.3680043.8.498.1"

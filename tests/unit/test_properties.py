@@ -21,6 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 from app import patient_ids  # noqa: E402
 from app.fhir_dates import dicom_interval, parse_search_date, qido_date_range  # noqa: E402
 from app.qido import QidoQuery, match_pattern  # noqa: E402
+from tests.unit.helpers import inside  # noqa: E402
 
 PROFILE = settings(max_examples=400, derandomize=True, database=None, deadline=None)
 
@@ -81,15 +82,6 @@ criteria = st.tuples(st.sampled_from(PREFIXES), search_values)
 studies = st.tuples(days, times, st.one_of(st.none(), offsets))
 
 
-def _inside(da: str, rng: str | None) -> bool:
-    if rng is None:
-        return True
-    if rng == "EMPTY":
-        return False
-    lo, _, hi = rng.partition("-")
-    return (not lo or lo <= da) and (not hi or da <= hi)
-
-
 @PROFILE
 @given(zone=st.sampled_from(PACS_ZONES), criterion=criteria, study=studies)
 def test_qido_date_range_is_a_superset_of_one_criterion(zone, criterion, study):
@@ -100,7 +92,7 @@ def test_qido_date_range_is_a_superset_of_one_criterion(zone, criterion, study):
     rng = qido_date_range([[c]])
     assert rng is None or re.fullmatch(r"\d{8}-\d{8}|\d{8}-|-\d{8}|EMPTY", rng)
     if c.matches(interval):
-        assert _inside(f"{da:%Y%m%d}", rng), rng
+        assert inside(f"{da:%Y%m%d}", rng), rng
 
 
 @PROFILE
@@ -115,7 +107,7 @@ def test_qido_date_range_is_a_superset_of_and_of_or_groups(zone, groups, study):
     interval, _ = dicom_interval(f"{da:%Y%m%d}", tm, offset, zone)
     assert interval is not None
     if all(any(c.matches(interval) for c in g) for g in parsed):
-        assert _inside(f"{da:%Y%m%d}", qido_date_range(parsed))
+        assert inside(f"{da:%Y%m%d}", qido_date_range(parsed))
 
 
 @PROFILE

@@ -22,19 +22,11 @@ from app.search import (
     split_or,
 )
 from app.search_params import BY_NAME, IMAGING_STUDY_PARAMS
+from tests.unit.helpers import BASE, SEARCH_CTX
 
-BASE = "https://fhir.example.org/fhir/R4"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
-CTX = SearchContext(
-    default_count=20,
-    max_count=100,
-    search_zone=UTC,
-    patient_system="urn:x-imaging-facade:patient-id",
-    issuer_prefix="urn:x-imaging-facade:issuer:",
-    issuer_systems={"HOSP-A": "http://hospital-a.example.org/mrn"},
-    base_url=BASE,
-)
+CTX = SEARCH_CTX
 STRICT = dataclasses.replace(CTX, strict=True)
 PID_A = patient_ids.encode("MRN0100", "HOSP-A")
 PID_NONE = patient_ids.encode("MRN0100", None)

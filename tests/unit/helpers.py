@@ -1,0 +1,28 @@
+"""Shared values for the unit tests."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from app.search import SearchContext
+
+BASE = "https://fhir.example.org/fhir/R4"
+SEARCH_CTX = SearchContext(
+    default_count=20,
+    max_count=100,
+    search_zone=UTC,
+    patient_system="urn:x-imaging-facade:patient-id",
+    issuer_prefix="urn:x-imaging-facade:issuer:",
+    issuer_systems={"HOSP-A": "http://hospital-a.example.org/mrn"},
+    base_url=BASE,
+)
+
+
+def inside(da: str, rng: str | None) -> bool:
+    """Is DICOM date ``da`` inside the QIDO StudyDate range ``rng`` (None: unbounded; "EMPTY": nothing)?"""
+    if rng is None:
+        return True
+    if rng == "EMPTY":
+        return False
+    lo, _, hi = rng.partition("-")
+    return (not lo or lo <= da) and (not hi or da <= hi)
