@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .search_params import IMAGING_STUDY_PARAMS, INCLUDES
+from .search_params import IMAGING_STUDY, PATIENT, ResourceSearch
 
 FHIR_VERSION = "4.0.1"
 
@@ -30,28 +30,12 @@ def capability_statement(base: str, *, software_version: str, date: str) -> dict
                 "_sort=started|-started and _total=accurate|estimate read every matching study (up to the "
                 "server's prequery_limit; more is refused as too costly), since QIDO-RS can neither sort nor count.",
                 "resource": [
-                    {
-                        "type": "ImagingStudy",
-                        "profile": "http://hl7.org/fhir/StructureDefinition/ImagingStudy",
-                        "interaction": [{"code": "read"}, {"code": "search-type"}],
-                        "versioning": "no-version",
-                        "readHistory": False,
-                        "updateCreate": False,
-                        "conditionalCreate": False,
-                        "conditionalRead": "not-supported",
-                        "conditionalUpdate": False,
-                        "conditionalDelete": "not-supported",
-                        "searchInclude": list(INCLUDES),
-                        "searchParam": [
-                            {
-                                "name": p.name,
-                                "definition": p.definition,
-                                "type": p.type,
-                                "documentation": p.documentation,
-                            }
-                            for p in IMAGING_STUDY_PARAMS
-                        ],
-                    },
+                    _searchable(IMAGING_STUDY, "ImagingStudy: sorting with _sort=started|-started only."),
+                    _searchable(
+                        PATIENT,
+                        "Patients are the distinct PatientID + IssuerOfPatientID pairs of the PACS's studies; a "
+                        "search reads every matching study (up to prequery_limit) and always gives an exact total.",
+                    ),
                     {
                         "type": "Endpoint",
                         "profile": "http://hl7.org/fhir/StructureDefinition/Endpoint",
@@ -60,5 +44,26 @@ def capability_statement(base: str, *, software_version: str, date: str) -> dict
                     },
                 ],
             }
+        ],
+    }
+
+
+def _searchable(spec: ResourceSearch, documentation: str) -> dict[str, Any]:
+    return {
+        "type": spec.type,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{spec.type}",
+        "documentation": documentation,
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "versioning": "no-version",
+        "readHistory": False,
+        "updateCreate": False,
+        "conditionalCreate": False,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        **({"searchInclude": list(spec.includes)} if spec.includes else {}),
+        "searchParam": [
+            {"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
+            for p in spec.params
         ],
     }

@@ -11,6 +11,7 @@ from . import __version__
 from .capability import capability_statement
 from .fhir_http import FHIRResponse, fhir_base, negotiate, prefers_strict, pretty, search_items, wants_fresh
 from .search import parse_search
+from .search_params import PATIENT
 from .service import Facade
 
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
@@ -33,6 +34,16 @@ async def search_imaging_study(request: Request) -> Response:
     base = fhir_base(request, facade.settings.public_url)
     req = parse_search(await search_items(request), facade.search_context(base, strict=prefers_strict(request)))
     result = await facade.search_studies(req, base, fresh=wants_fresh(request))
+    return FHIRResponse(result, pretty=req.pretty)
+
+
+async def search_patient(request: Request) -> Response:
+    negotiate(request)
+    facade = _facade(request)
+    base = fhir_base(request, facade.settings.public_url)
+    ctx = facade.search_context(base, strict=prefers_strict(request))
+    req = parse_search(await search_items(request), ctx, PATIENT)
+    result = await facade.search_patients(req, base, fresh=wants_fresh(request))
     return FHIRResponse(result, pretty=req.pretty)
 
 

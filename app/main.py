@@ -50,6 +50,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         Route(f"{fhir}/ImagingStudy", endpoints.search_imaging_study, methods=["GET"]),
         Route(f"{fhir}/ImagingStudy/_search", endpoints.search_imaging_study, methods=["POST"]),
         Route(f"{fhir}/ImagingStudy/{{id}}", endpoints.read_imaging_study, methods=["GET"]),
+        Route(f"{fhir}/Patient", endpoints.search_patient, methods=["GET"]),
+        Route(f"{fhir}/Patient/_search", endpoints.search_patient, methods=["POST"]),
         Route(f"{fhir}/Patient/{{id}}", endpoints.read_patient, methods=["GET"]),
         Route(f"{fhir}/Endpoint/{{id}}", endpoints.read_endpoint, methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),

@@ -17,7 +17,6 @@ The split, by parameter (PS3.18 Table 10.6.1-5 for what QIDO can match at study 
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from datetime import tzinfo
 from . import dicom_json as dj
 from .errors import UnsupportedSearch
 from .fhir_dates import DateCriterion, dicom_interval, qido_date_range
+from .mapping import names
 from .qido import QidoQuery, date_range, match_pattern, uid_list
 from .search import DICOM_UID_SYSTEM, PatientKey, SearchRequest, Token
 
@@ -96,29 +96,15 @@ def plan(req: SearchRequest, ctx: PlanContext) -> Plan:
         else:
             checks.append(_accession_check(accessions, ctx.accession_system))
             if "AccessionNumber" not in keys:
-                _put_pattern(keys, "AccessionNumber", [t.code for t in accessions])
+                put_pattern(keys, "AccessionNumber", [t.code for t in accessions])
     if uids is not None and not uids:
         return Plan(nothing=True)
 
     for c in req.all("patient") + req.all("subject"):
-        pkeys: list[PatientKey] = list(c.values)
-        checks.append(_patient_check(pkeys))
-        if "PatientID" not in keys:
-            _put_pattern(keys, "PatientID", [k.patient_id for k in pkeys])
-            issuers = {k.issuer for k in pkeys if not k.any_issuer}
-            if len(pkeys) == 1 and issuers and None not in issuers:
-                pattern, _ = match_pattern(pkeys[0].issuer or "")
-                if pattern.strip("*?"):
-                    keys["IssuerOfPatientID"] = pattern
+        add_patient(keys, checks, list(c.values))
 
-    date_groups: list[list[DateCriterion]] = [list(c.values) for c in req.all("started")]
-    if date_groups:
-        span = qido_date_range(date_groups)
-        if span == "EMPTY":
-            return Plan(nothing=True)
-        if span:
-            keys["StudyDate"] = date_range(span)
-        checks.append(_date_check(date_groups, ctx.zone))
+    if not add_dates(keys, checks, [list(c.values) for c in req.all("started")], "StudyDate", ctx.zone):
+        return Plan(nothing=True)
 
     for c in req.all("modality"):
         checks.append(_modality_check(frozenset(c.values)))
@@ -135,10 +121,10 @@ def plan(req: SearchRequest, ctx: PlanContext) -> Plan:
                 checks.append(check)
         elif c.modifier == "not" and c.name == "modality":
             checks.append(_not_check(_modality_check(frozenset(c.values))))
-    for c in req.all("referrer"):
+    for c in req.strings("referrer"):
         # Checked here only: FHIR string search ignores accents, and no QIDO wildcard pattern can match "Pérez"
         # for "perez" (Orthanc compares bytes), so any PACS-side key could drop a match.
-        checks.append(_name_check(dj.REFERRING_PHYSICIAN, list(c.values)))
+        checks.append(name_check(dj.REFERRING_PHYSICIAN, list(c.values), c.modifier))
 
     prequeries: list[Prequery] = []
     for name, (level, key, attribute) in PREQUERY_KEYS.items():
@@ -161,7 +147,35 @@ def plan(req: SearchRequest, ctx: PlanContext) -> Plan:
     )
 
 
-def _put_pattern(keys: dict[str, str], key: str, values: list[str]) -> None:
+def add_patient(keys: dict[str, str], checks: list[Check], pkeys: list[PatientKey]) -> None:
+    """PatientID (+ IssuerOfPatientID) keys for the first patient criterion; every one is re-checked exactly."""
+    checks.append(patient_check(pkeys))
+    if "PatientID" not in keys:
+        put_pattern(keys, "PatientID", [k.patient_id for k in pkeys])
+        issuers = {k.issuer for k in pkeys if not k.any_issuer}
+        if len(pkeys) == 1 and issuers and None not in issuers:
+            pattern, _ = match_pattern(pkeys[0].issuer or "")
+            if pattern.strip("*?"):
+                keys["IssuerOfPatientID"] = pattern
+
+
+def add_dates(
+    keys: dict[str, str], checks: list[Check], groups: list[list[DateCriterion]], key: str, zone: tzinfo | None
+) -> bool:
+    """A QIDO date range on ``key`` (StudyDate or PatientBirthDate) covering every AND-ed group, re-checked
+    exactly; False when the groups cannot all match (nothing to ask the PACS)."""
+    if not groups:
+        return True
+    span = qido_date_range(groups)
+    if span == "EMPTY":
+        return False
+    if span:
+        keys[key] = date_range(span)
+    checks.append(date_check(groups, zone, birth=key == "PatientBirthDate"))
+    return True
+
+
+def put_pattern(keys: dict[str, str], key: str, values: list[str]) -> None:
     """Send a value list only when every value is exact; a wildcard list could be read as one pattern."""
     patterns = [match_pattern(v) for v in values]
     if len(patterns) == 1:
@@ -181,7 +195,7 @@ def _accession_check(tokens: list[Token], system: str | None) -> Check:
     return check
 
 
-def _patient_check(keys: list[PatientKey]) -> Check:
+def patient_check(keys: list[PatientKey]) -> Check:
     def check(row: Row) -> bool:
         pid = dj.text(row, dj.PATIENT_ID) or ""
         issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
@@ -196,9 +210,10 @@ _MISSING_TAGS = {"started": dj.STUDY_DATE, "modality": dj.MODALITIES_IN_STUDY, "
 def _missing_check(name: str, missing: bool) -> Check | None:
     """search.html#missing; None for parameters whose element every study has."""
     tag = _MISSING_TAGS.get(name)
-    if tag is None:
-        return None
+    return None if tag is None else missing_check(tag, missing)
 
+
+def missing_check(tag: str, missing: bool) -> Check:
     def check(row: Row) -> bool:
         return (dj.first(row, tag) is None) == missing
 
@@ -209,20 +224,38 @@ def _not_check(inner: Check) -> Check:
     return lambda row: not inner(row)
 
 
-def _name_check(tag: str, values: list[str]) -> Check:
-    """FHIR string search on a name (search.html#string): any part starts with the value, ignoring case
-    and accents."""
-    wanted = [_fold(v) for v in values]
+def name_check(tag: str, values: list[str], mode: str = "", part: str = "name") -> Check:
+    """FHIR string search on a DICOM PN (search.html#string) as the HumanNames it maps to (app.mapping.names).
+
+    ``part``: "family", "given" or "name" (family, given, prefix, suffix and the whole text). Default mode:
+    a part starts with the value, ignoring case and accents; "contains": anywhere in a part, same folding;
+    "exact": a part equals the value as given.
+    """
+    wanted = values if mode == "exact" else [fold(v) for v in values]
+
+    def matches(text: str) -> bool:
+        if mode == "exact":
+            return text in wanted
+        folded = fold(text)
+        return any((w in folded) if mode == "contains" else folded.startswith(w) for w in wanted)
 
     def check(row: Row) -> bool:
-        pn = dj.person_name(row, tag) or {}
-        parts = [_fold(p) for group in pn.values() for p in re.split(r"[\^= ]+", group) if p]
-        return any(p.startswith(w) for p in parts for w in wanted)
+        for group in (dj.person_name(row, tag) or {}).values():
+            family, given, prefix, suffix = names.components(group)
+            if part == "family":
+                texts = [family]
+            elif part == "given":
+                texts = given
+            else:
+                texts = [family, *given, prefix, suffix, " ".join(p for p in (prefix, *given, family, suffix) if p)]
+            if any(matches(t) for t in texts if t):
+                return True
+        return False
 
     return check
 
 
-def _fold(text: str) -> str:
+def fold(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
 
 
@@ -233,11 +266,16 @@ def _modality_check(codes: frozenset[str]) -> Check:
     return check
 
 
-def _date_check(groups: list[list[DateCriterion]], zone: tzinfo | None) -> Check:
+def date_check(groups: list[list[DateCriterion]], zone: tzinfo | None, *, birth: bool = False) -> Check:
+    """``birth``: PatientBirthDate (a date, read in ``zone`` like the search values) instead of the study start."""
+
     def check(row: Row) -> bool:
-        interval, _ = dicom_interval(
-            dj.text(row, dj.STUDY_DATE), dj.text(row, dj.STUDY_TIME), dj.text(row, dj.TIMEZONE_OFFSET), zone
-        )
+        if birth:
+            interval, _ = dicom_interval(dj.text(row, dj.PATIENT_BIRTH_DATE), None, None, zone)
+        else:
+            interval, _ = dicom_interval(
+                dj.text(row, dj.STUDY_DATE), dj.text(row, dj.STUDY_TIME), dj.text(row, dj.TIMEZONE_OFFSET), zone
+            )
         return interval is not None and all(any(c.matches(interval) for c in g) for g in groups)
 
     return check

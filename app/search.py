@@ -14,7 +14,7 @@ Rules applied here, in one place:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from . import patient_ids
 from .errors import InvalidRequest, UnsupportedSearch
 from .fhir_dates import DateCriterion, parse_search_date
-from .search_params import BY_NAME, ELEMENTS, INCLUDES, RESULT_PARAMS, SORTS, SUMMARIES
+from .search_params import IMAGING_STUDY, RESULT_PARAMS, SUMMARIES, ResourceSearch
 from .terminology import DCM_SYSTEM, SNOMED_SYSTEM, body_parts_for_snomed
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -53,7 +53,11 @@ class Criterion:
     values: tuple[Any, ...]  # OR-ed, typed per parameter; empty: matches nothing
     param: str  # "name[:modifier]" or "name.chain" as sent
     text: str  # the value as sent, for the self link
-    modifier: str = ""  # "missing" (values: (bool,)) or "not" (values: codes to exclude); "" otherwise
+    # "missing" (values: (bool,)), "not" (values: codes to exclude), "exact" or "contains" (strings); "" otherwise
+    modifier: str = ""
+
+
+STRING_MODES = ("", "exact", "contains")  # search.html#string
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,10 @@ class SearchRequest:
 
     def all(self, name: str, *, modifier: str = "") -> list[Criterion]:
         return [c for c in self.criteria if c.name == name and c.modifier == modifier]
+
+    def strings(self, name: str) -> list[Criterion]:
+        """The string criteria on ``name``, whatever their matching modifier ("", exact, contains)."""
+        return [c for c in self.criteria if c.name == name and c.modifier in STRING_MODES]
 
     @property
     def matches_nothing(self) -> bool:
@@ -131,8 +139,11 @@ class _Results:
     elements: frozenset[str] = frozenset()
 
 
-def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> SearchRequest:
+def parse_search(
+    items: Iterable[tuple[str, str]], ctx: SearchContext, resource: ResourceSearch = IMAGING_STUDY
+) -> SearchRequest:
     criteria: list[Criterion] = []
+    parsers = _PARSERS[resource.type]
     results = _Results(count=ctx.default_count)
     seen_result: set[str] = set()
     for key, value in items:
@@ -145,9 +156,9 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
             if base in seen_result and base != "_include":
                 raise InvalidRequest(f"parameter {base} given more than once")
             seen_result.add(base)
-            _result_param(base, value, ctx, results)
+            _result_param(base, value, ctx, resource, results)
             continue
-        spec = BY_NAME.get(base)
+        spec = resource.by_name.get(base)
         if spec is None:
             if ctx.strict:
                 raise UnsupportedSearch(f"search parameter {key!r} is not supported")
@@ -158,7 +169,7 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
             raise UnsupportedSearch(f"modifier :{modifier} is not supported on {base}")
         if value == "":
             continue  # an empty value is ignored (search.html: parameters without a value)
-        criterion = _criterion(spec.type if base not in _SPECIAL else base, base, key, modifier, chain, value, ctx)
+        criterion = _criterion(parsers[base], base, key, modifier, chain, value, ctx)
         if criterion is not None:
             criteria.append(criterion)
     r = results
@@ -168,25 +179,27 @@ def parse_search(items: Iterable[tuple[str, str]], ctx: SearchContext) -> Search
 
 
 def _criterion(
-    kind: str, base: str, key: str, modifier: str, chain: str, value: str, ctx: SearchContext
+    parser: Parser, base: str, key: str, modifier: str, chain: str, value: str, ctx: SearchContext
 ) -> Criterion | None:
     if modifier == "missing":  # search.html#missing
         if value not in ("true", "false"):
             raise InvalidRequest(f"{key} takes true or false")
         return Criterion(base, (value == "true",), key, value, "missing")
-    parsed = _PARSERS[kind](base, modifier or chain, value, ctx)
+    parsed = parser(base, modifier or chain, value, ctx)
     if modifier == "not":  # excluding values that can never occur excludes nothing
         return Criterion(base, tuple(parsed), key, value, "not") if parsed else None
-    return Criterion(base, tuple(parsed), key, value)
+    # A string modifier, on the parameter (name:exact) or on a chained string (referrer.name:exact).
+    mode = (modifier or chain.partition(":")[2]) if modifier in STRING_MODES else ""
+    return Criterion(base, tuple(parsed), key, value, mode)
 
 
-def _result_param(name: str, value: str, ctx: SearchContext, results: _Results) -> None:
+def _result_param(name: str, value: str, ctx: SearchContext, resource: ResourceSearch, results: _Results) -> None:
     if name == "_count":
         results.count = min(_non_negative(name, value), ctx.max_count)
     elif name == "_offset":
         results.offset = _non_negative(name, value)
     elif name == "_include":
-        if value in INCLUDES:
+        if value in resource.includes:
             results.includes.add(value)
         elif ctx.strict:
             raise UnsupportedSearch(f"_include={value} is not supported")
@@ -205,12 +218,13 @@ def _result_param(name: str, value: str, ctx: SearchContext, results: _Results) 
         results.total = value
     elif name == "_elements":
         # search.html#elements: unknown names are left out rather than refused.
-        results.elements = frozenset(e.strip() for e in value.split(",")) & ELEMENTS
+        results.elements = frozenset(e.strip() for e in value.split(",")) & resource.elements
     elif name == "_sort":
-        if value in SORTS:
+        if value in resource.sorts:
             results.sort = value
         elif ctx.strict:
-            raise UnsupportedSearch(f"_sort={value[:60]} is not supported; only started or -started")
+            keys = " or ".join(resource.sorts) or "no key"
+            raise UnsupportedSearch(f"_sort={value[:60]} is not supported on {resource.type}; sort by {keys}")
     # _format is checked with the Accept header by app.fhir_http.negotiate
 
 
@@ -285,7 +299,7 @@ def _parse_identifier(name: str, modifier: str, value: str, ctx: SearchContext) 
 
 def _parse_patient(name: str, modifier: str, value: str, ctx: SearchContext) -> list[PatientKey]:
     if modifier == "identifier":
-        return [k for t in _tokens(value) if (k := _patient_by_identifier(t, ctx)) is not None]
+        return _parse_patient_identifier(name, modifier, value, ctx)
     pairs = (patient_ids.decode(rid) for rid in _local_ids(value, "Patient", ctx))
     return [PatientKey(*pair) for pair in pairs if pair is not None]
 
@@ -364,11 +378,39 @@ def _parse_status(name: str, modifier: str, value: str, ctx: SearchContext) -> l
 
 
 def _parse_referrer(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
-    """``referrer.name`` (a string: starts-with on any name part, case- and accent-insensitive); a plain
+    """``referrer.name[:exact|:contains]`` (a string, see :func:`_parse_string`); a plain
     ``referrer=Practitioner/x`` can match nothing, as the PACS keeps referrers as names only."""
-    if modifier != "name":
+    if modifier.partition(":")[0] != "name":
         return []
-    return [v for v in map(_unescape, split_or(value)) if v.strip()]
+    return _parse_string(name, modifier, value, ctx)
+
+
+def _parse_string(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    """search.html#string: comma-separated alternatives; blank ones can match nothing and are dropped."""
+    return [v for v in map(_unescape, split_or(value)) if v.strip() and len(v) <= MAX_VALUE]
+
+
+def _parse_patient_id(name: str, modifier: str, value: str, ctx: SearchContext) -> list[PatientKey]:
+    pairs = (patient_ids.decode(t.code) for t in _tokens(value) if t.system is None)
+    return [PatientKey(*pair) for pair in pairs if pair is not None]
+
+
+def _parse_patient_identifier(name: str, modifier: str, value: str, ctx: SearchContext) -> list[PatientKey]:
+    return [k for t in _tokens(value) if (k := _patient_by_identifier(t, ctx)) is not None]
+
+
+GENDER_SYSTEM = "http://hl7.org/fhir/administrative-gender"
+_GENDERS = ("male", "female", "other", "unknown")
+
+
+def _parse_gender(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    out = []
+    for t in _tokens(value):
+        if t.code not in _GENDERS:
+            raise InvalidRequest(f"gender {t.code[:40]!r} is not an administrative-gender code")
+        if t.system in (None, GENDER_SYSTEM):
+            out.append(t.code)
+    return out
 
 
 def _parse_endpoint(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
@@ -376,18 +418,32 @@ def _parse_endpoint(name: str, modifier: str, value: str, ctx: SearchContext) ->
     return [rid for rid in _local_ids(value, "Endpoint", ctx) if rid == ctx.endpoint_id]
 
 
-_PARSERS: dict[str, Any] = {
-    "endpoint": _parse_endpoint,
-    "referrer": _parse_referrer,
-    "_id": _parse_id,
-    "identifier": _parse_identifier,
-    "reference": _parse_patient,
-    "date": _parse_date,
-    "modality": _parse_modality,
-    "series": _parse_uid_token,
-    "instance": _parse_uid_token,
-    "dicom-class": _parse_uid_token,
-    "bodysite": _parse_bodysite,
-    "status": _parse_status,
+Parser = Callable[[str, str, str, SearchContext], list[Any]]
+
+# Per resource, parameter name → value parser (every parameter of app.search_params has one; a test checks).
+_PARSERS: dict[str, dict[str, Parser]] = {
+    "ImagingStudy": {
+        "_id": _parse_id,
+        "identifier": _parse_identifier,
+        "patient": _parse_patient,
+        "subject": _parse_patient,
+        "started": _parse_date,
+        "modality": _parse_modality,
+        "series": _parse_uid_token,
+        "instance": _parse_uid_token,
+        "dicom-class": _parse_uid_token,
+        "bodysite": _parse_bodysite,
+        "referrer": _parse_referrer,
+        "endpoint": _parse_endpoint,
+        "status": _parse_status,
+    },
+    "Patient": {
+        "_id": _parse_patient_id,
+        "identifier": _parse_patient_identifier,
+        "name": _parse_string,
+        "family": _parse_string,
+        "given": _parse_string,
+        "birthdate": _parse_date,
+        "gender": _parse_gender,
+    },
 }
-_SPECIAL = frozenset(_PARSERS) - {"reference", "date"}

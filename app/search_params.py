@@ -1,4 +1,4 @@
-"""The one table of what the ImagingStudy search understands.
+"""The one table per resource of what the search understands (ImagingStudy, Patient).
 
 The parser (:mod:`app.search`) accepts exactly these names and modifiers, and the CapabilityStatement
 (:mod:`app.capability`) is generated from the same rows, so the two cannot drift apart.
@@ -6,7 +6,7 @@ The parser (:mod:`app.search`) accepts exactly these names and modifiers, and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SP = "http://hl7.org/fhir/SearchParameter/"
 
@@ -85,10 +85,10 @@ IMAGING_STUDY_PARAMS: tuple[ParamSpec, ...] = (
         "reference",
         SP + "ImagingStudy-referrer",
         "`referrer.name=<text>` (starts-with on any part of ReferringPhysicianName, case- and "
-        "accent-insensitive) and `referrer:missing`; the PACS has no Practitioner ids, so `Practitioner/<id>` "
-        "matches nothing.",
+        "accent-insensitive; `referrer.name:exact` whole name part, `referrer.name:contains` anywhere) and "
+        "`referrer:missing`; the PACS has no Practitioner ids, so `Practitioner/<id>` matches nothing.",
         modifiers=frozenset({"missing"}),
-        chains=("name",),
+        chains=("name", "name:exact", "name:contains"),
     ),
     ParamSpec(
         "endpoint",
@@ -105,10 +105,38 @@ IMAGING_STUDY_PARAMS: tuple[ParamSpec, ...] = (
     ),
 )
 
-BY_NAME = {p.name: p for p in IMAGING_STUDY_PARAMS}
-
-# _include values served (R4 CapabilityStatement.rest.resource.searchInclude).
-INCLUDES = ("ImagingStudy:endpoint", "ImagingStudy:patient")
+_STRING = frozenset({"exact", "contains", "missing"})
+_NAME_DOC = (
+    "starts-with on any part of any PatientName group (alphabetic, ideographic, phonetic), case- and "
+    "accent-insensitive; `:exact` a whole part as stored, `:contains` anywhere. Checked by the facade: no "
+    "QIDO-RS wildcard can match accents (Orthanc compares bytes), so it reads the candidate studies."
+)
+PATIENT_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("_id", "token", SP + "Resource-id", "This server's Patient id (PatientID and issuer, reversible)."),
+    ParamSpec(
+        "identifier",
+        "token",
+        SP + "Patient-identifier",
+        "`[system]|PatientID`: the system selects IssuerOfPatientID (issuer table); no system: any issuer. Exact.",
+    ),
+    ParamSpec("name", "string", SP + "Patient-name", "Any name part: " + _NAME_DOC, modifiers=_STRING),
+    ParamSpec("family", "string", SP + "individual-family", "Family name: " + _NAME_DOC, modifiers=_STRING),
+    ParamSpec("given", "string", SP + "individual-given", "Given names: " + _NAME_DOC, modifiers=_STRING),
+    ParamSpec(
+        "birthdate",
+        "date",
+        SP + "individual-birthdate",
+        "PatientBirthDate, every date prefix; partial dates. `:missing`.",
+        modifiers=frozenset({"missing"}),
+    ),
+    ParamSpec(
+        "gender",
+        "token",
+        SP + "individual-gender",
+        "male | female | other (PatientSex M, F, O); `:not` and `:missing`.",
+        modifiers=frozenset({"not", "missing"}),
+    ),
+)
 
 # _summary values served (R4 search.html#summary).
 SUMMARIES = ("true", "text", "data", "count", "false")
@@ -117,7 +145,7 @@ SUMMARIES = ("true", "text", "data", "count", "false")
 RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_pretty", "_total", "_summary", "_sort", "_elements")
 
 # Top-level ImagingStudy elements _elements may name (R4); mandatory ones (status, subject) are always kept.
-ELEMENTS = frozenset(
+IMAGING_STUDY_ELEMENTS = frozenset(
     {
         "identifier",
         "status",
@@ -143,5 +171,38 @@ ELEMENTS = frozenset(
     }
 )
 
-# _sort keys served: QIDO cannot sort, so the facade sorts all matches itself (up to prequery_limit studies).
-SORTS = ("started", "-started")
+PATIENT_ELEMENTS = frozenset(
+    {"identifier", "active", "name", "telecom", "gender", "birthDate", "deceasedBoolean", "address", "text"}
+)
+
+
+@dataclass(frozen=True)
+class ResourceSearch:
+    """What one resource type's search accepts: parameters, _include values, _sort keys, _elements names."""
+
+    type: str
+    params: tuple[ParamSpec, ...]
+    includes: tuple[str, ...] = ()  # R4 CapabilityStatement.rest.resource.searchInclude
+    sorts: tuple[str, ...] = ()
+    elements: frozenset[str] = frozenset()
+    mandatory: frozenset[str] = frozenset()  # kept by _elements and _summary=text whatever is asked
+    by_name: dict[str, ParamSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {p.name: p for p in self.params})
+
+
+IMAGING_STUDY = ResourceSearch(
+    "ImagingStudy",
+    IMAGING_STUDY_PARAMS,
+    includes=("ImagingStudy:endpoint", "ImagingStudy:patient"),
+    # QIDO cannot sort, so the facade sorts all matches itself (up to prequery_limit studies).
+    sorts=("started", "-started"),
+    elements=IMAGING_STUDY_ELEMENTS,
+    mandatory=frozenset({"status", "subject"}),
+)
+PATIENT = ResourceSearch("Patient", PATIENT_PARAMS, elements=PATIENT_ELEMENTS)
+
+# Kept for callers that only know the ImagingStudy search.
+BY_NAME = IMAGING_STUDY.by_name
+INCLUDES = IMAGING_STUDY.includes

@@ -12,15 +12,16 @@ from .errors import NotFound
 from .mapping.endpoint import wado_endpoint
 from .mapping.imaging_study import SUBSETTED, MappingContext, imaging_study
 from .mapping.patient import patient
+from .patient_plan import distinct_patients, plan_patients
 from .plan import PlanContext, plan
 from .qido import QidoQuery
 from .search import Criterion, PatientKey, SearchContext, SearchRequest, is_uid
+from .search_params import IMAGING_STUDY, PATIENT
 from .settings import Settings
 from .studies import (
     Fetch,
     Limits,
     all_matching,
-    first_matching_study,
     read_study,
     search_page,
     sort_by_started,
@@ -87,12 +88,7 @@ class Facade:
                 else imaging_study(row, rows, self.mapping)
                 for row, rows in page.studies
             ]
-        elements = req.elements or ({"text"} if req.summary == "text" else set())
-        if elements:  # search.html#elements and _summary=text: listed plus mandatory elements, marked SUBSETTED
-            keep = elements | {"resourceType", "id", "meta", "status", "subject"}
-            studies = [
-                {k: v for k, v in r.items() if k in keep} | {"meta": {"tag": [dict(SUBSETTED)]}} for r in studies
-            ]
+        studies = _subset(studies, req, IMAGING_STUDY.mandatory)
         included: list[dict[str, Any]] = []
         if req.include_patient:
             # The subject's attributes are in the study rows already: no extra upstream request.
@@ -103,10 +99,7 @@ class Facade:
             included += [patient(row, self.mapping) for row in subjects.values()]
         if req.include_endpoint and studies:
             included.append(self.endpoint(base))
-        if req.summary in ("true", "data"):  # neither carries the narrative (search.html#summary)
-            for resource in studies + included:
-                if resource.pop("text", None) is not None:
-                    resource["meta"] = {"tag": [dict(SUBSETTED)]}
+        _drop_narrative(studies + included, req)
         return bundle.searchset(
             base,
             studies,
@@ -126,17 +119,42 @@ class Facade:
             raise NotFound(f"ImagingStudy/{study_id} is not known")
         return imaging_study(found[0], found[1], self.mapping)
 
+    async def search_patients(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
+        """Patients are the distinct (PatientID, issuer) pairs of every matching study row (app.patient_plan);
+        that makes the total exact, so it is always given."""
+
+        def link(offset: int) -> str:
+            return bundle.search_url(base, "Patient", req.link_params(offset=offset))
+
+        rows = await all_matching(
+            plan_patients(req, self.plan_context), self._fetcher(fresh), self.limits, why="folding them into patients"
+        )
+        people = distinct_patients(rows)
+        window = [] if req.summary == "count" else people[req.offset : req.offset + req.count]
+        resources = _subset([patient(row, self.mapping) for row in window], req, PATIENT.mandatory)
+        _drop_narrative(resources, req)
+        return bundle.searchset(
+            base,
+            resources,
+            self_url=link(req.offset),
+            total=len(people),
+            next_url=link(req.offset + req.count)
+            if req.summary != "count" and len(people) > req.offset + req.count
+            else None,
+            previous_url=link(max(0, req.offset - req.count)) if req.offset and req.count else None,
+        )
+
     async def read_patient(self, patient_id: str, *, fresh: bool) -> dict[str, Any]:
-        """Patient/<id>: the patient attributes of any one of their studies (the id encodes PatientID + issuer)."""
+        """Patient/<id>: the id encodes PatientID + issuer; the patient's latest study speaks for them."""
         pair = patient_ids.decode(patient_id)
-        row = None
+        people: list[dj.Dataset] = []
         if pair is not None:
-            key = PatientKey(*pair)
-            req = SearchRequest((Criterion("patient", (key,), "patient", patient_id),))
-            row = await first_matching_study(plan(req, self.plan_context), self._fetcher(fresh))
-        if row is None:
+            req = SearchRequest((Criterion("_id", (PatientKey(*pair),), "_id", patient_id),))
+            rows = await all_matching(plan_patients(req, self.plan_context), self._fetcher(fresh), self.limits)
+            people = distinct_patients(rows)
+        if not people:
             raise NotFound(f"Patient/{patient_id[:70]} is not known")
-        return patient(row, self.mapping)
+        return patient(people[0], self.mapping)
 
     def _fetcher(self, fresh: bool) -> Fetch:
         """The cached QIDO port, bypassing cached answers when the client sent Cache-Control: no-cache."""
@@ -150,3 +168,19 @@ class Facade:
         if endpoint_id is not None and endpoint_id != self.settings.endpoint_id:
             raise NotFound(f"Endpoint/{endpoint_id[:70]} is not known")
         return wado_endpoint(self.settings.endpoint_id, self.settings.wado_base)
+
+
+def _subset(resources: list[dict[str, Any]], req: SearchRequest, mandatory: frozenset[str]) -> list[dict[str, Any]]:
+    """search.html#elements and _summary=text: the listed plus the mandatory elements, marked SUBSETTED."""
+    elements = req.elements or ({"text"} if req.summary == "text" else set())
+    if not elements:
+        return resources
+    keep = elements | mandatory | {"resourceType", "id", "meta"}
+    return [{k: v for k, v in r.items() if k in keep} | {"meta": {"tag": [dict(SUBSETTED)]}} for r in resources]
+
+
+def _drop_narrative(resources: list[dict[str, Any]], req: SearchRequest) -> None:
+    if req.summary in ("true", "data"):  # neither carries the narrative (search.html#summary)
+        for resource in resources:
+            if resource.pop("text", None) is not None:
+                resource["meta"] = {"tag": [dict(SUBSETTED)]}

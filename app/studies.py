@@ -75,8 +75,10 @@ async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset
     return (rows[0], instances.get(uid, [])) if rows else None
 
 
-async def all_matching(plan: Plan, fetch: Fetch, limits: Limits) -> list[dj.Dataset]:
-    """Every study row the plan accepts, in PACS order; for an honest count or a global sort.
+async def all_matching(
+    plan: Plan, fetch: Fetch, limits: Limits, *, why: str = "counting or sorting them"
+) -> list[dj.Dataset]:
+    """Every study row the plan accepts, in PACS order; for an honest count, a global sort, or patients.
 
     Refused as too costly past ``limits.prequery`` candidate studies: QIDO can neither count nor sort.
     """
@@ -91,7 +93,7 @@ async def all_matching(plan: Plan, fetch: Fetch, limits: Limits) -> list[dj.Data
         rows = _dedupe((await fetch(query)).rows)
         too_many = len(rows) > limits.prequery
     if too_many:
-        raise TooCostly(f"more than {limits.prequery} studies match; counting or sorting them is too costly")
+        raise TooCostly(f"more than {limits.prequery} studies match; {why} is too costly")
     return [r for r in rows if plan.accepts(r)]
 
 
@@ -116,14 +118,6 @@ async def window_page(
     window = rows[offset : offset + count]
     instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in window], fetch, limits, level=level)
     return _page(window, instances, has_next=len(rows) > offset + count)
-
-
-async def first_matching_study(plan: Plan, fetch: Fetch, *, scan: int = 50) -> dj.Dataset | None:
-    """The first study row the plan accepts among the PACS's first ``scan`` candidates (one request)."""
-    if plan.nothing:
-        return None
-    query = QidoQuery.build("studies", plan.study_keys, fields=STUDY_FIELDS, limit=scan)
-    return next((r for r in _dedupe((await fetch(query)).rows) if plan.accepts(r)), None)
 
 
 async def instances_of(

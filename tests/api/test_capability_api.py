@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.search_params import IMAGING_STUDY_PARAMS, INCLUDES
+from app.search_params import IMAGING_STUDY_PARAMS, INCLUDES, PATIENT_PARAMS
 from tests.api.conftest import PACS
 from tests.support.fhir_check import check
 
@@ -26,6 +26,9 @@ def test_metadata_lists_exactly_the_table(client):
     assert [p["name"] for p in study["searchParam"]] == [p.name for p in IMAGING_STUDY_PARAMS]
     assert study["searchInclude"] == list(INCLUDES)
     assert {i["code"] for i in study["interaction"]} == {"read", "search-type"}
+    patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert [p["name"] for p in patient["searchParam"]] == [p.name for p in PATIENT_PARAMS]
+    assert {i["code"] for i in patient["interaction"]} == {"read", "search-type"} and "searchInclude" not in patient
     endpoint = next(r for r in rest["resource"] if r["type"] == "Endpoint")
     assert {i["code"] for i in endpoint["interaction"]} == {"read"}
     assert cs["implementation"]["url"] == "http://testserver/fhir/R4"
@@ -51,6 +54,14 @@ def test_every_listed_parameter_is_accepted_strictly(pacs, client, param):
     }[param]
     key = "referrer.name" if param == "referrer" else param  # the PACS keeps referrers as names only
     r = client.get(f"/fhir/R4/ImagingStudy?{key}={sample}", headers={"prefer": "handling=strict"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("param", [p.name for p in PATIENT_PARAMS])
+def test_every_listed_patient_parameter_is_accepted_strictly(pacs, client, param):
+    pacs.get(url__startswith=PACS).mock(return_value=httpx.Response(200, json=[]))
+    sample = {"_id": "pjvje4mbqgayq", "identifier": "MRN1", "birthdate": "1970", "gender": "female"}.get(param, "Smi")
+    r = client.get(f"/fhir/R4/Patient?{param}={sample}", headers={"prefer": "handling=strict"})
     assert r.status_code == 200, r.text
 
 

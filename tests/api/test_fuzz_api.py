@@ -14,10 +14,10 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 st = pytest.importorskip("hypothesis.strategies")
 
-from app.search_params import IMAGING_STUDY_PARAMS  # noqa: E402
+from app.search_params import IMAGING_STUDY_PARAMS, PATIENT_PARAMS  # noqa: E402
 from tests.api.conftest import PACS  # noqa: E402
 
-NAMES = [p.name for p in IMAGING_STUDY_PARAMS] + [
+NAMES = [p.name for p in IMAGING_STUDY_PARAMS + PATIENT_PARAMS] + [
     "_count",
     "_offset",
     "_include",
@@ -30,6 +30,11 @@ NAMES = [p.name for p in IMAGING_STUDY_PARAMS] + [
     "subject:Patient.identifier",
     "identifier:exact",
     "started:missing",
+    "referrer.name:exact",
+    "name:contains",
+    "given:exact",
+    "gender:not",
+    "birthdate:missing",
     "foo",
 ]
 ALPHABET = st.sampled_from([*list("AZaz09.-_:/|,\\*?^%&=+ #'\"<>ü山\x00"), "urn:oid:", "ge", "2020-01-01", "T10:00"])
@@ -39,12 +44,16 @@ VALUES = st.lists(ALPHABET, max_size=12).map("".join)
 @hypothesis.settings(
     max_examples=300, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
 )
-@hypothesis.given(params=st.lists(st.tuples(st.sampled_from(NAMES), VALUES), max_size=4), strict=st.booleans())
-def test_no_query_string_causes_a_server_error(pacs, client, params, strict):
+@hypothesis.given(
+    resource=st.sampled_from(["ImagingStudy", "Patient"]),
+    params=st.lists(st.tuples(st.sampled_from(NAMES), VALUES), max_size=4),
+    strict=st.booleans(),
+)
+def test_no_query_string_causes_a_server_error(pacs, client, resource, params, strict):
     pacs.get(url__startswith=PACS).mock(return_value=httpx.Response(200, json=[]))
     query = "&".join(f"{quote(k, safe=':.')}={quote(v, safe='')}" for k, v in params)
     headers = {"prefer": "handling=strict"} if strict else {}
-    r = client.get(f"/fhir/R4/ImagingStudy?{query}", headers=headers)
+    r = client.get(f"/fhir/R4/{resource}?{query}", headers=headers)
     assert r.status_code < 500, (query, r.text)
     body = r.json()
     assert body["resourceType"] == ("Bundle" if r.status_code == 200 else "OperationOutcome"), (query, r.text)
@@ -53,13 +62,13 @@ def test_no_query_string_causes_a_server_error(pacs, client, params, strict):
 @hypothesis.settings(
     max_examples=150, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
 )
-@hypothesis.given(resource=st.sampled_from(["ImagingStudy", "Endpoint"]), rid=VALUES, form=VALUES)
+@hypothesis.given(resource=st.sampled_from(["ImagingStudy", "Patient", "Endpoint"]), rid=VALUES, form=VALUES)
 def test_no_id_or_form_causes_a_server_error(pacs, client, resource, rid, form):
     pacs.get(url__startswith=PACS).mock(return_value=httpx.Response(200, json=[]))
     r = client.get(f"/fhir/R4/{resource}/{quote(rid, safe='')}")
     assert r.status_code < 500 and r.json()["resourceType"] in (resource, "OperationOutcome", "Bundle"), r.text
     r = client.post(
-        "/fhir/R4/ImagingStudy/_search",
+        f"/fhir/R4/{'Patient' if resource == 'Patient' else 'ImagingStudy'}/_search",
         content=form.encode(),
         headers={"content-type": "application/x-www-form-urlencoded"},
     )

@@ -72,3 +72,32 @@ def test_study_subject_resolves_to_the_patient(pacs, client):
     patient = client.get(f"/fhir/R4/{study['subject']['reference']}").json()
     assert patient["resourceType"] == "Patient"
     assert patient["identifier"][0]["value"] == study["subject"]["identifier"]["value"] == "MRN1"
+
+
+def test_search_sends_only_parsed_keys_and_folds_studies_into_patients(pacs, client):
+    a1 = study_row("1.2.3.1", patient_id="MRN1", name="Müller^Jürgen", date="20200101")
+    a2 = study_row("1.2.3.2", patient_id="MRN1", name="Müller^Jürgen", date="20210101")
+    b = study_row("1.2.3.3", patient_id="MRN2", name="Muller^Anna")
+    for r in (a1, a2, b):
+        r["00100040"] = {"vr": "CS", "Value": ["F"]}
+    route = _serve(pacs, [a1, a2, b])
+    body = client.get("/fhir/R4/Patient?name=mül&gender=female&address=ignored").json()
+    assert body["total"] == 2 and len(body["entry"]) == 2
+    query = unquote(str(route.calls[0].request.url))
+    assert "PatientSex=F" in query and "PatientName" not in query and "address" not in query
+    assert body["link"][0]["url"] == "http://testserver/fhir/R4/Patient?name=m%C3%BCl&gender=female&_count=20"
+
+
+def test_search_past_the_prequery_limit_is_refused_as_too_costly(pacs, client):
+    limit = client.app.state.facade.settings.prequery_limit
+    _serve(pacs, [study_row(f"1.2.3.{i}", patient_id=f"P{i}") for i in range(limit + 1)])
+    r = client.get("/fhir/R4/Patient?name=x")
+    assert r.status_code == 400 and r.json()["issue"][0]["code"] == "too-costly"
+    assert "folding them into patients is too costly" in r.text
+
+
+def test_post_search_equals_get(pacs, client):
+    _serve(pacs, [study_row("1.2.3.1", patient_id="MRN1")])
+    got = client.get("/fhir/R4/Patient?identifier=MRN1").json()
+    posted = client.post("/fhir/R4/Patient/_search", data={"identifier": "MRN1"}).json()
+    assert got["entry"] == posted["entry"] and got["total"] == posted["total"] == 1

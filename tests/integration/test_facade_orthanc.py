@@ -461,6 +461,9 @@ class TestModifiersAndReferrer:
         assert want
         assert uids(search(facade, "referrer.name=perez&_count=100")) == want
         assert uids(search(facade, "referrer.name=LUIS&_count=100")) == want
+        assert uids(search(facade, f"referrer.name:exact={quote('Pérez')}&_count=100")) == want
+        assert not uids(search(facade, "referrer.name:exact=perez&_count=100"))
+        assert uids(search(facade, "referrer.name:contains=EREZ&_count=100")) == want
 
 
 def test_summary_text(facade):

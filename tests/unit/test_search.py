@@ -21,7 +21,7 @@ from app.search import (
     parse_search,
     split_or,
 )
-from app.search_params import BY_NAME, IMAGING_STUDY_PARAMS
+from app.search_params import BY_NAME, IMAGING_STUDY, IMAGING_STUDY_PARAMS, PATIENT
 from tests.unit.helpers import BASE, SEARCH_CTX
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -469,6 +469,24 @@ def test_every_table_parameter_parses_a_plain_value():
 
 def test_table_names_are_unique():
     assert len(BY_NAME) == len(IMAGING_STUDY_PARAMS)
+    assert len(PATIENT.by_name) == len(PATIENT.params)
+
+
+def test_every_table_parameter_has_a_parser():
+    from app.search import _PARSERS
+
+    for spec in (IMAGING_STUDY, PATIENT):
+        assert set(_PARSERS[spec.type]) == set(spec.by_name), spec.type
+
+
+@pytest.mark.parametrize(
+    ("key", "mode"), [("referrer.name", ""), ("referrer.name:exact", "exact"), ("referrer.name:contains", "contains")]
+)
+def test_referrer_name_string_modifiers(key, mode):
+    (c,) = parse((key, "Pérez")).criteria
+    assert (c.name, c.modifier, c.values, c.param) == ("referrer", mode, ("Pérez",), key)
+    with pytest.raises(UnsupportedSearch):
+        parse(("referrer.name:text", "x"))
 
 
 def test_endpoint_reference_forms():
