@@ -1,0 +1,466 @@
+"""Key Object Selection (KOS) documents read from WADO-RS metadata, the groundwork for R5 ImagingSelection.
+
+A KOS (SOP Class 1.2.840.10008.5.1.4.1.1.88.59, Modality ``KO``; PS3.3 A.35.4 Key Object Selection Document
+IOD) is a small SR document whose content tree follows PS3.16 TID 2010 "Key Object Selection":
+
+    CONTAINER  root; ConceptNameCodeSequence = document title from CID 7010 ("For Teaching", ...)
+     ├── HAS OBS CONTEXT  TID 1002 observer context (PNAME 121008 "Person Observer Name", ...)   optional
+     ├── CONTAINS TEXT    (113012, DCM, "Key Object Description")                                optional
+     └── CONTAINS IMAGE / COMPOSITE / WAVEFORM   ReferencedSOPSequence (+ ReferencedFrameNumber)   1-n
+
+and whose Current Requested Procedure Evidence Sequence (0040,A375) lists every referenced instance as
+study → ReferencedSeriesSequence (0008,1115) → ReferencedSOPSequence (0008,1199) (PS3.3 C.17.6.2 Key Object
+Document Module). The content tree names instances only by SOP Instance UID; the evidence is where their study
+and series come from, so a reference is resolved by joining the two.
+
+:func:`parse_kos` takes the DICOM JSON (PS3.18 Annex F) of one instance, as ``GET …/instances/{uid}/metadata``
+returns it, and gives a frozen :class:`KeyObjectSelection`. It is a tolerant reader: a missing or oddly shaped
+attribute reads as ``None`` / empty, and the only error is :class:`NotKeyObjectSelection` for input that is not
+a KOS at all. :func:`by_series` groups the references per series, because one R5 ImagingSelection holds the
+instances of one series only ("All DICOM SOP Instances referenced in a single ImagingSelection resource shall
+be part of the same DICOM Series").
+
+Pure: no I/O, standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+__all__ = [
+    "KOS_SOP_CLASS_UID",
+    "REJECTION_TITLES",
+    "Code",
+    "KeyObjectSelection",
+    "NotKeyObjectSelection",
+    "PersonName",
+    "ReferencedInstance",
+    "SeriesSelection",
+    "by_series",
+    "dicom_datetime",
+    "parse_kos",
+]
+
+KOS_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.59"
+
+# CID 7010 titles that IHE IOCM (and archives such as dcm4chee) use for rejection notes: the referenced
+# instances are withdrawn, not selected. A facade must not present such a document as a key-image selection.
+REJECTION_TITLES = frozenset({"113001", "113037", "113038", "113039"})
+
+# DICOM JSON keys (PS3.18 F.2.1.1.1: eight upper-case hex digits).
+_SOP_CLASS_UID = "00080016"
+_SOP_INSTANCE_UID = "00080018"
+_CONTENT_DATE = "00080023"
+_CONTENT_TIME = "00080033"
+_MODALITY = "00080060"
+_CODE_VALUE = "00080100"
+_CODING_SCHEME = "00080102"
+_CODE_MEANING = "00080104"
+_LONG_CODE_VALUE = "00080119"
+_URN_CODE_VALUE = "00080120"
+_TIMEZONE_OFFSET = "00080201"
+_REFERENCED_SERIES = "00081115"
+_REFERENCED_SOP_CLASS_UID = "00081150"
+_REFERENCED_SOP_INSTANCE_UID = "00081155"
+_REFERENCED_FRAME_NUMBER = "00081160"
+_REFERENCED_SOP = "00081199"
+_PATIENT_NAME = "00100010"
+_PATIENT_ID = "00100020"
+_ISSUER_OF_PATIENT_ID = "00100021"
+_STUDY_UID = "0020000D"
+_SERIES_UID = "0020000E"
+_VALUE_TYPE = "0040A040"
+_CONCEPT_NAME = "0040A043"
+_PERSON_NAME = "0040A123"
+_TEXT_VALUE = "0040A160"
+_EVIDENCE = "0040A375"
+_CONTENT_SEQUENCE = "0040A730"
+
+# TID 2010 row "Key Object Description"; TID 1003 "Person Observer Name"; TID 1004 "Device Observer Name".
+_KEY_OBJECT_DESCRIPTION = ("113012", "DCM")
+_PERSON_OBSERVER_NAME = ("121008", "DCM")
+_DEVICE_OBSERVER_NAME = ("121013", "DCM")
+
+# Value types whose items reference a composite instance through ReferencedSOPSequence (PS3.3 C.17.3, SR Document
+# Content Module); TID 2010 allows all three.
+_REFERENCE_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE", "WAVEFORM"})
+
+# TID 2010 puts references directly under the root; we walk deeper to be tolerant, but bound the depth so a
+# pathological (deeply nested) document cannot exhaust the stack.
+_MAX_DEPTH = 32
+
+_DA = re.compile(r"(\d{4})(\d{2})(\d{2})", re.ASCII)
+_TM = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?", re.ASCII)
+_OFFSET = re.compile(r"([+-])(\d{2})(\d{2})", re.ASCII)
+
+
+class NotKeyObjectSelection(ValueError):
+    """The input is not the DICOM JSON of one Key Object Selection Document instance."""
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept (PS3.3 8.8 Code Sequence Macro).
+
+    ``value`` is CodeValue, or LongCodeValue / URNCodeValue when CodeValue is absent; ``scheme`` is
+    CodingSchemeDesignator, which PS3.3 8.8 does not require for a URN code.
+    """
+
+    value: str
+    scheme: str | None
+    meaning: str | None
+
+
+@dataclass(frozen=True)
+class PersonName:
+    """A PN value's three component groups (PS3.18 F.2.2), each as sent (``Family^Given^…``), ``None`` if absent."""
+
+    alphabetic: str | None
+    ideographic: str | None = None
+    phonetic: str | None = None
+
+
+@dataclass(frozen=True)
+class ReferencedInstance:
+    """One instance the KOS selects. ``frames`` empty = the whole instance (PS3.3 10.3 Image SOP Instance
+    Reference Macro: ReferencedFrameNumber is sent only when a reference does not apply to all frames)."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str | None
+    frames: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SeriesSelection:
+    """The references of one series: what one R5 ImagingSelection (studyUid, seriesUid, instance[]) holds."""
+
+    study_uid: str
+    series_uid: str
+    instances: tuple[ReferencedInstance, ...]
+
+
+@dataclass(frozen=True)
+class KeyObjectSelection:
+    """One KOS document.
+
+    Dates are kept as the DICOM strings (``content_date`` DA ``YYYYMMDD``, ``content_time`` TM
+    ``HHMMSS.FFFFFF`` or shorter, ``timezone_offset`` ``±HHMM``), so nothing is lost or guessed here;
+    :attr:`issued` parses them. ``references`` follow the evidence order (study, series, instance as the
+    document lists them); ``unresolved`` holds SOP Instance UIDs that the content tree references but the
+    evidence does not list (a broken document: without the evidence there is no study/series to point at).
+    """
+
+    sop_instance_uid: str
+    study_uid: str | None
+    series_uid: str | None
+    patient_id: str | None
+    issuer_of_patient_id: str | None
+    patient_name: PersonName | None
+    title: Code | None
+    description: str | None
+    observer_name: PersonName | None
+    device_observer_name: str | None
+    content_date: str | None
+    content_time: str | None
+    timezone_offset: str | None
+    references: tuple[ReferencedInstance, ...]
+    unresolved: tuple[str, ...] = ()
+
+    @property
+    def is_rejection(self) -> bool:
+        """An IOCM rejection note: title 113001/113037/113038/113039 of the DCM scheme (CID 7010)."""
+        return self.title is not None and self.title.scheme == "DCM" and self.title.value in REJECTION_TITLES
+
+    @property
+    def issued(self) -> datetime | None:
+        """ContentDate + ContentTime (Type 1 in the Key Object Document Module, PS3.3 C.17.6.2) as a datetime.
+
+        Aware when TimezoneOffsetFromUTC is present, naive otherwise: the zone of a naive value is the PACS's
+        local time, which only the caller knows (the ``pacs_timezone`` setting), and R5 ImagingSelection.issued
+        is an instant, so it must not be guessed here. ``None`` unless both date and time parse.
+        """
+        return dicom_datetime(self.content_date, self.content_time, self.timezone_offset)
+
+    def series(self) -> tuple[SeriesSelection, ...]:
+        """:func:`by_series` of this document's references."""
+        return by_series(self.references)
+
+
+# -- public functions ---------------------------------------------------------------------------------------
+
+
+def parse_kos(metadata: object) -> KeyObjectSelection:
+    """The DICOM JSON of one KOS instance → :class:`KeyObjectSelection`.
+
+    ``metadata`` is one dataset object, or the one-element array that WADO-RS ``…/instances/{uid}/metadata``
+    answers (an array of dataset objects, PS3.18 Annex F). Raises :class:`NotKeyObjectSelection` when it is
+    neither, when its SOP Class UID is another class (or absent while Modality is not ``KO``), or when it has no
+    SOP Instance UID (there is nothing to identify the selection by). Every other defect reads as ``None`` / empty.
+    """
+    ds = _single_dataset(metadata)
+    sop_class = _string(ds, _SOP_CLASS_UID)
+    if sop_class is None:
+        # A conformant server always sends the Type 1 SOP Class UID; without it, Modality KO (PS3.3 C.17.6.1,
+        # Key Object Document Series) is the only other sign of a KOS.
+        if _string(ds, _MODALITY) != "KO":
+            raise NotKeyObjectSelection("no SOP Class UID and Modality is not KO")
+    elif sop_class != KOS_SOP_CLASS_UID:
+        raise NotKeyObjectSelection(f"SOP Class UID {sop_class} is not Key Object Selection Document Storage")
+    sop_instance_uid = _string(ds, _SOP_INSTANCE_UID)
+    if sop_instance_uid is None:
+        raise NotKeyObjectSelection("no SOP Instance UID")
+
+    titles = _items(ds, _CONCEPT_NAME)
+    content = list(_walk(_items(ds, _CONTENT_SEQUENCE)))
+    references, unresolved = _references(ds, content)
+    return KeyObjectSelection(
+        sop_instance_uid=sop_instance_uid,
+        study_uid=_string(ds, _STUDY_UID),
+        series_uid=_string(ds, _SERIES_UID),
+        patient_id=_string(ds, _PATIENT_ID),
+        issuer_of_patient_id=_string(ds, _ISSUER_OF_PATIENT_ID),
+        patient_name=_person_name(ds, _PATIENT_NAME),
+        title=_code(titles[0]) if titles else None,
+        description=_first_text(content, _KEY_OBJECT_DESCRIPTION, _TEXT_VALUE),
+        observer_name=_first_person(content, _PERSON_OBSERVER_NAME),
+        device_observer_name=_first_text(content, _DEVICE_OBSERVER_NAME, _TEXT_VALUE),
+        content_date=_string(ds, _CONTENT_DATE),
+        content_time=_string(ds, _CONTENT_TIME),
+        timezone_offset=_string(ds, _TIMEZONE_OFFSET),
+        references=references,
+        unresolved=unresolved,
+    )
+
+
+def by_series(references: Iterable[ReferencedInstance]) -> tuple[SeriesSelection, ...]:
+    """Group references by (study UID, series UID), in order of first appearance; instances keep their order.
+
+    One series per group because an R5 ImagingSelection holds the instances of one series only, so a KOS that
+    spans k series becomes k ImagingSelection resources. The order is the document's, hence stable.
+    """
+    groups: dict[tuple[str, str], list[ReferencedInstance]] = {}
+    for ref in references:
+        groups.setdefault((ref.study_uid, ref.series_uid), []).append(ref)
+    return tuple(SeriesSelection(study, series, tuple(refs)) for (study, series), refs in groups.items())
+
+
+def dicom_datetime(date: str | None, time: str | None, offset: str | None = None) -> datetime | None:
+    """DA ``YYYYMMDD`` + TM ``HH[MM[SS[.F{1,6}]]]`` (+ ``±HHMM``) → datetime (PS3.5 6.2), else ``None``.
+
+    The offset (TimezoneOffsetFromUTC, PS3.3 C.12.1.1.8) makes the result aware; an unparseable offset is
+    ignored rather than failing the whole value, so the result is then naive.
+    """
+    if date is None or time is None:
+        return None
+    d = _DA.fullmatch(date.strip())
+    t = _TM.fullmatch(time.strip())
+    if d is None or t is None:
+        return None
+    hour, minute, second, fraction = t.groups()
+    try:
+        value = datetime(
+            int(d[1]),
+            int(d[2]),
+            int(d[3]),
+            int(hour),
+            int(minute or 0),
+            # PS3.5 allows a leap second (60); datetime does not, so it is clamped.
+            min(int(second or 0), 59),
+            int((fraction or "0").ljust(6, "0")),
+        )
+    except ValueError:  # month 13, hour 25, ...
+        return None
+    zone = _OFFSET.fullmatch(offset.strip()) if offset is not None else None
+    if zone is not None:
+        sign, hours, minutes = zone.groups()
+        delta = timedelta(hours=int(hours), minutes=int(minutes))
+        if delta < timedelta(hours=24):
+            value = value.replace(tzinfo=timezone(-delta if sign == "-" else delta))
+    return value
+
+
+# -- the content tree and the evidence -------------------------------------------------------------------------
+
+
+def _walk(items: list[Mapping[str, object]], depth: int = 0) -> Iterator[Mapping[str, object]]:
+    """Content items in document order, depth first."""
+    if depth >= _MAX_DEPTH:
+        return
+    for item in items:
+        yield item
+        yield from _walk(_items(item, _CONTENT_SEQUENCE), depth + 1)
+
+
+def _references(
+    ds: Mapping[str, object], content: list[Mapping[str, object]]
+) -> tuple[tuple[ReferencedInstance, ...], tuple[str, ...]]:
+    # Frames per instance from the content tree. The same instance may appear in several items (e.g. frames
+    # 1-2 in one, 5 in another): the frames are merged in document order; an item without frames selects the
+    # whole instance, which then wins (None).
+    frames: dict[str, list[int] | None] = {}
+    content_classes: dict[str, str] = {}
+    for item in content:
+        if _string(item, _VALUE_TYPE) not in _REFERENCE_VALUE_TYPES:
+            continue
+        for ref in _items(item, _REFERENCED_SOP):
+            uid = _string(ref, _REFERENCED_SOP_INSTANCE_UID)
+            if uid is None:
+                continue
+            sop_class = _string(ref, _REFERENCED_SOP_CLASS_UID)
+            if sop_class is not None:
+                content_classes.setdefault(uid, sop_class)
+            numbers = _frame_numbers(ref)
+            if uid not in frames:
+                frames[uid] = numbers or None
+                continue
+            known = frames[uid]
+            if known is None:
+                continue
+            if numbers:
+                known.extend(n for n in numbers if n not in known)
+            else:
+                frames[uid] = None
+
+    # Study and series from the evidence (PS3.3 C.17.6.2: it lists every instance of the content tree, of
+    # whatever study, since the KOS IOD has no Pertinent Other Evidence Sequence). Its order is kept.
+    references: dict[str, ReferencedInstance] = {}
+    for study_item in _items(ds, _EVIDENCE):
+        study_uid = _string(study_item, _STUDY_UID)
+        if study_uid is None:
+            continue
+        for series_item in _items(study_item, _REFERENCED_SERIES):
+            series_uid = _string(series_item, _SERIES_UID)
+            if series_uid is None:
+                continue
+            for sop_item in _items(series_item, _REFERENCED_SOP):
+                uid = _string(sop_item, _REFERENCED_SOP_INSTANCE_UID)
+                if uid is None or uid in references:
+                    continue
+                selected = frames.get(uid)
+                references[uid] = ReferencedInstance(
+                    study_uid=study_uid,
+                    series_uid=series_uid,
+                    sop_instance_uid=uid,
+                    sop_class_uid=_string(sop_item, _REFERENCED_SOP_CLASS_UID) or content_classes.get(uid),
+                    frames=tuple(selected) if selected else (),
+                )
+    unresolved = tuple(uid for uid in frames if uid not in references)
+    return tuple(references.values()), unresolved
+
+
+def _frame_numbers(ref: Mapping[str, object]) -> list[int]:
+    """ReferencedFrameNumber (IS, 1-n; frames count from 1). JSON numbers per PS3.18 F.2.3, but strings
+    (``"3"``, or a backslash-joined ``"1\\2"`` from a careless encoder) are read too; anything else is dropped."""
+    numbers: list[int] = []
+    for value in _values(ref, _REFERENCED_FRAME_NUMBER):
+        parts: list[object] = list(value.split("\\")) if isinstance(value, str) else [value]
+        for part in parts:
+            number = _integer(part)
+            if number is not None and number >= 1 and number not in numbers:
+                numbers.append(number)
+    return numbers
+
+
+def _first_text(content: list[Mapping[str, object]], concept: tuple[str, str], tag: str) -> str | None:
+    for item in content:
+        if _has_concept(item, concept):
+            # Stripped: trailing spaces are padding (PS3.5 6.2), and FHIR strings should not carry leading ones.
+            text = _string(item, tag)
+            if text is not None and text.strip():
+                return text.strip()
+    return None
+
+
+def _first_person(content: list[Mapping[str, object]], concept: tuple[str, str]) -> PersonName | None:
+    for item in content:
+        if _has_concept(item, concept):
+            name = _person_name(item, _PERSON_NAME)
+            if name is not None:
+                return name
+    return None
+
+
+def _has_concept(item: Mapping[str, object], concept: tuple[str, str]) -> bool:
+    names = _items(item, _CONCEPT_NAME)
+    code = _code(names[0]) if names else None
+    return code is not None and (code.value, code.scheme) == concept
+
+
+# -- DICOM JSON accessors (tolerant) ----------------------------------------------------------------------------
+
+
+def _single_dataset(metadata: object) -> Mapping[str, object]:
+    if isinstance(metadata, list):
+        if len(metadata) != 1:
+            raise NotKeyObjectSelection(f"expected the metadata of one instance, got a list of {len(metadata)}")
+        metadata = metadata[0]
+    if not isinstance(metadata, Mapping):
+        raise NotKeyObjectSelection(f"expected a DICOM JSON object, got {type(metadata).__name__}")
+    return metadata
+
+
+def _element(ds: Mapping[str, object], tag: str) -> Mapping[str, object] | None:
+    element = ds.get(tag)
+    if element is None:
+        element = ds.get(tag.lower())  # PS3.18 keys are upper-case hex; accept a lower-case server too
+    return element if isinstance(element, Mapping) else None
+
+
+def _values(ds: Mapping[str, object], tag: str) -> list[object]:
+    element = _element(ds, tag)
+    value = element.get("Value") if element is not None else None
+    return value if isinstance(value, list) else []
+
+
+def _items(ds: Mapping[str, object], tag: str) -> list[Mapping[str, object]]:
+    return [item for item in _values(ds, tag) if isinstance(item, Mapping)]
+
+
+def _string(ds: Mapping[str, object], tag: str) -> str | None:
+    """First value as a string; empty reads as None. Stripped of the padding (space, NUL) PS3.5 allows."""
+    values = _values(ds, tag)
+    value = values[0] if values else None
+    if not isinstance(value, str):
+        return None
+    return value.strip(" \x00") or None
+
+
+def _integer(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _code(item: Mapping[str, object]) -> Code | None:
+    value = _string(item, _CODE_VALUE) or _string(item, _LONG_CODE_VALUE) or _string(item, _URN_CODE_VALUE)
+    if value is None:
+        return None
+    return Code(value=value, scheme=_string(item, _CODING_SCHEME), meaning=_string(item, _CODE_MEANING))
+
+
+def _person_name(ds: Mapping[str, object], tag: str) -> PersonName | None:
+    values = _values(ds, tag)
+    value = values[0] if values else None
+    if isinstance(value, str):  # not PS3.18 F.2.2, but some encoders send PN as a plain string
+        value = {"Alphabetic": value}
+    if not isinstance(value, Mapping):
+        return None
+    groups = [value.get(key) for key in ("Alphabetic", "Ideographic", "Phonetic")]
+    alphabetic, ideographic, phonetic = (g if isinstance(g, str) and g.strip() else None for g in groups)
+    if alphabetic is None and ideographic is None and phonetic is None:
+        return None
+    return PersonName(alphabetic, ideographic, phonetic)
