@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from . import endpoints
 from .cache import CachedQido
+from .ehr import EhrPatients, MrnRule
 from .errors import HTTP_STATUS_CODES, INTERNAL_ERROR, FacadeError, outcome
 from .fhir_http import FHIRResponse
 from .service import Facade
@@ -36,11 +37,26 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             max_keepalive_connections=settings.upstream_max_connections,
             keepalive_expiry=0.8,
         )
-        async with transport or httpx.AsyncHTTPTransport(limits=limits, trust_env=False) as pool:
+        async with (
+            transport or httpx.AsyncHTTPTransport(limits=limits, trust_env=False) as pool,
+            httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False) as ehr_client,
+        ):
             upstream = DicomWebUpstream(pool, settings.dicomweb_url, timeout)
             app.state.upstream = upstream
+            ehr = None
+            if settings.ehr_fhir_url:
+                rule = MrnRule(
+                    settings.ehr_mrn_system,
+                    settings.patient_identifier_system,
+                    settings.issuer_system_prefix,
+                    settings.issuer_systems,
+                )
+                ehr = EhrPatients(
+                    ehr_client, settings.ehr_fhir_url, rule, token=settings.ehr_token, ttl=settings.cache_ttl
+                )
+            app.state.ehr = ehr
             app.state.facade = Facade(
-                settings, CachedQido(upstream, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes)
+                settings, CachedQido(upstream, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes), ehr
             )
             yield
 

@@ -48,6 +48,16 @@ class PatientKey:
 
 
 @dataclass(frozen=True)
+class EhrPatient:
+    """A Patient id of the linked EHR (app.ehr), resolved to PatientKeys before planning."""
+
+    id: str
+
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # R4 datatypes.html#id
+
+
+@dataclass(frozen=True)
 class Criterion:
     name: str
     values: tuple[Any, ...]  # OR-ed, typed per parameter; empty: matches nothing
@@ -123,6 +133,7 @@ class SearchContext:
     base_url: str = ""
     strict: bool = False
     endpoint_id: str = "wado-rs"
+    ehr_base: str | None = None  # the linked EHR's FHIR base (app.ehr): ids not ours are the EHR's
 
 
 @dataclass
@@ -270,6 +281,10 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text)
 
 
+def is_fhir_id(text: str) -> bool:
+    return _FHIR_ID.fullmatch(text) is not None
+
+
 def is_uid(text: str) -> bool:
     """PS3.5 §9.1: digits and dots, no leading zeros in a component, at most 64 characters."""
     return len(text) <= 64 and _UID_RE.fullmatch(text) is not None
@@ -297,23 +312,36 @@ def _parse_identifier(name: str, modifier: str, value: str, ctx: SearchContext) 
     return out
 
 
-def _parse_patient(name: str, modifier: str, value: str, ctx: SearchContext) -> list[PatientKey]:
+def _parse_patient(name: str, modifier: str, value: str, ctx: SearchContext) -> list[PatientKey | EhrPatient]:
     if modifier == "identifier":
-        return _parse_patient_identifier(name, modifier, value, ctx)
-    pairs = (patient_ids.decode(rid) for rid in _local_ids(value, "Patient", ctx))
-    return [PatientKey(*pair) for pair in pairs if pair is not None]
+        return list(_parse_patient_identifier(name, modifier, value, ctx))
+    return _patient_refs(_local_ids(value, "Patient", ctx, also=ctx.ehr_base), ctx)
 
 
-def _local_ids(value: str, resource_type: str, ctx: SearchContext) -> list[str]:
+def _patient_refs(ids: list[str], ctx: SearchContext) -> list[PatientKey | EhrPatient]:
+    """Our ids decode to PatientKeys; with an EHR linked, any other valid id is the EHR's."""
+    out: list[PatientKey | EhrPatient] = []
+    for rid in ids:
+        pair = patient_ids.decode(rid)
+        if pair is not None:
+            out.append(PatientKey(*pair))
+        elif ctx.ehr_base and _FHIR_ID.fullmatch(rid):
+            out.append(EhrPatient(rid))
+    return out
+
+
+def _local_ids(value: str, resource_type: str, ctx: SearchContext, *, also: str | None = None) -> list[str]:
     """Ids of the references in a reference parameter that point at this server's ``resource_type``:
-    ``Type/id``, a bare ``id``, or an absolute URL under the base the client used (search.html#reference).
-    A reference to another server or another type is not one of ours, and is dropped."""
+    ``Type/id``, a bare ``id``, or an absolute URL under the base the client used (search.html#reference), or
+    under ``also`` (the linked EHR's base). A reference to another server or another type is dropped."""
     ids = []
     for ref in map(_unescape, split_or(value)):
         if "://" in ref:
-            if not ctx.base_url or not ref.startswith(ctx.base_url.rstrip("/") + "/"):
+            bases = [b.rstrip("/") + "/" for b in (ctx.base_url, also) if b]
+            base = next((b for b in bases if ref.startswith(b)), None)
+            if base is None:
                 continue
-            ref = ref[len(ctx.base_url.rstrip("/")) + 1 :]
+            ref = ref[len(base) :]
         rtype, slash, rid = ref.rpartition("/")
         if not slash or rtype == resource_type:
             ids.append(rid)
@@ -390,9 +418,8 @@ def _parse_string(name: str, modifier: str, value: str, ctx: SearchContext) -> l
     return [v for v in map(_unescape, split_or(value)) if v.strip() and len(v) <= MAX_VALUE]
 
 
-def _parse_patient_id(name: str, modifier: str, value: str, ctx: SearchContext) -> list[PatientKey]:
-    pairs = (patient_ids.decode(t.code) for t in _tokens(value) if t.system is None)
-    return [PatientKey(*pair) for pair in pairs if pair is not None]
+def _parse_patient_id(name: str, modifier: str, value: str, ctx: SearchContext) -> list[PatientKey | EhrPatient]:
+    return _patient_refs([t.code for t in _tokens(value) if t.system is None], ctx)
 
 
 def _parse_patient_identifier(name: str, modifier: str, value: str, ctx: SearchContext) -> list[PatientKey]:

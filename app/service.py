@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC
 from typing import Any
 
 from . import bundle, gcpause, patient_ids
 from . import dicom_json as dj
 from .cache import CachedQido
+from .ehr import EhrPatients
 from .errors import NotFound
 from .mapping.endpoint import wado_endpoint
 from .mapping.imaging_study import SUBSETTED, MappingContext, imaging_study
@@ -15,7 +17,7 @@ from .mapping.patient import patient
 from .patient_plan import distinct_patients, plan_patients
 from .plan import PlanContext, plan
 from .qido import QidoQuery
-from .search import Criterion, PatientKey, SearchContext, SearchRequest, is_uid
+from .search import EhrPatient, PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
 from .search_params import IMAGING_STUDY, PATIENT
 from .settings import Settings
 from .studies import (
@@ -31,9 +33,10 @@ from .upstream import QidoResult
 
 
 class Facade:
-    def __init__(self, settings: Settings, qido: CachedQido) -> None:
+    def __init__(self, settings: Settings, qido: CachedQido, ehr: EhrPatients | None = None) -> None:
         self.settings = settings
         self.qido = qido
+        self.ehr = ehr
         zone = settings.tz
         self.mapping = MappingContext(
             endpoint_id=settings.endpoint_id,
@@ -58,12 +61,33 @@ class Facade:
             base_url=base,
             strict=strict,
             endpoint_id=s.endpoint_id,
+            ehr_base=self.ehr.base if self.ehr else None,
         )
+
+    async def _resolve(self, req: SearchRequest, *, fresh: bool) -> tuple[SearchRequest, dict[PatientKey, str]]:
+        """EHR Patient ids in the criteria → the PACS keys of their MRNs (app.ehr), and which key came from
+        which EHR id, so the results can point back at the EHR's Patient."""
+        links: dict[PatientKey, str] = {}
+        if self.ehr is None or not any(isinstance(v, EhrPatient) for c in req.criteria for v in c.values):
+            return req, links
+        criteria = []
+        for c in req.criteria:
+            values: list[Any] = []
+            for v in c.values:
+                if isinstance(v, EhrPatient):
+                    keys = await self.ehr.keys(v.id, fresh=fresh)
+                    links.update(dict.fromkeys(keys, v.id))
+                    values += keys
+                else:
+                    values.append(v)
+            criteria.append(dataclasses.replace(c, values=tuple(values)))
+        return dataclasses.replace(req, criteria=tuple(criteria)), links
 
     async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
         def link(offset: int) -> str:
             return bundle.search_url(base, "ImagingStudy", req.link_params(offset=offset))
 
+        req, links = await self._resolve(req, fresh=fresh)
         the_plan, fetch = plan(req, self.plan_context), self._fetcher(fresh)
         summary = req.summary == "true"
         level = "series" if summary else "instances"
@@ -88,6 +112,9 @@ class Facade:
                 else imaging_study(row, rows, self.mapping)
                 for row, rows in page.studies
             ]
+        for (row, _), study in zip(page.studies, studies, strict=True):
+            if (ehr_id := _linked(row, links)) is not None:
+                study["subject"]["reference"] = f"Patient/{ehr_id}"
         studies = _subset(studies, req, IMAGING_STUDY.mandatory)
         included: list[dict[str, Any]] = []
         if req.include_patient:
@@ -96,7 +123,7 @@ class Facade:
                 patient_ids.encode(dj.text(r, dj.PATIENT_ID) or "", dj.text(r, dj.ISSUER_OF_PATIENT_ID)): r
                 for r, _ in page.studies
             }
-            included += [patient(row, self.mapping) for row in subjects.values()]
+            included += [self._patient(row, links) for row in subjects.values()]
         if req.include_endpoint and studies:
             included.append(self.endpoint(base))
         _drop_narrative(studies + included, req)
@@ -126,12 +153,13 @@ class Facade:
         def link(offset: int) -> str:
             return bundle.search_url(base, "Patient", req.link_params(offset=offset))
 
+        req, links = await self._resolve(req, fresh=fresh)
         rows = await all_matching(
             plan_patients(req, self.plan_context), self._fetcher(fresh), self.limits, why="folding them into patients"
         )
         people = distinct_patients(rows)
         window = [] if req.summary == "count" else people[req.offset : req.offset + req.count]
-        resources = _subset([patient(row, self.mapping) for row in window], req, PATIENT.mandatory)
+        resources = _subset([self._patient(row, links) for row in window], req, PATIENT.mandatory)
         _drop_narrative(resources, req)
         return bundle.searchset(
             base,
@@ -146,15 +174,25 @@ class Facade:
 
     async def read_patient(self, patient_id: str, *, fresh: bool) -> dict[str, Any]:
         """Patient/<id>: the id encodes PatientID + issuer; the patient's latest study speaks for them."""
-        pair = patient_ids.decode(patient_id)
+        if not is_fhir_id(patient_id):
+            raise NotFound(f"Patient/{patient_id[:70]} is not known")
+        ctx = self.search_context("", strict=False)
+        req = parse_search([("_id", patient_id)], ctx, PATIENT)  # ours, the linked EHR's, or nothing
+        req, links = await self._resolve(req, fresh=fresh)
         people: list[dj.Dataset] = []
-        if pair is not None:
-            req = SearchRequest((Criterion("_id", (PatientKey(*pair),), "_id", patient_id),))
+        if not req.matches_nothing:
             rows = await all_matching(plan_patients(req, self.plan_context), self._fetcher(fresh), self.limits)
             people = distinct_patients(rows)
         if not people:
             raise NotFound(f"Patient/{patient_id[:70]} is not known")
-        return patient(people[0], self.mapping)
+        return self._patient(people[0], links)
+
+    def _patient(self, row: dj.Dataset, links: dict[PatientKey, str]) -> dict[str, Any]:
+        """The Patient of a study row; under the EHR's id when the search came through it (app.ehr)."""
+        resource = patient(row, self.mapping)
+        if (ehr_id := _linked(row, links)) is not None:
+            resource["id"] = ehr_id
+        return resource
 
     def _fetcher(self, fresh: bool) -> Fetch:
         """The cached QIDO port, bypassing cached answers when the client sent Cache-Control: no-cache."""
@@ -184,3 +222,14 @@ def _drop_narrative(resources: list[dict[str, Any]], req: SearchRequest) -> None
         for resource in resources:
             if resource.pop("text", None) is not None:
                 resource["meta"] = {"tag": [dict(SUBSETTED)]}
+
+
+def _linked(row: dj.Dataset, links: dict[PatientKey, str]) -> str | None:
+    """The EHR Patient id whose MRN key matches this row, if any."""
+    if not links:
+        return None
+    pid = dj.text(row, dj.PATIENT_ID) or ""
+    issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
+    return next(
+        (ehr_id for k, ehr_id in links.items() if k.patient_id == pid and (k.any_issuer or k.issuer == issuer)), None
+    )

@@ -48,6 +48,11 @@ class Settings:
     issuer_system_prefix: str = "urn:x-imaging-facade:issuer:"
     issuer_systems: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "info"
+    # EHR linkage (app.ehr): the EHR's FHIR base, the MRN's identifier system there (None: the one typed MR),
+    # and a bearer token for it (Basic credentials can go in the URL instead). None: no EHR linked.
+    ehr_fhir_url: str | None = None
+    ehr_mrn_system: str | None = None
+    ehr_token: str | None = field(default=None, repr=False)
 
     @property
     def wado_base(self) -> str:
@@ -60,7 +65,7 @@ class Settings:
         return ZoneInfo(self.pacs_timezone) if self.pacs_timezone else None
 
     def __post_init__(self) -> None:
-        for name in ("dicomweb_url", "public_url", "wado_url"):
+        for name in ("dicomweb_url", "public_url", "wado_url", "ehr_fhir_url"):
             value = getattr(self, name)
             if value is None:
                 continue

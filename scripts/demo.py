@@ -53,12 +53,19 @@ def _examples(base: str, manifest: Any) -> list[tuple[str, str]]:
             "Knee imaging (SNOMED body site) of any patient, 2 per page",
             f"{base}/ImagingStudy?bodysite=http://snomed.info/sct%7C72696002&_count=2",
         ),
+        ("Patients named Muller (any accent, any case), born 1958", f"{base}/Patient?family=muller&birthdate=1958"),
         ("One study by its DICOM Study Instance UID", f"{base}/ImagingStudy/{smith.study_uid}"),
         ("By accession number", f"{base}/ImagingStudy?identifier={smith.accession}"),
     ]
 
 
 def _summary(body: dict[str, Any]) -> str:
+    if (
+        body.get("resourceType") == "Bundle"
+        and body.get("entry", [{}])[0].get("resource", {}).get("resourceType") == "Patient"
+    ):
+        names = [e["resource"].get("name", [{}])[0].get("text", "?") for e in body["entry"]]
+        return f"  {body.get('total')} patients: " + ", ".join(names)
     if body.get("resourceType") == "Bundle":
         studies = [e["resource"] for e in body.get("entry", []) if e["resource"]["resourceType"] == "ImagingStudy"]
         lines = [
