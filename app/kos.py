@@ -170,6 +170,14 @@ class KeyObjectSelection:
     timezone_offset: str | None
     references: tuple[ReferencedInstance, ...]
     unresolved: tuple[str, ...] = ()
+    # SOP Instance UIDs of the copies of this document in other studies (Identical Documents Sequence (0040,A525),
+    # PS3.3 C.17.6.2.1: required when a KOS references more than one study, one copy stored in each).
+    identical: tuple[str, ...] = ()
+
+    @property
+    def canonical_uid(self) -> str:
+        """One UID for the document and all its copies (the smallest), so the copies show as one manifest."""
+        return min((self.sop_instance_uid, *self.identical))
 
     @property
     def is_rejection(self) -> bool:
@@ -234,7 +242,20 @@ def parse_kos(metadata: object) -> KeyObjectSelection:
         timezone_offset=_string(ds, _TIMEZONE_OFFSET),
         references=references,
         unresolved=unresolved,
+        identical=_identical(ds),
     )
+
+
+def _identical(ds: Mapping[str, object]) -> tuple[str, ...]:
+    """The Hierarchical SOP Instance Reference Macro of the Identical Documents Sequence: study → series → SOP."""
+    out = []
+    for study in _items(ds, "0040A525"):
+        for series in _items(study, "00081115"):
+            for sop in _items(series, "00081199"):
+                uid = _string(sop, "00081155")
+                if uid:
+                    out.append(uid)
+    return tuple(dict.fromkeys(out))
 
 
 def by_series(references: Iterable[ReferencedInstance]) -> tuple[SeriesSelection, ...]:

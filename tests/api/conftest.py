@@ -50,17 +50,31 @@ def study_row(
     return row
 
 
-def instance_row(study: str, series: str, sop: str, *, modality: str = "CT", number: int = 1) -> dict[str, Any]:
-    return {
+def instance_row(
+    study: str,
+    series: str,
+    sop: str,
+    *,
+    modality: str = "CT",
+    number: int = 1,
+    series_number: int = 1,
+    body_part: str | None = "CHEST",
+    laterality: str | None = None,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
         "0020000D": {"vr": "UI", "Value": [study]},
         "0020000E": {"vr": "UI", "Value": [series]},
         "00080018": {"vr": "UI", "Value": [sop]},
         "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
         "00080060": {"vr": "CS", "Value": [modality]},
-        "00200011": {"vr": "IS", "Value": [1]},
+        "00200011": {"vr": "IS", "Value": [series_number]},
         "00200013": {"vr": "IS", "Value": [number]},
-        "00180015": {"vr": "CS", "Value": ["CHEST"]},
     }
+    if body_part:
+        row["00180015"] = {"vr": "CS", "Value": [body_part]}
+    if laterality:
+        row["00200060"] = {"vr": "CS", "Value": [laterality]}
+    return row
 
 
 def settings(**overrides: Any) -> Settings:
