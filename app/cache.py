@@ -27,6 +27,10 @@ class CachedQido:
         self.hits = 0
         self.misses = 0
 
+    def clear(self) -> None:
+        """Forget every cached answer (after the facade wrote to the PACS, so the next search sees it)."""
+        self._cache.clear()
+
     @property
     def size_bytes(self) -> int:
         return int(self._cache.currsize)

@@ -1,24 +1,31 @@
-"""The R4 CapabilityStatement, generated from the same table the search parser uses (app.search_params)."""
+"""The CapabilityStatement of each FHIR base, generated from the same tables the search parser uses
+(app.search_params, via app.versions)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .search_params import IMAGING_STUDY, PATIENT, ResourceSearch
+from .search_params import ResourceSearch
+from .settings import Settings
+from .versions import FhirVersion
 
-FHIR_VERSION = "4.0.1"
 
-
-def capability_statement(base: str, *, software_version: str, date: str) -> dict[str, Any]:
-    return {
+def capability_statement(
+    base: str, version: FhirVersion, settings: Settings, *, software_version: str, date: str
+) -> dict[str, Any]:
+    writable = "ImagingSelection" in version.searches and settings.manifests_writable
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date,
         "publisher": "Imaging FHIR facade",
         "kind": "instance",
         "software": {"name": "imaging-fhir-facade", "version": software_version},
-        "implementation": {"description": "FHIR R4 facade over a DICOMweb PACS (QIDO-RS/WADO-RS)", "url": base},
-        "fhirVersion": FHIR_VERSION,
+        "implementation": {
+            "description": f"FHIR {version.name} facade over a DICOMweb PACS (QIDO-RS/WADO-RS/STOW-RS)",
+            "url": base,
+        },
+        "fhirVersion": version.fhir_version,
         "format": ["application/fhir+json", "json"],
         "rest": [
             {
@@ -30,12 +37,12 @@ def capability_statement(base: str, *, software_version: str, date: str) -> dict
                 "_sort=started|-started and _total=accurate|estimate read every matching study (up to the "
                 "server's prequery_limit; more is refused as too costly), since QIDO-RS can neither sort nor count.",
                 "resource": [
-                    _searchable(IMAGING_STUDY, "ImagingStudy: sorting with _sort=started|-started only."),
                     _searchable(
-                        PATIENT,
-                        "Patients are the distinct PatientID + IssuerOfPatientID pairs of the PACS's studies; a "
-                        "search reads every matching study (up to prequery_limit) and always gives an exact total.",
-                    ),
+                        spec, _DOCS[rtype], writable=rtype == "ImagingSelection" and settings.manifests_writable
+                    )
+                    for rtype, spec in version.searches.items()
+                ]
+                + [
                     {
                         "type": "Endpoint",
                         "profile": "http://hl7.org/fhir/StructureDefinition/Endpoint",
@@ -46,18 +53,34 @@ def capability_statement(base: str, *, software_version: str, date: str) -> dict
             }
         ],
     }
+    if writable:  # a transaction Bundle of the ImagingSelections of one manifest (app.manifest_input)
+        statement["rest"][0]["interaction"] = [
+            {"code": "transaction", "documentation": "ImagingSelection creates only"}
+        ]
+    return statement
 
 
-def _searchable(spec: ResourceSearch, documentation: str) -> dict[str, Any]:
+_DOCS = {
+    "ImagingStudy": "Sorting with _sort=started|-started only.",
+    "Patient": "Patients are the distinct PatientID + IssuerOfPatientID pairs of the PACS's studies; a search reads "
+    "every matching study (up to prequery_limit) and always gives an exact total.",
+    "ImagingSelection": "Key Object Selection (KOS) documents of the PACS, one resource per selected series; IOCM "
+    "rejection notes are not selections. Create (POST, or a transaction Bundle of the selections of one KOS) "
+    "stores a new KOS with STOW-RS; If-None-Exist on identifier makes a retried create safe.",
+}
+
+
+def _searchable(spec: ResourceSearch, documentation: str, *, writable: bool = False) -> dict[str, Any]:
+    interactions = ["read", "search-type"] + (["create"] if writable else [])
     return {
         "type": spec.type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{spec.type}",
         "documentation": documentation,
-        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "interaction": [{"code": code} for code in interactions],
         "versioning": "no-version",
         "readHistory": False,
         "updateCreate": False,
-        "conditionalCreate": False,
+        "conditionalCreate": writable,
         "conditionalRead": "not-supported",
         "conditionalUpdate": False,
         "conditionalDelete": "not-supported",

@@ -45,6 +45,8 @@ NUMBER_OF_SERIES_INSTANCES = "00201209"
 CONTENT_LABEL = "00700080"
 DOCUMENT_TITLE = "00420010"
 IMAGE_TYPE = "00080008"
+ROWS = "00280010"
+NUMBER_OF_FRAMES = "00280008"
 
 
 # Rows from the PACS are slimmed once, when they arrive (:func:`slim`): only the attributes the facade reads,
@@ -117,6 +119,8 @@ def integer(ds: Dataset, tag: str) -> int | None:
 
 USED_TAGS = frozenset(
     {
+        ROWS,  # an image (app.kos_build: IMAGE or COMPOSITE content item)
+        NUMBER_OF_FRAMES,  # frames a manifest may select
         STUDY_DATE,
         STUDY_TIME,
         SERIES_DATE,

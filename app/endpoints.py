@@ -1,4 +1,7 @@
-"""Thin async handlers: negotiate → parse → use case → FHIRResponse. No mapping logic here."""
+"""Thin async handlers: negotiate → parse → use case → present in the base's FHIR version → FHIRResponse.
+
+Each handler is bound to one FHIR version (and resource type) by app.main with functools.partial.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,19 @@ from starlette.responses import Response
 
 from . import __version__
 from .capability import capability_statement
-from .fhir_http import FHIRResponse, fhir_base, negotiate, prefers_strict, pretty, search_items, wants_fresh
+from .fhir_http import (
+    FHIRResponse,
+    fhir_base,
+    json_body,
+    negotiate,
+    prefers_strict,
+    pretty,
+    search_items,
+    wants_fresh,
+)
 from .search import parse_search
-from .search_params import PATIENT
 from .service import Facade
+from .versions import FhirVersion
 
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -22,48 +34,59 @@ def _facade(request: Request) -> Facade:
     return facade
 
 
-async def metadata(request: Request) -> Response:
-    negotiate(request)
-    base = fhir_base(request, _facade(request).settings.public_url)
-    return FHIRResponse(capability_statement(base, software_version=__version__, date=STARTED), pretty=pretty(request))
+def _base(request: Request, version: FhirVersion) -> str:
+    return fhir_base(request, _facade(request).settings.public_url, version.name)
 
 
-async def search_imaging_study(request: Request) -> Response:
-    negotiate(request)
+async def metadata(request: Request, version: FhirVersion) -> Response:
+    negotiate(request, version.mime_versions)
+    statement = capability_statement(
+        _base(request, version), version, _facade(request).settings, software_version=__version__, date=STARTED
+    )
+    return FHIRResponse(statement, pretty=pretty(request))
+
+
+async def search(request: Request, version: FhirVersion, resource_type: str) -> Response:
+    negotiate(request, version.mime_versions)
     facade = _facade(request)
-    base = fhir_base(request, facade.settings.public_url)
-    req = parse_search(await search_items(request), facade.search_context(base, strict=prefers_strict(request)))
-    result = await facade.search_studies(req, base, fresh=wants_fresh(request))
-    return FHIRResponse(result, pretty=req.pretty)
-
-
-async def search_patient(request: Request) -> Response:
-    negotiate(request)
-    facade = _facade(request)
-    base = fhir_base(request, facade.settings.public_url)
+    base = _base(request, version)
     ctx = facade.search_context(base, strict=prefers_strict(request))
-    req = parse_search(await search_items(request), ctx, PATIENT)
-    result = await facade.search_patients(req, base, fresh=wants_fresh(request))
-    return FHIRResponse(result, pretty=req.pretty)
+    req = parse_search(await search_items(request), ctx, version.searches[resource_type])
+    result = await facade.search(resource_type, req, base, fresh=wants_fresh(request))
+    return FHIRResponse(version.present(result), pretty=req.pretty)
 
 
-async def read_imaging_study(request: Request) -> Response:
-    negotiate(request)
-    resource = await _facade(request).read_study(request.path_params["id"], fresh=wants_fresh(request))
-    return FHIRResponse(resource, pretty=pretty(request))
-
-
-async def read_patient(request: Request) -> Response:
-    negotiate(request)
-    resource = await _facade(request).read_patient(request.path_params["id"], fresh=wants_fresh(request))
-    return FHIRResponse(resource, pretty=pretty(request))
-
-
-async def read_endpoint(request: Request) -> Response:
-    negotiate(request)
+async def read(request: Request, version: FhirVersion, resource_type: str) -> Response:
+    negotiate(request, version.mime_versions)
     facade = _facade(request)
-    base = fhir_base(request, facade.settings.public_url)
-    return FHIRResponse(facade.endpoint(base, request.path_params["id"]), pretty=pretty(request))
+    resource = await facade.read(
+        resource_type, request.path_params["id"], _base(request, version), fresh=wants_fresh(request)
+    )
+    return FHIRResponse(version.present(resource), pretty=pretty(request))
+
+
+async def create_selection(request: Request, version: FhirVersion) -> Response:
+    """POST [base]/ImagingSelection: a new manifest (http.html#create; If-None-Exist: http.html#ccreate)."""
+    return await _create(request, version, transaction=False)
+
+
+async def transaction(request: Request, version: FhirVersion) -> Response:
+    """POST [base] with a transaction Bundle whose entries are the ImagingSelections of one manifest."""
+    return await _create(request, version, transaction=True)
+
+
+async def _create(request: Request, version: FhirVersion, *, transaction: bool) -> Response:
+    negotiate(request, version.mime_versions)
+    payload = await json_body(request)
+    facade = _facade(request)
+    created = await facade.create_manifest(
+        payload,
+        _base(request, version),
+        if_none_exist=request.headers.get("if-none-exist"),
+        transaction=transaction,
+    )
+    headers = {"Location": created.location} if created.location else None
+    return FHIRResponse(version.present(created.body), created.status, pretty=pretty(request), headers=headers)
 
 
 async def healthz(request: Request) -> Response:

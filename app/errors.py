@@ -6,6 +6,8 @@
      ├── TooCostly                 400 too-costly    a criterion matches more rows than we will page through
      ├── NotFound                  404 not-found
      ├── MethodNotAllowed          405 not-supported
+     ├── PreconditionFailed        412 multiple-matches  If-None-Exist matched more than one resource
+     ├── Unprocessable             422 processing    a well-formed manifest the PACS contradicts (unknown UIDs, ...)
      ├── NotAcceptable             406 not-supported format/fhirVersion the client asks for is not served
      ├── UnsupportedMediaType      415 not-supported
      └── UpstreamError                               anything the PACS did wrong; message never names the PACS URL
@@ -53,6 +55,14 @@ class NotFound(FacadeError):
 
 class MethodNotAllowed(FacadeError):
     status, code = 405, "not-supported"
+
+
+class PreconditionFailed(FacadeError):
+    status, code = 412, "multiple-matches"
+
+
+class Unprocessable(FacadeError):
+    status, code = 422, "processing"
 
 
 class NotAcceptable(FacadeError):

@@ -46,8 +46,9 @@ class FHIRResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_INDENT_2 if self.pretty else 0)
 
 
-def negotiate(request: Request) -> None:
-    """406 unless the client takes JSON (R4 http.html#mime-type); ``_format`` overrides Accept."""
+def negotiate(request: Request, versions: frozenset[str] = frozenset({"4.0", "4.0.1"})) -> None:
+    """406 unless the client takes JSON (R4 http.html#mime-type) of this base's FHIR version (``versions``: the
+    fhirVersion MIME parameter values it answers, http.html#version-parameter); ``_format`` overrides Accept."""
     fmt = request.query_params.get("_format")
     if fmt is not None:
         if fmt not in _FORMATS:
@@ -62,10 +63,10 @@ def negotiate(request: Request) -> None:
         if kind.lower() not in _ACCEPTABLE or opts.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
             continue
         version = opts.get("fhirVersion", opts.get("fhirversion"))
-        if version is not None and version.strip('"') not in ("4.0", "4.0.1"):
+        if version is not None and version.strip('"') not in versions:
             continue
         return
-    raise NotAcceptable("this server answers application/fhir+json (FHIR 4.0) only")
+    raise NotAcceptable(f"this base answers application/fhir+json (FHIR {min(versions)}) only")
 
 
 def prefers_strict(request: Request) -> bool:
@@ -90,11 +91,7 @@ async def search_items(request: Request) -> list[tuple[str, str]]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/x-www-form-urlencoded":
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_FORM_BYTES:
-                raise InvalidRequest("the search form is too large")
+        body = await _bounded_body(request, MAX_FORM_BYTES, "the search form is too large")
         try:
             items += parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
@@ -102,7 +99,32 @@ async def search_items(request: Request) -> list[tuple[str, str]]:
     return items
 
 
-def fhir_base(request: Request, public_url: str | None) -> str:
+def fhir_base(request: Request, public_url: str | None, version: str = "R4") -> str:
     """Absolute base for fullUrl and links: the configured public URL, else the one the client used."""
     root = public_url.rstrip("/") if public_url else str(request.base_url).rstrip("/")
-    return root + "/fhir/R4"
+    return f"{root}/fhir/{version}"
+
+
+MAX_JSON_BYTES = 4 * 1024 * 1024
+
+
+async def json_body(request: Request) -> Any:
+    """A FHIR JSON request body (http.html#mime-type), bounded in size; 415 / 400 otherwise."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("application/fhir+json", "application/json", "application/json+fhir"):
+        raise UnsupportedMediaType("send the resource as application/fhir+json")
+    body = await _bounded_body(request, MAX_JSON_BYTES, "the request body is too large")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the request body is not JSON") from None
+
+
+async def _bounded_body(request: Request, limit: int, message: str) -> bytes:
+    """The body, read in chunks and refused (400) as soon as it passes ``limit`` bytes."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise InvalidRequest(message)
+    return body

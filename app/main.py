@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import httpx
 from starlette.applications import Starlette
@@ -15,12 +16,14 @@ from starlette.routing import Route
 
 from . import endpoints
 from .cache import CachedQido
+from .dicomweb_write import DicomWebStore
 from .ehr import EhrPatients, MrnRule
 from .errors import HTTP_STATUS_CODES, INTERNAL_ERROR, FacadeError, outcome
 from .fhir_http import FHIRResponse
 from .service import Facade
 from .settings import Settings
 from .upstream import DicomWebUpstream
+from .versions import VERSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -55,23 +58,34 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     ehr_client, settings.ehr_fhir_url, rule, token=settings.ehr_token, ttl=settings.cache_ttl
                 )
             app.state.ehr = ehr
-            app.state.facade = Facade(
+            facade = Facade(
                 settings, CachedQido(upstream, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes), ehr
             )
+            store = DicomWebStore(pool, settings.dicomweb_url, timeout)
+            app.state.store = store
+            facade.attach_manifests(store)
+            app.state.facade = facade
             yield
 
-    fhir = "/fhir/R4"
-    routes = [
-        Route(f"{fhir}/metadata", endpoints.metadata, methods=["GET"]),
-        Route(f"{fhir}/ImagingStudy", endpoints.search_imaging_study, methods=["GET"]),
-        Route(f"{fhir}/ImagingStudy/_search", endpoints.search_imaging_study, methods=["POST"]),
-        Route(f"{fhir}/ImagingStudy/{{id}}", endpoints.read_imaging_study, methods=["GET"]),
-        Route(f"{fhir}/Patient", endpoints.search_patient, methods=["GET"]),
-        Route(f"{fhir}/Patient/_search", endpoints.search_patient, methods=["POST"]),
-        Route(f"{fhir}/Patient/{{id}}", endpoints.read_patient, methods=["GET"]),
-        Route(f"{fhir}/Endpoint/{{id}}", endpoints.read_endpoint, methods=["GET"]),
-        Route("/healthz", endpoints.healthz, methods=["GET"]),
-    ]
+    routes = [Route("/healthz", endpoints.healthz, methods=["GET"])]
+    for version in VERSIONS:
+        fhir = f"/fhir/{version.name}"
+        routes.append(Route(f"{fhir}/metadata", partial(endpoints.metadata, version=version), methods=["GET"]))
+        for rtype in (*version.searches, "Endpoint"):
+            if rtype in version.searches:
+                handler = partial(endpoints.search, version=version, resource_type=rtype)
+                routes += [
+                    Route(f"{fhir}/{rtype}", handler, methods=["GET"]),
+                    Route(f"{fhir}/{rtype}/_search", handler, methods=["POST"]),
+                ]
+            read = partial(endpoints.read, version=version, resource_type=rtype)
+            routes.append(Route(f"{fhir}/{rtype}/{{id}}", read, methods=["GET"]))
+        if "ImagingSelection" in version.searches:
+            create = partial(endpoints.create_selection, version=version)
+            routes += [
+                Route(f"{fhir}/ImagingSelection", create, methods=["POST"]),
+                Route(fhir, partial(endpoints.transaction, version=version), methods=["POST"]),
+            ]
     handlers = {FacadeError: _facade_error, HTTPException: _http_error, Exception: _internal_error}
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
 

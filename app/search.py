@@ -180,7 +180,7 @@ def parse_search(
             raise UnsupportedSearch(f"modifier :{modifier} is not supported on {base}")
         if value == "":
             continue  # an empty value is ignored (search.html: parameters without a value)
-        criterion = _criterion(parsers[base], base, key, modifier, chain, value, ctx)
+        criterion = _criterion(parsers[spec.criterion], spec.criterion, key, modifier, chain, value, ctx)
         if criterion is not None:
             criteria.append(criterion)
     r = results
@@ -426,6 +426,24 @@ def _parse_patient_identifier(name: str, modifier: str, value: str, ctx: SearchC
     return [k for t in _tokens(value) if (k := _patient_by_identifier(t, ctx)) is not None]
 
 
+def _parse_ids(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    return [t.code for t in _tokens(value) if t.system is None and is_fhir_id(t.code)]
+
+
+def _parse_uid_identifier(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    """Only DICOM UID identifiers (``urn:dicom:uid|urn:oid:<uid>`` or ``urn:oid:<uid>``)."""
+    return [t.code for t in _parse_identifier(name, modifier, value, ctx) if t.system == DICOM_UID_SYSTEM]
+
+
+def _parse_code(name: str, modifier: str, value: str, ctx: SearchContext) -> list[Token]:
+    """A coded purpose (KOS title): ``[system]|code``; the system, when given, is compared as sent."""
+    return [t for t in _tokens(value) if t.code and len(t.code) <= MAX_VALUE]
+
+
+def _parse_study_refs(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    return [rid for rid in _local_ids(value, "ImagingStudy", ctx) if is_uid(rid)]
+
+
 GENDER_SYSTEM = "http://hl7.org/fhir/administrative-gender"
 _GENDERS = ("male", "female", "other", "unknown")
 
@@ -463,6 +481,17 @@ _PARSERS: dict[str, dict[str, Parser]] = {
         "referrer": _parse_referrer,
         "endpoint": _parse_endpoint,
         "status": _parse_status,
+    },
+    "ImagingSelection": {
+        "_id": _parse_ids,
+        "identifier": _parse_uid_identifier,
+        "patient": _parse_patient,
+        "subject": _parse_patient,
+        "code": _parse_code,
+        "study-uid": _parse_uid_token,
+        "derived-from": _parse_study_refs,
+        "issued": _parse_date,
+        "bodysite": _parse_bodysite,
     },
     "Patient": {
         "_id": _parse_patient_id,

@@ -6,6 +6,7 @@ The parser (:mod:`app.search`) accepts exactly these names and modifiers, and th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 SP = "http://hl7.org/fhir/SearchParameter/"
@@ -19,6 +20,11 @@ class ParamSpec:
     documentation: str
     modifiers: frozenset[str] = frozenset()
     chains: tuple[str, ...] = ()
+    key: str = ""  # the name the planner knows it by, when a FHIR version renames it (R5 body-site); "" = name
+
+    @property
+    def criterion(self) -> str:
+        return self.key or self.name
 
 
 IMAGING_STUDY_PARAMS: tuple[ParamSpec, ...] = (
@@ -202,6 +208,91 @@ IMAGING_STUDY = ResourceSearch(
     mandatory=frozenset({"status", "subject"}),
 )
 PATIENT = ResourceSearch("Patient", PATIENT_PARAMS, elements=PATIENT_ELEMENTS)
+
+# R5 (hl7.org/fhir/R5/imagingstudy.html#search): the same parameters, bodysite renamed body-site.
+SP5 = "http://hl7.org/fhir/SearchParameter/"
+IMAGING_STUDY_R5 = dataclasses.replace(
+    IMAGING_STUDY,
+    params=tuple(
+        dataclasses.replace(p, name="body-site", key="bodysite", definition=SP5 + "ImagingStudy-body-site")
+        if p.name == "bodysite"
+        else p
+        for p in IMAGING_STUDY_PARAMS
+    ),
+)
+
+IMAGING_SELECTION_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "_id",
+        "token",
+        SP5 + "Resource-id",
+        "This server's ImagingSelection id (KOS SOP Instance UID and series group).",
+    ),
+    ParamSpec(
+        "identifier",
+        "token",
+        SP5 + "ImagingSelection-identifier",
+        "`urn:dicom:uid|urn:oid:<KOS SOP Instance UID>` or `urn:oid:<uid>`: every selection of that KOS document.",
+    ),
+    ParamSpec(
+        "patient",
+        "reference",
+        SP5 + "clinical-patient",
+        "`Patient/<id>` (this server's, or the linked EHR's) or `patient.identifier=[system]|PatientID`.",
+        modifiers=frozenset({"Patient", "identifier"}),
+        chains=("identifier",),
+    ),
+    ParamSpec(
+        "subject",
+        "reference",
+        SP5 + "ImagingSelection-subject",
+        "As `patient`.",
+        modifiers=frozenset({"Patient", "identifier"}),
+        chains=("identifier",),
+    ),
+    ParamSpec(
+        "code",
+        "token",
+        SP5 + "ImagingSelection-code",
+        "The purpose: the KOS document title (CID 7010), e.g. `http://dicom.nema.org/resources/ontology/DCM|113005` "
+        "(For Conference) or a bare code. IOCM rejection notes are never selections.",
+    ),
+    ParamSpec(
+        "study-uid",
+        "uri",
+        SP5 + "ImagingSelection-study-uid",
+        "Study Instance UID of the selected instances (bare or `urn:oid:`); finds KOS stored in other studies too.",
+    ),
+    ParamSpec(
+        "derived-from",
+        "reference",
+        SP5 + "ImagingSelection-derived-from",
+        "`ImagingStudy/<StudyInstanceUID>` the selected instances belong to.",
+    ),
+    ParamSpec(
+        "issued",
+        "date",
+        SP5 + "ImagingSelection-issued",
+        "KOS ContentDate/ContentTime, every date prefix (checked on the document, not by the PACS).",
+    ),
+    ParamSpec(
+        "body-site",
+        "token",
+        SP5 + "ImagingSelection-body-site",
+        "SNOMED CT code or DICOM BodyPartExamined term of the selected series.",
+        key="bodysite",
+    ),
+)
+IMAGING_SELECTION = ResourceSearch(
+    "ImagingSelection",
+    IMAGING_SELECTION_PARAMS,
+    includes=("ImagingSelection:derived-from", "ImagingSelection:endpoint"),
+    elements=frozenset(
+        {"identifier", "status", "subject", "issued", "performer", "code", "studyUid", "derivedFrom", "endpoint"}
+        | {"seriesUid", "bodySite", "instance", "text", "extension"}
+    ),
+    mandatory=frozenset({"status", "code"}),
+)
 
 # Kept for callers that only know the ImagingStudy search.
 BY_NAME = IMAGING_STUDY.by_name

@@ -5,24 +5,29 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC
 from typing import Any
+from urllib.parse import parse_qsl
 
 from . import bundle, gcpause, patient_ids
 from . import dicom_json as dj
 from .cache import CachedQido
+from .dicomweb_write import DicomWebStore
 from .ehr import EhrPatients
-from .errors import NotFound
+from .errors import InvalidRequest, MethodNotAllowed, NotFound
+from .manifest_create import Created, ManifestWriter
+from .manifests import KosDocuments, ManifestLimits, Manifests
 from .mapping.endpoint import wado_endpoint
 from .mapping.imaging_study import SUBSETTED, MappingContext, imaging_study
 from .mapping.patient import patient
 from .patient_plan import distinct_patients, plan_patients
-from .plan import PlanContext, plan
+from .plan import Plan, PlanContext, plan
 from .qido import QidoQuery
 from .search import EhrPatient, PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
-from .search_params import IMAGING_STUDY, PATIENT
+from .search_params import IMAGING_SELECTION, IMAGING_STUDY, PATIENT
 from .settings import Settings
 from .studies import (
     Fetch,
     Limits,
+    StudyPage,
     all_matching,
     read_study,
     search_page,
@@ -37,6 +42,8 @@ class Facade:
         self.settings = settings
         self.qido = qido
         self.ehr = ehr
+        self.manifests: Manifests | None = None  # set by attach_manifests
+        self.writer: ManifestWriter | None = None
         zone = settings.tz
         self.mapping = MappingContext(
             endpoint_id=settings.endpoint_id,
@@ -83,6 +90,79 @@ class Facade:
             criteria.append(dataclasses.replace(c, values=tuple(values)))
         return dataclasses.replace(req, criteria=tuple(criteria)), links
 
+    def attach_manifests(self, store: DicomWebStore) -> None:
+        """Wire the KOS reader (WADO-RS metadata) and writer (STOW-RS) that share the PACS connection pool."""
+        s = self.settings
+        limits = ManifestLimits(rows=s.prequery_limit)
+        self.manifests = Manifests(
+            self._fetcher,
+            KosDocuments(store.series_metadata, limits),
+            self.mapping,
+            limits,
+            self._studies_for_include,
+            lambda: self.endpoint(""),
+        )
+        self.writer = ManifestWriter(
+            fetch=self._fetcher(True),
+            store=store,
+            manifests=self.manifests,
+            mapping=self.mapping,
+            uid_batch=s.uid_batch,
+            subject_keys=self._subject_keys,
+            conditional_search=self._conditional_search,
+            stored=self.qido.clear,
+            writable=s.manifests_writable,
+        )
+
+    async def create_manifest(
+        self, payload: Any, base: str, *, if_none_exist: str | None, transaction: bool
+    ) -> Created:
+        if self.writer is None:
+            raise MethodNotAllowed("manifests cannot be created here")
+        return await self.writer.create(payload, base, if_none_exist=if_none_exist, transaction=transaction)
+
+    async def _studies_for_include(self, uids: list[str], fresh: bool) -> list[dict[str, Any]]:
+        """The ImagingStudies a page of manifests derives from (2 upstream requests, like a search page)."""
+        page = await search_page(
+            Plan(study_uids=tuple(uids)), self._fetcher(fresh), count=len(uids), offset=0, limits=self.limits
+        )
+        pairs = await self._without_rejected(page.studies)
+        return [imaging_study(row, rows, self.mapping) for row, rows in pairs]
+
+    async def _subject_keys(self, patient_id: str) -> list[PatientKey]:
+        req = parse_search([("_id", patient_id)], self.search_context("", strict=False), PATIENT)
+        req, _ = await self._resolve(req, fresh=True)
+        return [k for c in req.criteria for k in c.values if isinstance(k, PatientKey)]
+
+    async def _conditional_search(self, condition: str) -> SearchRequest:
+        """If-None-Exist: a search query string of ImagingSelection (http.html#ccreate)."""
+        items = parse_qsl(condition.removeprefix("ImagingSelection?"), keep_blank_values=True)
+        req = parse_search(items, self.search_context("", strict=True), IMAGING_SELECTION)
+        if not req.criteria:
+            raise InvalidRequest("If-None-Exist must name a search, e.g. identifier=urn:dicom:uid|urn:oid:<uid>")
+        return (await self._resolve(req, fresh=True))[0]
+
+    async def search(self, resource_type: str, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
+        if resource_type == "ImagingStudy":
+            return await self.search_studies(req, base, fresh=fresh)
+        if resource_type == "Patient":
+            return await self.search_patients(req, base, fresh=fresh)
+        if resource_type == "ImagingSelection" and self.manifests is not None:
+            req, _ = await self._resolve(req, fresh=fresh)
+            return await self.manifests.search(req, base, fresh=fresh)
+        raise NotFound(f"{resource_type} is not served here")
+
+    async def read(self, resource_type: str, rid: str, base: str, *, fresh: bool) -> dict[str, Any]:
+        if resource_type == "ImagingStudy":
+            return await self.read_study(rid, fresh=fresh)
+        if resource_type == "Patient":
+            return await self.read_patient(rid, fresh=fresh)
+        if resource_type == "Endpoint":
+            return self.endpoint(base, rid)
+        if resource_type == "ImagingSelection" and self.manifests is not None:
+            return await self.manifests.read(rid, fresh=fresh)
+        raise NotFound(f"{resource_type} is not served here")
+
     async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
         def link(offset: int) -> str:
             return bundle.search_url(base, "ImagingStudy", req.link_params(offset=offset))
@@ -105,6 +185,8 @@ class Facade:
             page = await search_page(
                 the_plan, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level
             )
+        if not summary:
+            page = StudyPage(await self._without_rejected(page.studies), page.has_next)
         with gcpause.paused():  # many small dicts, no cycles (app.gcpause)
             studies = [
                 imaging_study(row, None, self.mapping, series_rows=rows)
@@ -144,7 +226,20 @@ class Facade:
         found = await read_study(study_id, self._fetcher(fresh), self.limits)
         if found is None:
             raise NotFound(f"ImagingStudy/{study_id} is not known")
-        return imaging_study(found[0], found[1], self.mapping)
+        ((row, instances),) = await self._without_rejected([found])
+        return imaging_study(row, instances, self.mapping)
+
+    async def _without_rejected(
+        self, studies: list[tuple[dj.Dataset, list[dj.Dataset]]]
+    ) -> list[tuple[dj.Dataset, list[dj.Dataset]]]:
+        """IOCM (IHE RAD TF-2 Rejection Note): instances a rejection note rejects are not shown. The notes are KOS
+        instances of the studies, already in the instance rows; only their content costs a (cached) read."""
+        if not self.settings.hide_rejected or self.manifests is None:
+            return studies
+        rejected = await self.manifests.documents.rejected(r for _, rows in studies for r in rows)
+        if not rejected:
+            return studies
+        return [(row, [r for r in rows if dj.text(r, dj.SOP_INSTANCE_UID) not in rejected]) for row, rows in studies]
 
     async def search_patients(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
         """Patients are the distinct (PatientID, issuer) pairs of every matching study row (app.patient_plan);

@@ -53,6 +53,10 @@ class Settings:
     ehr_fhir_url: str | None = None
     ehr_mrn_system: str | None = None
     ehr_token: str | None = field(default=None, repr=False)
+    # Key-image manifests (app.manifests): accept POST ImagingSelection (a new KOS stored with STOW-RS); and
+    # leave out of ImagingStudy the instances that IOCM rejection notes reject.
+    manifests_writable: bool = True
+    hide_rejected: bool = True
 
     @property
     def wado_base(self) -> str:
@@ -136,10 +140,19 @@ class Settings:
         return cls.load(environ)
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
 def _coerce(name: str, type_name: str, value: Any) -> Any:
     """Turn TOML or environment strings into the declared field type."""
     if value == "" and "None" in type_name:
         return None
+    if type_name.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        raise ValueError(f"{name} must be true or false, got {value!r}")
     if type_name.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ValueError(f"{name} must be an integer")

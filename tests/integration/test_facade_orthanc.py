@@ -30,7 +30,9 @@ def facade(orthanc) -> Iterator[TestClient]:
 
 
 def upstream_requests(client: TestClient) -> int:
-    return int(client.app.state.upstream.requests)  # type: ignore[attr-defined]
+    """Every request to the PACS: QIDO, and WADO-RS metadata of KOS (rejection notes)."""
+    state = client.app.state  # type: ignore[attr-defined]
+    return int(state.upstream.requests) + int(state.store.requests)
 
 
 def search(client: TestClient, query: str, **headers: str) -> dict[str, Any]:

@@ -181,7 +181,12 @@ def checking_client(app: Any, **kwargs: Any) -> Any:
         def request(self, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
             response = super().request(*args, **kw)
             if response.headers.get("content-type", "").startswith("application/fhir+json") and response.content:
-                check(response.json())
+                if "/fhir/R5" in response.request.url.path:
+                    from tests.support.fhir_check_r5 import check_r5
+
+                    check_r5(response.json())
+                else:
+                    check(response.json())
             return response
 
     return CheckingTestClient(app, **kwargs)
