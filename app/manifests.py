@@ -38,6 +38,8 @@ from .mapping.imaging_study import MappingContext
 from .plan import patient_check, put_pattern
 from .qido import QidoQuery, uid_list
 from .search import PatientKey, SearchRequest, Token
+from .search_params import IMAGING_SELECTION
+from .subsetting import drop_narrative, subset
 from .terminology import BODY_PARTS, SNOMED_SYSTEM
 from .upstream import QidoResult
 
@@ -123,6 +125,8 @@ class Manifests:
         found = [] if req.matches_nothing else await self._matching(req, fresh)
         found.sort(key=lambda r: (r.get("issued", ""), r["id"]), reverse=True)  # newest first, stable
         window = [] if req.summary == "count" else found[req.offset : req.offset + req.count]
+        window = subset(window, req, IMAGING_SELECTION.mandatory)
+        drop_narrative(window, req)
         included: list[Resource] = []
         if window and "ImagingSelection:derived-from" in req.includes:
             included += await self._include_studies(sorted({r["studyUid"] for r in window}), fresh)

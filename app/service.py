@@ -16,7 +16,7 @@ from .errors import InvalidRequest, MethodNotAllowed, NotFound
 from .manifest_create import Created, ManifestWriter
 from .manifests import KosDocuments, ManifestLimits, Manifests
 from .mapping.endpoint import wado_endpoint
-from .mapping.imaging_study import SUBSETTED, MappingContext, imaging_study
+from .mapping.imaging_study import MappingContext, imaging_study
 from .mapping.patient import patient
 from .patient_plan import distinct_patients, plan_patients
 from .plan import Plan, PlanContext, plan
@@ -34,6 +34,7 @@ from .studies import (
     sort_by_started,
     window_page,
 )
+from .subsetting import drop_narrative, subset
 from .upstream import QidoResult
 
 
@@ -197,7 +198,7 @@ class Facade:
         for (row, _), study in zip(page.studies, studies, strict=True):
             if (ehr_id := _linked(row, links)) is not None:
                 study["subject"]["reference"] = f"Patient/{ehr_id}"
-        studies = _subset(studies, req, IMAGING_STUDY.mandatory)
+        studies = subset(studies, req, IMAGING_STUDY.mandatory)
         included: list[dict[str, Any]] = []
         if req.include_patient:
             # The subject's attributes are in the study rows already: no extra upstream request.
@@ -208,7 +209,7 @@ class Facade:
             included += [self._patient(row, links) for row in subjects.values()]
         if req.include_endpoint and studies:
             included.append(self.endpoint(base))
-        _drop_narrative(studies + included, req)
+        drop_narrative(studies + included, req)
         return bundle.searchset(
             base,
             studies,
@@ -254,8 +255,8 @@ class Facade:
         )
         people = distinct_patients(rows)
         window = [] if req.summary == "count" else people[req.offset : req.offset + req.count]
-        resources = _subset([self._patient(row, links) for row in window], req, PATIENT.mandatory)
-        _drop_narrative(resources, req)
+        resources = subset([self._patient(row, links) for row in window], req, PATIENT.mandatory)
+        drop_narrative(resources, req)
         return bundle.searchset(
             base,
             resources,
@@ -301,22 +302,6 @@ class Facade:
         if endpoint_id is not None and endpoint_id != self.settings.endpoint_id:
             raise NotFound(f"Endpoint/{endpoint_id[:70]} is not known")
         return wado_endpoint(self.settings.endpoint_id, self.settings.wado_base)
-
-
-def _subset(resources: list[dict[str, Any]], req: SearchRequest, mandatory: frozenset[str]) -> list[dict[str, Any]]:
-    """search.html#elements and _summary=text: the listed plus the mandatory elements, marked SUBSETTED."""
-    elements = req.elements or ({"text"} if req.summary == "text" else set())
-    if not elements:
-        return resources
-    keep = elements | mandatory | {"resourceType", "id", "meta"}
-    return [{k: v for k, v in r.items() if k in keep} | {"meta": {"tag": [dict(SUBSETTED)]}} for r in resources]
-
-
-def _drop_narrative(resources: list[dict[str, Any]], req: SearchRequest) -> None:
-    if req.summary in ("true", "data"):  # neither carries the narrative (search.html#summary)
-        for resource in resources:
-            if resource.pop("text", None) is not None:
-                resource["meta"] = {"tag": [dict(SUBSETTED)]}
 
 
 def _linked(row: dj.Dataset, links: dict[PatientKey, str]) -> str | None:

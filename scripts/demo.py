@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
 from app import patient_ids  # noqa: E402
 from tests.support.dataset import build_dataset  # noqa: E402
 from tests.support.facade import FacadeProcess  # noqa: E402
+from tests.support.kos import FOR_CONFERENCE, FOR_TEACHING, make_kos  # noqa: E402
 from tests.support.orthanc import OrthancServer, store  # noqa: E402
 
 
@@ -34,6 +35,7 @@ def _examples(base: str, manifest: Any) -> list[tuple[str, str]]:
     mueller = next(s for s in manifest.studies if s.patient_id == "MRN0001")
     smith = next(s for s in manifest.studies if s.patient_id == "SHARED01" and s.issuer == "HOSP-A")
     pid = patient_ids.encode(mueller.patient_id, mueller.issuer)
+    r5 = base.replace("/fhir/R4", "/fhir/R5")
     issuer_system = quote("urn:x-imaging-facade:issuer:HOSP-A", safe="")
     return [
         ("What the server can do", f"{base}/metadata"),
@@ -55,7 +57,24 @@ def _examples(base: str, manifest: Any) -> list[tuple[str, str]]:
         ),
         ("Patients named Muller (any accent, any case), born 1958", f"{base}/Patient?family=muller&birthdate=1958"),
         ("One study by its DICOM Study Instance UID", f"{base}/ImagingStudy/{smith.study_uid}"),
+        (
+            "FHIR R5: key images the radiologist marked for the tumour board (113005), with the WADO-RS endpoint",
+            f"{r5}/ImagingSelection?patient=Patient/{pid}&code=113005&_include=ImagingSelection:endpoint",
+        ),
+        (
+            "FHIR R5: every manifest of the patient (teaching, conference, ...)",
+            f"{r5}/ImagingSelection?patient=Patient/{pid}",
+        ),
         ("By accession number", f"{base}/ImagingStudy?identifier={smith.accession}"),
+    ]
+
+
+def _manifests(datasets: list[Any]) -> list[Any]:
+    """Two key-image manifests (KOS) a radiologist made for Müller: tumour board, teaching."""
+    images = [d for d in datasets if d.PatientID == "MRN0001" and "Rows" in d and d.get("StudyTime")]
+    return [
+        make_kos(images[:2], title=FOR_CONFERENCE, description="Tumour board: lesion in segment 7", seed=1),
+        make_kos(images[2:3], title=FOR_TEACHING, description="Classic appearance", seed=2),
     ]
 
 
@@ -66,6 +85,16 @@ def _summary(body: dict[str, Any]) -> str:
     ):
         names = [e["resource"].get("name", [{}])[0].get("text", "?") for e in body["entry"]]
         return f"  {body.get('total')} patients: " + ", ".join(names)
+    if body.get("resourceType") == "Bundle" and any(
+        e["resource"]["resourceType"] == "ImagingSelection" for e in body.get("entry", [])
+    ):
+        lines = [f"  {body.get('total')} selections"]
+        for e in body["entry"]:
+            r = e["resource"]
+            if r["resourceType"] == "ImagingSelection":
+                purpose = r["code"].get("coding", [{}])[0].get("display") or r["code"].get("text")
+                lines.append(f"  - {purpose}: {len(r.get('instance', []))} instances of series {r.get('seriesUid')}")
+        return "\n".join(lines)
     if body.get("resourceType") == "Bundle":
         studies = [e["resource"] for e in body.get("entry", []) if e["resource"]["resourceType"] == "ImagingStudy"]
         lines = [
@@ -92,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with OrthancServer() as pacs:
         datasets, manifest = build_dataset()
-        store(pacs.dicomweb_url, datasets)
+        store(pacs.dicomweb_url, [*datasets, *_manifests(datasets)])
         print(
             f"Orthanc (pid {pacs.pid}) at {pacs.url}: {len(manifest.studies)} studies, "
             f"{manifest.n_instances} instances of {len(manifest.patients)} patients"
@@ -105,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                 r = httpx.get(url, headers={"Accept": "application/fhir+json"}, timeout=30)
                 failed += r.status_code != 200
                 print(f"# {title}\ncurl -s '{url}'\n  -> HTTP {r.status_code}\n{_summary(r.json())}\n")
+            print(
+                "# Mark a new set for teaching from the EMR (FHIR R5 create; a KOS is stored in the PACS):\n"
+                f"curl -s -X POST '{base.replace('/fhir/R4', '/fhir/R5')}/ImagingSelection' "
+                "-H 'Content-Type: application/fhir+json' -d @selection.json   # see README\n"
+            )
             if args.check:
                 return 1 if failed else 0
             print("Both keep running; Ctrl-C stops them.")

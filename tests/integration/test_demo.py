@@ -25,4 +25,4 @@ def test_demo_runs_its_example_queries():
         timeout=180,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stdout.count("-> HTTP 200") == 8
+    assert done.stdout.count("-> HTTP 200") == 10
