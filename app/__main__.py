@@ -10,6 +10,7 @@ import sys
 import uvicorn
 
 from .main import create_app
+from .observability import log_config
 from .settings import Settings, SettingsError
 
 
@@ -40,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         proxy_headers=args.proxy_headers,
         server_header=False,
-        # uvicorn's access log prints full query strings, i.e. patient ids: off until a PHI-free audit log.
+        # uvicorn's access log prints full query strings (patient ids, names searched for): off. The facade's
+        # own audit line (app.observability, logger facade.audit) records who saw which resources instead.
         access_log=False,
+        log_config=log_config(settings.log_level, settings.log_format),
+        timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
     )
     return 0
 

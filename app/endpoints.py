@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
 from . import __version__
 from .capability import capability_statement
+from .errors import outcome
 from .fhir_http import (
     FHIRResponse,
     fhir_base,
@@ -22,6 +24,7 @@ from .fhir_http import (
     search_items,
     wants_fresh,
 )
+from .observability import audit_fields, record
 from .search import parse_search
 from .service import Facade
 from .versions import FhirVersion
@@ -53,6 +56,7 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     ctx = facade.search_context(base, strict=prefers_strict(request))
     req = parse_search(await search_items(request), ctx, version.searches[resource_type])
     result = await facade.search(resource_type, req, base, fresh=wants_fresh(request))
+    record(request.state, interaction="search", type=resource_type, **audit_fields(result))
     return FHIRResponse(version.present(result), pretty=req.pretty)
 
 
@@ -62,6 +66,7 @@ async def read(request: Request, version: FhirVersion, resource_type: str) -> Re
     resource = await facade.read(
         resource_type, request.path_params["id"], _base(request, version), fresh=wants_fresh(request)
     )
+    record(request.state, interaction="read", type=resource_type, **audit_fields(resource))
     return FHIRResponse(version.present(resource), pretty=pretty(request))
 
 
@@ -85,8 +90,27 @@ async def _create(request: Request, version: FhirVersion, *, transaction: bool) 
         if_none_exist=request.headers.get("if-none-exist"),
         transaction=transaction,
     )
+    record(request.state, interaction="create", type="ImagingSelection", **audit_fields(created.body))
     headers = {"Location": created.location} if created.location else None
     return FHIRResponse(version.present(created.body), created.status, pretty=pretty(request), headers=headers)
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the PACS answers a minimal QIDO query (uncached) in time and its circuit is not open."""
+    problem = await _facade(request).ready()
+    if problem:
+        return FHIRResponse(outcome("transient", problem), 503, headers={"Retry-After": "5"})
+    return FHIRResponse(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational", "diagnostics": "ready"}],
+        }
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition (requests, upstream calls, cache, circuit breaker)."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def healthz(request: Request) -> Response:

@@ -10,6 +10,7 @@ from functools import partial
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,6 +21,7 @@ from .dicomweb_write import DicomWebStore
 from .ehr import EhrPatients, MrnRule
 from .errors import HTTP_STATUS_CODES, INTERNAL_ERROR, FacadeError, outcome
 from .fhir_http import FHIRResponse
+from .observability import Metrics, ObservabilityMiddleware
 from .service import Facade
 from .settings import Settings
 from .upstream import DicomWebUpstream
@@ -65,9 +67,15 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             app.state.store = store
             facade.attach_manifests(store)
             app.state.facade = facade
+            app.state.metrics.bind(cache=facade.qido)
             yield
 
-    routes = [Route("/healthz", endpoints.healthz, methods=["GET"])]
+    metrics = Metrics()
+    routes = [
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+        Route("/metrics", endpoints.metrics, methods=["GET"]),
+    ]
     for version in VERSIONS:
         fhir = f"/fhir/{version.name}"
         routes.append(Route(f"{fhir}/metadata", partial(endpoints.metadata, version=version), methods=["GET"]))
@@ -87,7 +95,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 Route(fhir, partial(endpoints.transaction, version=version), methods=["POST"]),
             ]
     handlers = {FacadeError: _facade_error, HTTPException: _http_error, Exception: _internal_error}
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=handlers,
+        middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)],
+    )
+    app.state.metrics = metrics
+    return app
 
 
 async def _facade_error(request: Request, exc: Exception) -> Response:

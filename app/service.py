@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC
 from typing import Any
@@ -12,7 +13,7 @@ from . import dicom_json as dj
 from .cache import CachedQido
 from .dicomweb_write import DicomWebStore
 from .ehr import EhrPatients
-from .errors import InvalidRequest, MethodNotAllowed, NotFound
+from .errors import FacadeError, InvalidRequest, MethodNotAllowed, NotFound
 from .manifest_create import Created, ManifestWriter
 from .manifests import KosDocuments, ManifestLimits, Manifests
 from .mapping.endpoint import wado_endpoint
@@ -142,6 +143,16 @@ class Facade:
         if not req.criteria:
             raise InvalidRequest("If-None-Exist must name a search, e.g. identifier=urn:dicom:uid|urn:oid:<uid>")
         return (await self._resolve(req, fresh=True))[0]
+
+    async def ready(self) -> str | None:
+        """None when the PACS answers a one-row QIDO query within 3 s; else why not (for /readyz)."""
+        try:
+            await asyncio.wait_for(self.qido.search(QidoQuery.build("studies", {}, limit=1), fresh=True), 3.0)
+        except TimeoutError:
+            return "the PACS did not answer within 3 s"
+        except FacadeError as exc:
+            return exc.message
+        return None
 
     async def search(self, resource_type: str, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
         if resource_type == "ImagingStudy":

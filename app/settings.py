@@ -57,6 +57,9 @@ class Settings:
     # leave out of ImagingStudy the instances that IOCM rejection notes reject.
     manifests_writable: bool = True
     hide_rejected: bool = True
+    # Operations: log lines as JSON objects ("json") or text; seconds uvicorn lets requests finish on SIGTERM.
+    log_format: str = "json"
+    shutdown_grace: float = 10.0
 
     @property
     def wado_base(self) -> str:
@@ -98,10 +101,12 @@ class Settings:
                 raise SettingsError(f"{name} must be a positive integer")
         if self.default_count > self.max_count:
             raise SettingsError("default_count must not exceed max_count")
-        for name in ("cache_ttl", "upstream_connect_timeout", "upstream_read_timeout"):
+        for name in ("cache_ttl", "upstream_connect_timeout", "upstream_read_timeout", "shutdown_grace"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise SettingsError(f"{name} must be a finite, non-negative number")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError("log_format must be json or text")
         if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", self.endpoint_id):
             raise SettingsError("endpoint_id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
 
