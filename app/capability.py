@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .auth import capability_security
 from .search_params import ResourceSearch
 from .settings import Settings
 from .versions import FhirVersion
@@ -53,6 +54,20 @@ def capability_statement(
             }
         ],
     }
+    if settings.auth_mode == "smart":  # SMART App Launch: the security element and where tokens come from
+        if settings.smart_token_endpoint:
+            security = capability_security(
+                token_endpoint=settings.smart_token_endpoint,
+                authorization_endpoint=settings.smart_authorization_endpoint,
+                introspection_endpoint=settings.introspection_url,
+            )
+        else:
+            security = {"service": [SMART_SERVICE]}
+        security["description"] = (
+            "Bearer tokens (SMART on FHIR, scopes v1 and v2): patient/, user/ and system/ scopes per resource type; "
+            "a patient-context token sees its patient only (403 when a search names another)."
+        )
+        statement["rest"][0]["security"] = security
     if writable:  # a transaction Bundle of the ImagingSelections of one manifest (app.manifest_input)
         statement["rest"][0]["interaction"] = [
             {"code": "transaction", "documentation": "ImagingSelection creates only"}
@@ -60,6 +75,9 @@ def capability_statement(
     return statement
 
 
+SMART_SERVICE = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]
+}
 _DOCS = {
     "ImagingStudy": "Sorting with _sort=started|-started only.",
     "Patient": "Patients are the distinct PatientID + IssuerOfPatientID pairs of the PACS's studies; a search reads "

@@ -4,12 +4,14 @@
     result = await store.store([app.kos_build.encode(ds)])      # StowResult(stored=(uid,), failed=(), warning=False)
     rows = await store.series_metadata(study_uid, series_uid)   # full DICOM JSON, for app.kos.parse_kos
 
-Like :class:`app.upstream.DicomWebUpstream` it sends requests straight to one pooled httpx transport, takes
-credentials from the URL's userinfo as HTTP Basic, and turns every httpx error and bad answer into the
-UpstreamError branch of :mod:`app.errors`, with messages that never contain the PACS URL:
+Like :class:`app.upstream.DicomWebUpstream` it sends requests straight to one pooled httpx transport (through the
+same :class:`app.upstream.ResilientSender`: the PACS's shared circuit breaker, retries with backoff for the metadata
+GET only, counters), takes credentials from the URL's userinfo as HTTP Basic, and turns every httpx error and bad
+answer into the UpstreamError branch of :mod:`app.errors`, with messages that never contain the PACS URL:
 
     httpx.TimeoutException            → UpstreamTimeout      504
     other httpx.TransportError         → UpstreamUnavailable  503
+    circuit breaker open               → CircuitOpen          503  (an UpstreamUnavailable; Retry-After: seconds left)
     4xx/5xx, not JSON, not DICOM JSON  → UpstreamBadResponse  502  (a refused store: its subclass StowRefused)
 
 UIDs are checked before they go into a URL path (digits and dots in PS3.5 9.1 form), so a caller's value can
@@ -18,19 +20,18 @@ neither add path segments (``..``, ``/``) nor a query to the PACS request.
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 import httpx
 import orjson
 
-from .errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from .errors import UpstreamBadResponse
+from .upstream import DicomWebClient, with_credentials
 
 __all__ = ["DicomWebStore", "StowRefused", "StowResult"]
 
@@ -73,27 +74,19 @@ class StowRefused(UpstreamBadResponse):
         self.result = result
 
 
-class DicomWebStore:
+class DicomWebStore(DicomWebClient):
     """STOW-RS and WADO-RS metadata over one httpx transport (created and closed by the app's lifespan).
 
     **Parameters:**
     * transport - the pooled transport; tests pass ``httpx.MockTransport``.
     * base_url - the DICOMweb root; ``user:password@`` in it becomes an ``Authorization: Basic`` header.
     * timeout - per request (connect, read, write, pool).
+    * breaker - the PACS's circuit breaker, the same object the :class:`~app.upstream.DicomWebUpstream` of that PACS
+      uses; None: no breaker. STOW-RS counts for it like any request (a transport error or a 5xx is a failure), and
+      is refused without being sent while it is open.
+    * retries, backoff - extra attempts of the metadata GET (never of the STOW-RS POST); 0: none.
+    * stats - an :class:`~app.upstream.UpstreamStats`, may be shared with the upstream; sleep, jitter - for tests.
     """
-
-    def __init__(self, transport: httpx.AsyncBaseTransport, base_url: str, timeout: httpx.Timeout) -> None:
-        self._transport = transport
-        url = httpx.URL(base_url)
-        self._auth: tuple[tuple[str, str], ...] = ()
-        if url.userinfo:  # HTTP Basic (RFC 7617), never part of a logged URL
-            user, _, password = url.userinfo.decode().partition(":")
-            token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
-            self._auth = (("Authorization", f"Basic {token}"),)
-            url = url.copy_with(username=None, password=None)
-        self._base = str(url).rstrip("/")
-        self._timeout = timeout.as_dict()
-        self.requests = 0  # upstream requests sent
 
     async def store(self, parts: Sequence[bytes]) -> StowResult:
         """STOW-RS ``POST {base}/studies`` (PS3.18 §10.5) of DICOM Part 10 files, in one multipart/related body.
@@ -114,21 +107,14 @@ class DicomWebStore:
         if not parts:
             raise ValueError("nothing to store")
         body, content_type = _multipart(parts)
-        headers = (
-            ("Accept", "application/dicom+json"),
-            ("Content-Type", content_type),
-            *self._auth,
-        )
-        self.requests += 1
-        request = httpx.Request(
-            "POST", f"{self._base}/studies", headers=headers, content=body, extensions={"timeout": self._timeout}
-        )
-        try:
-            status, answer = await self._send(request)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("the PACS did not answer a store request in time") from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable("the PACS could not be reached to store instances") from exc
+        headers = with_credentials((("Accept", "application/dicom+json"), ("Content-Type", content_type)), self._auth)
+
+        def build() -> httpx.Request:
+            return httpx.Request(
+                "POST", f"{self._base}/studies", headers=headers, content=body, extensions={"timeout": self._timeout}
+            )
+
+        status, answer = await self._sender.send("stow", build, idempotent=False, what="a store request")
 
         result = _stow_result(answer, status)
         if status in (200, 202):
@@ -150,35 +136,19 @@ class DicomWebStore:
         every instance of the series, sequences included (not :func:`app.dicom_json.slim`-med: the KOS content
         tree is in there). An unknown series (404) is ``[]``. Raises ValueError for a malformed UID."""
         url = f"{self._base}/studies/{_uid(study_uid)}/series/{_uid(series_uid)}/metadata"
-        headers = (("Accept", "application/dicom+json"), *self._auth)
-        for attempt in (1, 2):
-            self.requests += 1
-            request = httpx.Request("GET", url, headers=headers, extensions={"timeout": self._timeout})
-            try:
-                status, body = await self._send(request)
-                break
-            except httpx.TimeoutException as exc:
-                raise UpstreamTimeout("the PACS did not answer a metadata request in time") from exc
-            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-                # Orthanc closes idle keep-alive connections after 1 s; a request that raced that close fails
-                # without reaching it. A GET is idempotent, so one immediate retry on a new connection is safe.
-                if attempt == 2:
-                    raise UpstreamUnavailable("the PACS closed the connection") from exc
-            except httpx.TransportError as exc:
-                raise UpstreamUnavailable("the PACS is unreachable") from exc
+        headers = with_credentials((("Accept", "application/dicom+json"),), self._auth)
+
+        def build() -> httpx.Request:
+            return httpx.Request("GET", url, headers=headers, extensions={"timeout": self._timeout})
+
+        # One immediate resend after a stale keep-alive connection, then `retries` with backoff (app.upstream).
+        status, body = await self._sender.send("metadata", build, idempotent=True, what="a metadata request")
         if status in (204, 404):  # 404: no such study or series (Orthanc: "Accessing an inexistent study")
             return []
         if status != 200:
             logger.warning("WADO-RS metadata answered HTTP %s", status)
             raise UpstreamBadResponse(f"the PACS answered HTTP {status} to a metadata request")
         return _datasets(body)
-
-    async def _send(self, request: httpx.Request) -> tuple[int, bytes]:
-        response = await self._transport.handle_async_request(request)
-        try:
-            return response.status_code, await response.aread()
-        finally:
-            await response.aclose()
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -16,7 +18,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import endpoints
+from .auth import Authorizer
+from .breaker import CircuitBreaker
 from .cache import CachedQido
+from .cache_redis import RedisCache
 from .dicomweb_write import DicomWebStore
 from .ehr import EhrPatients, MrnRule
 from .errors import HTTP_STATUS_CODES, INTERNAL_ERROR, FacadeError, outcome
@@ -24,7 +29,7 @@ from .fhir_http import FHIRResponse
 from .observability import Metrics, ObservabilityMiddleware
 from .service import Facade
 from .settings import Settings
-from .upstream import DicomWebUpstream
+from .upstream import DicomWebUpstream, UpstreamStats
 from .versions import VERSIONS
 
 logger = logging.getLogger(__name__)
@@ -45,8 +50,21 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         async with (
             transport or httpx.AsyncHTTPTransport(limits=limits, trust_env=False) as pool,
             httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False) as ehr_client,
+            httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False) as auth_client,
         ):
-            upstream = DicomWebUpstream(pool, settings.dicomweb_url, timeout)
+            breaker = (
+                CircuitBreaker(failure_threshold=settings.breaker_failures, reset_after=settings.breaker_reset)
+                if settings.breaker_failures
+                else None
+            )
+            resilience: dict[str, Any] = {
+                "breaker": breaker,  # one per PACS: QIDO, metadata and STOW share it
+                "retries": settings.upstream_retries,
+                "backoff": settings.upstream_backoff,
+                "stats": UpstreamStats(on_call=app.state.metrics.observe_upstream),
+                "token": settings.pacs_token,
+            }
+            upstream = DicomWebUpstream(pool, settings.dicomweb_url, timeout, **resilience)
             app.state.upstream = upstream
             ehr = None
             if settings.ehr_fhir_url:
@@ -60,15 +78,25 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     ehr_client, settings.ehr_fhir_url, rule, token=settings.ehr_token, ttl=settings.cache_ttl
                 )
             app.state.ehr = ehr
-            facade = Facade(
-                settings, CachedQido(upstream, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes), ehr
-            )
-            store = DicomWebStore(pool, settings.dicomweb_url, timeout)
+            if settings.auth_mode == "open":
+                logger.warning(
+                    "AUTH_MODE=open: every request is served without authorization. Demo only: set "
+                    "FACADE_AUTH_MODE=smart (with FACADE_JWKS_URL/FACADE_JWKS_FILE or FACADE_INTROSPECTION_URL) "
+                    "before any real patient data is behind this server."
+                )
+            app.state.auth = Authorizer(settings.auth, auth_client)
+            qido = _cache(settings, upstream)
+            facade = Facade(settings, qido, ehr)
+            store = DicomWebStore(pool, settings.dicomweb_url, timeout, **resilience)
             app.state.store = store
             facade.attach_manifests(store)
             app.state.facade = facade
-            app.state.metrics.bind(cache=facade.qido)
-            yield
+            app.state.metrics.bind(cache=qido, breaker_state=(lambda: breaker.state) if breaker else None)
+            try:
+                yield
+            finally:
+                if isinstance(qido.backend, RedisCache):
+                    await qido.backend.aclose()
 
     metrics = Metrics()
     routes = [
@@ -79,6 +107,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     for version in VERSIONS:
         fhir = f"/fhir/{version.name}"
         routes.append(Route(f"{fhir}/metadata", partial(endpoints.metadata, version=version), methods=["GET"]))
+        routes.append(Route(f"{fhir}/.well-known/smart-configuration", endpoints.smart_configuration, methods=["GET"]))
         for rtype in (*version.searches, "Endpoint"):
             if rtype in version.searches:
                 handler = partial(endpoints.search, version=version, resource_type=rtype)
@@ -103,6 +132,23 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     )
     app.state.metrics = metrics
     return app
+
+
+def _cache(settings: Settings, upstream: DicomWebUpstream) -> CachedQido:
+    """In-process by default; Redis (shared by replicas) when cache_redis_url is set. Keys are prefixed with the
+    PACS they came from, so two facades in front of different archives never mix answers in one Redis."""
+    if settings.cache_redis_url:
+        pacs = hashlib.sha256(settings.wado_base.encode()).hexdigest()[:12]
+        backend = RedisCache.from_url(
+            settings.cache_redis_url,
+            ttl=settings.cache_ttl,
+            stale_ttl=settings.cache_stale_ttl,
+            prefix=f"{settings.cache_redis_prefix}:{pacs}",
+        )
+        return CachedQido(upstream, backend=backend)
+    return CachedQido(
+        upstream, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes, stale_ttl=settings.cache_stale_ttl
+    )
 
 
 async def _facade_error(request: Request, exc: Exception) -> Response:

@@ -9,6 +9,7 @@ dropped after the store, so that search cannot miss it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import dicom_json as dj
+from .auth import Forbidden
 from .dicomweb_write import DicomWebStore
 from .errors import MethodNotAllowed, PreconditionFailed, Unprocessable
 from .kos import parse_kos
@@ -68,10 +70,23 @@ class ManifestWriter:
         self.writable = writable
         self._clock = clock
 
-    async def create(self, payload: Any, base: str, *, if_none_exist: str | None, transaction: bool) -> Created:
+    async def create(
+        self, payload: Any, base: str, *, if_none_exist: str | None, transaction: bool, patient: str | None = None
+    ) -> Created:
+        """``patient``: the token's patient context; the manifest must be that patient's (403 otherwise)."""
         if not self.writable:
             raise MethodNotAllowed("this server is read-only: manifests cannot be created (manifests_writable)")
         manifest, conditions = from_payload(payload)
+        if patient is not None:
+            mine = f"Patient/{patient}"
+            if manifest.subject not in (None, mine):
+                own, asked = (
+                    await self._subject_keys(patient),
+                    await self._subject_keys(manifest.subject.removeprefix("Patient/")),
+                )
+                if not asked or set(asked) - set(own):
+                    raise Forbidden("the manifest's subject is outside the access token's patient context")
+            manifest = dataclasses.replace(manifest, subject=manifest.subject or mine)
         condition = if_none_exist or next((c for c in conditions if c), None)
         if condition:  # http.html#cond-update: 0 matches create, 1 returns it, more is 412
             existing = await self._existing(condition, base)

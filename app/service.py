@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 from . import bundle, gcpause, patient_ids
 from . import dicom_json as dj
+from .auth import Forbidden
 from .cache import CachedQido
 from .dicomweb_write import DicomWebStore
 from .ehr import EhrPatients
@@ -22,6 +23,7 @@ from .mapping.patient import patient
 from .patient_plan import distinct_patients, plan_patients
 from .plan import Plan, PlanContext, plan
 from .qido import QidoQuery
+from .request_scope import CACHE_SCOPE, STALE_ANSWERS
 from .search import EhrPatient, PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
 from .search_params import IMAGING_SELECTION, IMAGING_STUDY, PATIENT
 from .settings import Settings
@@ -117,11 +119,13 @@ class Facade:
         )
 
     async def create_manifest(
-        self, payload: Any, base: str, *, if_none_exist: str | None, transaction: bool
+        self, payload: Any, base: str, *, if_none_exist: str | None, transaction: bool, patient: str | None = None
     ) -> Created:
         if self.writer is None:
             raise MethodNotAllowed("manifests cannot be created here")
-        return await self.writer.create(payload, base, if_none_exist=if_none_exist, transaction=transaction)
+        return await self.writer.create(
+            payload, base, if_none_exist=if_none_exist, transaction=transaction, patient=patient
+        )
 
     async def _studies_for_include(self, uids: list[str], fresh: bool) -> list[dict[str, Any]]:
         """The ImagingStudies a page of manifests derives from (2 upstream requests, like a search page)."""
@@ -154,7 +158,12 @@ class Facade:
             return exc.message
         return None
 
-    async def search(self, resource_type: str, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
+    async def search(
+        self, resource_type: str, req: SearchRequest, base: str, *, fresh: bool, patient: str | None = None
+    ) -> dict[str, Any]:
+        """``patient``: the access token's patient context (app.auth); the search is confined to it."""
+        if patient is not None:
+            req = await self._confine(resource_type, req, patient, fresh=fresh)
         if resource_type == "ImagingStudy":
             return await self.search_studies(req, base, fresh=fresh)
         if resource_type == "Patient":
@@ -164,16 +173,45 @@ class Facade:
             return await self.manifests.search(req, base, fresh=fresh)
         raise NotFound(f"{resource_type} is not served here")
 
-    async def read(self, resource_type: str, rid: str, base: str, *, fresh: bool) -> dict[str, Any]:
-        if resource_type == "ImagingStudy":
-            return await self.read_study(rid, fresh=fresh)
-        if resource_type == "Patient":
-            return await self.read_patient(rid, fresh=fresh)
+    async def read(
+        self, resource_type: str, rid: str, base: str, *, fresh: bool, patient: str | None = None
+    ) -> dict[str, Any]:
+        """``patient``: the token's patient context; another patient's resource reads as 404 (SMART Imaging Access:
+        do not confirm that it exists)."""
         if resource_type == "Endpoint":
             return self.endpoint(base, rid)
-        if resource_type == "ImagingSelection" and self.manifests is not None:
-            return await self.manifests.read(rid, fresh=fresh)
-        raise NotFound(f"{resource_type} is not served here")
+        if resource_type == "ImagingStudy":
+            resource = await self.read_study(rid, fresh=fresh)
+        elif resource_type == "Patient":
+            resource = await self.read_patient(rid, fresh=fresh)
+        elif resource_type == "ImagingSelection" and self.manifests is not None:
+            resource = await self.manifests.read(rid, fresh=fresh)
+        else:
+            raise NotFound(f"{resource_type} is not served here")
+        if patient is not None:
+            ref = f"Patient/{resource['id']}" if resource_type == "Patient" else resource["subject"]["reference"]
+            if ref != f"Patient/{patient}" and not _covered(
+                await self._keys_of(ref.removeprefix("Patient/")), await self._keys_of(patient)
+            ):
+                raise NotFound(f"{resource_type}/{rid[:70]} is not known")
+        return resource
+
+    async def _keys_of(self, patient_id: str) -> list[PatientKey]:
+        """The PACS keys of a Patient id: ours decodes, an EHR id is looked up (app.ehr)."""
+        return await self._subject_keys(patient_id)
+
+    async def _confine(self, resource_type: str, req: SearchRequest, patient: str, *, fresh: bool) -> SearchRequest:
+        """A patient-context token: naming another patient is 403 (not an empty Bundle, SMART Imaging Access);
+        the token's patient is AND-ed to every search, so no criterion can widen it to anyone else."""
+        names = ("_id", "identifier") if resource_type == "Patient" else ("patient", "subject")
+        spec = {"Patient": PATIENT, "ImagingSelection": IMAGING_SELECTION}.get(resource_type, IMAGING_STUDY)
+        mine = parse_search([(names[0], patient)], self.search_context("", strict=False), spec)
+        resolved, _ = await self._resolve(req, fresh=fresh)
+        allowed = await self._keys_of(patient)
+        for c in resolved.criteria:
+            if c.name in names and c.modifier != "missing" and not _covered(list(c.values), allowed):
+                raise Forbidden("the search names a patient outside the access token's patient context")
+        return dataclasses.replace(req, criteria=(*req.criteria, *mine.criteria))
 
     async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
         def link(offset: int) -> str:
@@ -304,15 +342,24 @@ class Facade:
     def _fetcher(self, fresh: bool) -> Fetch:
         """The cached QIDO port, bypassing cached answers when the client sent Cache-Control: no-cache."""
 
+        context = CACHE_SCOPE.get()  # the authorization context's cache partition (app.request_scope)
+        stale_ok = self.settings.cache_stale_ttl > 0
+        seen = STALE_ANSWERS.get()
+
         async def fetch(query: QidoQuery) -> QidoResult:
-            return await self.qido.search(query, fresh=fresh)
+            result = await self.qido.search(query, fresh=fresh, context=context, stale_if_error=stale_ok)
+            if result.stale and seen is not None:
+                seen.append(query.level)
+            return result
 
         return fetch
 
     def endpoint(self, base: str, endpoint_id: str | None = None) -> dict[str, Any]:
         if endpoint_id is not None and endpoint_id != self.settings.endpoint_id:
             raise NotFound(f"Endpoint/{endpoint_id[:70]} is not known")
-        return wado_endpoint(self.settings.endpoint_id, self.settings.wado_base)
+        return wado_endpoint(
+            self.settings.endpoint_id, self.settings.wado_base, requires_token=self.settings.requires_token
+        )
 
 
 def _linked(row: dj.Dataset, links: dict[PatientKey, str]) -> str | None:
@@ -323,4 +370,15 @@ def _linked(row: dj.Dataset, links: dict[PatientKey, str]) -> str | None:
     issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
     return next(
         (ehr_id for k, ehr_id in links.items() if k.patient_id == pid and (k.any_issuer or k.issuer == issuer)), None
+    )
+
+
+def _covered(keys: list[Any], allowed: list[PatientKey]) -> bool:
+    """Every key names a patient among ``allowed`` (same PatientID; the issuer too, unless either side takes any)."""
+    return all(
+        isinstance(k, PatientKey)
+        and any(
+            a.patient_id == k.patient_id and (k.any_issuer or a.any_issuer or a.issuer == k.issuer) for a in allowed
+        )
+        for k in keys
     )

@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .auth import AuthSettings
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "facade.toml"
 ENV_PREFIX = "FACADE_"
 
@@ -42,6 +44,17 @@ class Settings:
     upstream_connect_timeout: float = 3.0
     upstream_read_timeout: float = 20.0
     upstream_max_connections: int = 32
+    # Faults (app.upstream, app.breaker): retries with backoff for GETs only; the circuit opens after
+    # breaker_failures failures in a row (0: no breaker) for breaker_reset seconds (503 + Retry-After meanwhile).
+    upstream_retries: int = 1
+    upstream_backoff: float = 0.1
+    breaker_failures: int = 5
+    breaker_reset: float = 30.0
+    # Serve the last cached answer, marked as possibly stale, when the PACS fails (seconds kept past cache_ttl).
+    cache_stale_ttl: float = 300.0
+    # Shared cache for several replicas: redis://[:password@]host:port/db (empty: in-process memory).
+    cache_redis_url: str | None = field(default=None, repr=False)
+    cache_redis_prefix: str = "facade:qido"
     endpoint_id: str = "wado-rs"
     accession_system: str | None = None
     patient_identifier_system: str = "urn:x-imaging-facade:patient-id"
@@ -57,6 +70,24 @@ class Settings:
     # leave out of ImagingStudy the instances that IOCM rejection notes reject.
     manifests_writable: bool = True
     hide_rejected: bool = True
+    # Authorization (app.auth): "open" (demo only) or "smart" (bearer tokens: JWTs checked against a JWK Set, or
+    # RFC 7662 introspection). The SMART endpoints are published in /metadata and .well-known/smart-configuration.
+    auth_mode: str = "open"
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    token_issuer: str | None = None
+    token_audience: str | None = None
+    introspection_url: str | None = None
+    introspection_client_id: str | None = None
+    introspection_client_secret: str | None = field(default=None, repr=False)
+    auth_clock_skew: float = 60.0
+    smart_authorization_endpoint: str | None = None
+    smart_token_endpoint: str | None = None
+    # PACS credentials: Basic in dicomweb_url's userinfo, or this bearer token; "forward" sends the caller's own
+    # token to the PACS instead. wado_requires_token: Endpoint's requires-access-token (default: forward mode).
+    pacs_token: str | None = field(default=None, repr=False)
+    pacs_auth: str = "settings"
+    wado_requires_token: bool | None = None
     # Operations: log lines as JSON objects ("json") or text; seconds uvicorn lets requests finish on SIGTERM.
     log_format: str = "json"
     shutdown_grace: float = 10.0
@@ -68,11 +99,37 @@ class Settings:
         return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
 
     @property
+    def auth(self) -> AuthSettings:
+        return AuthSettings(
+            mode=self.auth_mode,
+            jwks_url=self.jwks_url,
+            jwks_file=self.jwks_file,
+            token_issuer=self.token_issuer,
+            token_audience=self.token_audience,
+            introspection_url=self.introspection_url,
+            introspection_client_id=self.introspection_client_id,
+            introspection_client_secret=self.introspection_client_secret,
+            clock_skew=self.auth_clock_skew,
+        )
+
+    @property
+    def requires_token(self) -> bool:
+        """Whether a viewer must present its SMART token to the WADO-RS endpoint (SMART Imaging Access)."""
+        return self.wado_requires_token if self.wado_requires_token is not None else self.pacs_auth == "forward"
+
+    @property
     def tz(self) -> ZoneInfo | None:
         return ZoneInfo(self.pacs_timezone) if self.pacs_timezone else None
 
     def __post_init__(self) -> None:
-        for name in ("dicomweb_url", "public_url", "wado_url", "ehr_fhir_url"):
+        for name in (
+            "dicomweb_url",
+            "public_url",
+            "wado_url",
+            "ehr_fhir_url",
+            "smart_authorization_endpoint",
+            "smart_token_endpoint",
+        ):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -99,12 +156,30 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be a positive integer")
+        if self.upstream_retries < 0 or self.breaker_failures < 0:
+            raise SettingsError("upstream_retries and breaker_failures must not be negative")
+        if self.cache_redis_url and not self.cache_redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("cache_redis_url must be a redis://, rediss:// or unix:// URL")
         if self.default_count > self.max_count:
             raise SettingsError("default_count must not exceed max_count")
-        for name in ("cache_ttl", "upstream_connect_timeout", "upstream_read_timeout", "shutdown_grace"):
+        for name in (
+            "cache_ttl",
+            "upstream_connect_timeout",
+            "upstream_read_timeout",
+            "shutdown_grace",
+            "upstream_backoff",
+            "breaker_reset",
+            "cache_stale_ttl",
+        ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise SettingsError(f"{name} must be a finite, non-negative number")
+        try:
+            self.auth.validate()
+        except ValueError as exc:
+            raise SettingsError(f"{exc} (FACADE_AUTH_MODE=open serves without authorization, for a demo)") from None
+        if self.pacs_auth not in ("settings", "forward"):
+            raise SettingsError("pacs_auth must be settings or forward")
         if self.log_format not in ("json", "text"):
             raise SettingsError("log_format must be json or text")
         if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", self.endpoint_id):
@@ -153,6 +228,8 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
     if value == "" and "None" in type_name:
         return None
     if type_name.startswith("bool"):
+        if value == "" and "None" in type_name:
+            return None
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in _BOOLS:

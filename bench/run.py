@@ -278,6 +278,7 @@ def facade_env(dicomweb_url: str, cache_ttl: float) -> dict[str, str]:
             "FACADE_DICOMWEB_URL": dicomweb_url,
             "FACADE_CACHE_TTL": str(cache_ttl),
             "FACADE_LOG_LEVEL": "warning",
+            "FACADE_AUTH_MODE": "open",  # the shipped config says smart; the benchmark measures the data path
         }
     )
     return env

@@ -19,7 +19,11 @@ pytestmark = pytest.mark.integration
 
 def test_json_logs_audit_and_graceful_shutdown(orthanc):
     port = free_port()
-    env = dict(os.environ) | {"FACADE_DICOMWEB_URL": orthanc.dicomweb_url, "FACADE_LOG_LEVEL": "info"}
+    env = dict(os.environ) | {
+        "FACADE_DICOMWEB_URL": orthanc.dicomweb_url,
+        "FACADE_LOG_LEVEL": "info",
+        "FACADE_AUTH_MODE": "open",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,

@@ -28,7 +28,12 @@ class FacadeProcess:
     def __init__(self, dicomweb_url: str, *, port: int | None = None, env: Mapping[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir/R4"
-        self._env = dict(os.environ) | {"FACADE_DICOMWEB_URL": dicomweb_url, "FACADE_LOG_LEVEL": "warning"}
+        # Open mode (the shipped config says smart): the demo and these tests run without an authorization server.
+        self._env = dict(os.environ) | {
+            "FACADE_DICOMWEB_URL": dicomweb_url,
+            "FACADE_LOG_LEVEL": "warning",
+            "FACADE_AUTH_MODE": "open",
+        }
         self._env |= dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
 

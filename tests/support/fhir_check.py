@@ -122,7 +122,10 @@ def _bindings(res: dict[str, Any]) -> None:
         for link in res.get("link", []):
             _expect(link["url"].startswith(("http://", "https://")), f"relative Bundle.link {link['url']!r}")
         for entry in res.get("entry", []):
-            _expect(entry["fullUrl"].startswith(("http://", "https://")), "Bundle.entry.fullUrl not absolute")
+            # An outcome entry (search.mode outcome) is no resource of this server: a urn:uuid names it.
+            outcome = entry.get("search", {}).get("mode") == "outcome"
+            schemes = ("http://", "https://", "urn:uuid:") if outcome else ("http://", "https://")
+            _expect(entry["fullUrl"].startswith(schemes), "Bundle.entry.fullUrl not absolute")
             if "search" in entry:
                 _expect(entry["search"]["mode"] in SEARCH_MODES, "Bundle.entry.search.mode")
             _bindings(entry["resource"])

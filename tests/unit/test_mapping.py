@@ -443,6 +443,12 @@ class TestEndpoint:
         assert res == {
             "resourceType": "Endpoint",
             "id": "wado-rs",
+            "extension": [
+                {
+                    "url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
+                    "valueBoolean": False,
+                }
+            ],
             "status": "active",
             "connectionType": {
                 "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",

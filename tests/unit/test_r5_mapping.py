@@ -174,6 +174,7 @@ class TestEndpoint:
         assert r5 == {
             "resourceType": "Endpoint",
             "id": "wado-rs",
+            "extension": r4["extension"],  # requires-access-token, unchanged
             "status": "active",
             "connectionType": [
                 {

@@ -104,9 +104,20 @@ class TestSources:
 
     def test_the_shipped_config_file_loads(self):
         assert DEFAULT_CONFIG.exists()
-        s = Settings.load({}, config_file=DEFAULT_CONFIG)
+        s = Settings.load({"FACADE_AUTH_MODE": "open"}, config_file=DEFAULT_CONFIG)
         assert s.dicomweb_url == "http://127.0.0.1:8042/dicom-web"
         assert s.issuer_systems == {}
+
+    def test_the_shipped_config_is_secure_by_default(self):
+        with pytest.raises(SettingsError, match="needs jwks_url, jwks_file or introspection_url"):
+            Settings.load({}, config_file=DEFAULT_CONFIG)
+
+    def test_the_shipped_config_documents_every_setting(self):
+        import dataclasses
+        import tomllib
+
+        documented = set(tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))["facade"])
+        assert documented == {f.name for f in dataclasses.fields(Settings)}
 
     def test_derived_values(self):
         s = Settings(dicomweb_url=URL + "/", pacs_timezone="Europe/Berlin")

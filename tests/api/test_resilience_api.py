@@ -1,0 +1,94 @@
+"""Upstream faults through the whole app: breaker → fast 503 + Retry-After, stale-if-error marked as such, PACS
+credentials (bearer from settings, or the caller's token forwarded) and Prometheus series for upstream calls."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.api.conftest import PACS, instance_row, study_row
+from tests.support.tokens import AUDIENCE, ISSUER, TokenIssuer
+
+
+def _ok(pacs):
+    s = pacs.get(url__regex=rf"^{PACS}/studies").mock(return_value=httpx.Response(200, json=[study_row("1.2.3")]))
+    i = pacs.get(url__regex=rf"^{PACS}/instances").mock(
+        return_value=httpx.Response(200, json=[instance_row("1.2.3", "1.2.3.1", "1.2.3.1.1")])
+    )
+    return s, i
+
+
+def test_breaker_opens_and_then_answers_fast_without_calling_the_pacs(pacs, make_client):
+    client = make_client(breaker_failures=2, breaker_reset=30, upstream_retries=0, cache_stale_ttl=0)
+    route = pacs.get(url__startswith=PACS).mock(side_effect=httpx.ConnectError("refused"))
+    for _ in range(2):
+        assert client.get("/fhir/R4/ImagingStudy?modality=CT").status_code == 503
+    calls = route.call_count
+    started = time.perf_counter()
+    r = client.get("/fhir/R4/ImagingStudy?modality=MR")
+    assert time.perf_counter() - started < 0.5
+    assert r.status_code == 503 and 25 <= int(r.headers["retry-after"]) <= 30
+    assert r.json()["resourceType"] == "OperationOutcome" and route.call_count == calls
+    assert client.get("/readyz").status_code == 503
+    assert "facade_upstream_breaker_state 2.0" in client.get("/metrics").text
+
+
+def test_retries_only_idempotent_gets(pacs, make_client):
+    client = make_client(upstream_retries=2, upstream_backoff=0.001, breaker_failures=0, cache_stale_ttl=0)
+    route = pacs.get(url__startswith=PACS).mock(
+        side_effect=[httpx.Response(503), httpx.Response(502), httpx.Response(200, json=[])]
+    )
+    assert client.get("/fhir/R4/ImagingStudy?modality=CT").status_code == 200
+    assert route.call_count == 3
+
+
+def test_stale_if_error_serves_the_last_answer_and_says_so(pacs, make_client):
+    client = make_client(cache_ttl=0.05, cache_stale_ttl=60, upstream_retries=0, breaker_failures=0)
+    studies, instances = _ok(pacs)
+    fresh = client.get("/fhir/R4/ImagingStudy?modality=CT").json()
+    assert client.get("/fhir/R4/ImagingStudy/1.2.3").status_code == 200
+    time.sleep(0.1)
+    studies.mock(side_effect=httpx.ConnectError("down"))
+    instances.mock(side_effect=httpx.ConnectError("down"))
+    stale = client.get("/fhir/R4/ImagingStudy?modality=CT").json()  # validated by the checking client
+    outcome = stale["entry"][-1]
+    assert outcome["search"]["mode"] == "outcome" and outcome["resource"]["issue"][0]["severity"] == "warning"
+    assert stale["entry"][:-1] == fresh["entry"]
+    read = client.get("/fhir/R4/ImagingStudy/1.2.3")
+    assert read.status_code == 200 and read.headers["warning"].startswith("110")
+    assert client.get("/fhir/R4/ImagingStudy?modality=MR").status_code == 503  # never seen: no stale answer
+
+
+def test_pacs_bearer_from_settings_and_never_in_outcomes(pacs, make_client):
+    client = make_client(pacs_token="pacs-secret", upstream_retries=0)
+    route = pacs.get(url__startswith=PACS).mock(return_value=httpx.Response(500, text="pacs-secret boom"))
+    r = client.get("/fhir/R4/ImagingStudy?modality=CT")
+    assert route.calls[0].request.headers["authorization"] == "Bearer pacs-secret"
+    assert r.status_code == 502 and "pacs-secret" not in r.text
+
+
+def test_forward_mode_sends_the_callers_token_to_the_pacs(pacs, make_client, tmp_path):
+    keys = TokenIssuer()
+    client = make_client(
+        auth_mode="smart",
+        jwks_file=str(keys.write_jwks(tmp_path)),
+        token_issuer=ISSUER,
+        token_audience=AUDIENCE,
+        pacs_auth="forward",
+        pacs_token="ignored-when-forwarding",
+    )
+    studies, _ = _ok(pacs)
+    token = keys.token("user/ImagingStudy.rs")
+    assert (
+        client.get("/fhir/R4/ImagingStudy?modality=CT", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    )
+    assert studies.calls[-1].request.headers["authorization"] == f"Bearer {token}"
+
+
+def test_upstream_calls_are_counted_in_metrics(pacs, client):
+    _ok(pacs)
+    client.get("/fhir/R4/ImagingStudy/1.2.3")
+    text = client.get("/metrics").text
+    assert 'facade_upstream_requests_total{kind="qido",outcome="ok"} 2.0' in text
+    assert 'facade_upstream_request_seconds_count{kind="qido"} 2.0' in text
