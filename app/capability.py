@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .auth import capability_security
 from .search_params import ResourceSearch
 from .settings import Settings
+from .smart_discovery import capability_security
 from .versions import FhirVersion
 
 

@@ -16,7 +16,6 @@ from starlette.responses import JSONResponse, Response
 
 from . import __version__
 from .auth import OPEN, AuthContext, Authorizer
-from .auth import smart_configuration as build_smart_configuration
 from .capability import capability_statement
 from .errors import NotFound, outcome
 from .fhir_http import (
@@ -34,6 +33,7 @@ from .request_scope import CACHE_SCOPE, PACS_TOKEN, STALE_ANSWERS
 from .scopes import Interaction
 from .search import parse_search
 from .service import Facade
+from .smart_discovery import smart_configuration as build_smart_configuration
 from .versions import FhirVersion
 
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")

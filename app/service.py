@@ -136,6 +136,7 @@ class Facade:
         return [imaging_study(row, rows, self.mapping) for row, rows in pairs]
 
     async def _subject_keys(self, patient_id: str) -> list[PatientKey]:
+        """The PACS keys of a Patient id: ours decodes, an EHR id is looked up (app.ehr); unknown: none."""
         req = parse_search([("_id", patient_id)], self.search_context("", strict=False), PATIENT)
         req, _ = await self._resolve(req, fresh=True)
         return [k for c in req.criteria for k in c.values if isinstance(k, PatientKey)]
@@ -191,14 +192,10 @@ class Facade:
         if patient is not None:
             ref = f"Patient/{resource['id']}" if resource_type == "Patient" else resource["subject"]["reference"]
             if ref != f"Patient/{patient}" and not _covered(
-                await self._keys_of(ref.removeprefix("Patient/")), await self._keys_of(patient)
+                await self._subject_keys(ref.removeprefix("Patient/")), await self._subject_keys(patient)
             ):
                 raise NotFound(f"{resource_type}/{rid[:70]} is not known")
         return resource
-
-    async def _keys_of(self, patient_id: str) -> list[PatientKey]:
-        """The PACS keys of a Patient id: ours decodes, an EHR id is looked up (app.ehr)."""
-        return await self._subject_keys(patient_id)
 
     async def _confine(self, resource_type: str, req: SearchRequest, patient: str, *, fresh: bool) -> SearchRequest:
         """A patient-context token: naming another patient is 403 (not an empty Bundle, SMART Imaging Access);
@@ -207,7 +204,7 @@ class Facade:
         spec = {"Patient": PATIENT, "ImagingSelection": IMAGING_SELECTION}.get(resource_type, IMAGING_STUDY)
         mine = parse_search([(names[0], patient)], self.search_context("", strict=False), spec)
         resolved, _ = await self._resolve(req, fresh=fresh)
-        allowed = await self._keys_of(patient)
+        allowed = await self._subject_keys(patient)
         for c in resolved.criteria:
             if c.name in names and c.modifier != "missing" and not _covered(list(c.values), allowed):
                 raise Forbidden("the search names a patient outside the access token's patient context")

@@ -33,14 +33,13 @@ from app.auth import (
     Forbidden,
     Unauthorized,
     bearer_token,
-    capability_security,
     challenge,
     confine_patients,
     parse_jwks,
-    smart_configuration,
 )
 from app.errors import FacadeError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from app.scopes import Scopes
+from app.smart_discovery import capability_security, smart_configuration
 
 NOW = 1_700_000_000.0
 ISS = "https://auth.example.org"
