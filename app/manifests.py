@@ -70,9 +70,13 @@ class KosDocuments:
         """The KOS documents among these QIDO instance rows (any level's rows that carry the SOP attributes)."""
         wanted: dict[str, tuple[str, str]] = {}
         for row in rows:
+            if dj.text(row, dj.SOP_CLASS_UID) != KOS_SOP_CLASS_UID:  # nearly every row: one lookup and on
+                continue
             sop, study, series = (dj.text(row, t) for t in (dj.SOP_INSTANCE_UID, dj.STUDY_UID, dj.SERIES_UID))
-            if dj.text(row, dj.SOP_CLASS_UID) == KOS_SOP_CLASS_UID and sop and study and series:
+            if sop and study and series:
                 wanted[sop] = (study, series)
+        if not wanted:
+            return []
         missing = sorted({where for sop, where in wanted.items() if sop not in self._docs})
         if len(missing) > self._limits.series_fetches:
             raise TooCostly(f"more than {self._limits.series_fetches} unread manifest series; narrow the search")
