@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from . import dicom_json as dj
 from . import selection_ids
@@ -61,10 +61,13 @@ class ManifestLimits:
 class KosDocuments:
     """Parsed KOS documents by SOP Instance UID: immutable, so cached without expiry (LRU-bounded)."""
 
-    def __init__(self, metadata: SeriesMetadata, limits: ManifestLimits, *, max_documents: int = 20000) -> None:
+    def __init__(
+        self, metadata: SeriesMetadata, limits: ManifestLimits, *, max_documents: int = 20000, series_ttl: float = 60
+    ) -> None:
         self._metadata = metadata
         self._limits = limits
         self._docs: LRUCache[str, KeyObjectSelection | None] = LRUCache(maxsize=max_documents)
+        self._series: TTLCache[tuple[str, str], tuple[str, ...]] = TTLCache(maxsize=10000, ttl=series_ttl or 1)
 
     async def of_rows(self, rows: Iterable[dj.Dataset]) -> list[KeyObjectSelection]:
         """The KOS documents among these QIDO instance rows (any level's rows that carry the SOP attributes)."""
@@ -77,7 +80,19 @@ class KosDocuments:
                 wanted[sop] = (study, series)
         if not wanted:
             return []
-        missing = sorted({where for sop, where in wanted.items() if sop not in self._docs})
+        await self._load(sorted({where for sop, where in wanted.items() if sop not in self._docs}))
+        docs = [self._docs.get(sop) for sop in wanted]
+        return [d for d in docs if d is not None]
+
+    async def in_series(self, pairs: Iterable[tuple[str, str]]) -> list[KeyObjectSelection]:
+        """The KOS documents of these (study, series) pairs, when only series rows are known (``_summary=true``).
+        Which documents a series holds is kept for the cache TTL only: another system may add one to the series."""
+        pairs = list(dict.fromkeys(pairs))
+        await self._load([p for p in pairs if p not in self._series])
+        return [d for p in pairs for sop in self._series.get(p, ()) if (d := self._docs.get(sop)) is not None]
+
+    async def _load(self, missing: list[tuple[str, str]]) -> None:
+        """Read and parse the metadata of these series (a bounded number, a few at a time)."""
         if len(missing) > self._limits.series_fetches:
             raise TooCostly(f"more than {self._limits.series_fetches} unread manifest series; narrow the search")
         gate = asyncio.Semaphore(self._limits.concurrency)
@@ -85,16 +100,17 @@ class KosDocuments:
         async def load(study: str, series: str) -> None:
             async with gate:
                 datasets = await self._metadata(study, series)
+            found = []
             for ds in datasets:
                 try:
                     doc = parse_kos(ds)
                 except NotKeyObjectSelection:
                     continue
                 self._docs[doc.sop_instance_uid] = doc
+                found.append(doc.sop_instance_uid)
+            self._series[(study, series)] = tuple(found)
 
         await asyncio.gather(*(load(study, series) for study, series in missing))
-        docs = [self._docs.get(sop) for sop in wanted]
-        return [d for d in docs if d is not None]
 
     async def rejected(self, rows: Iterable[dj.Dataset]) -> frozenset[str]:
         """SOP Instance UIDs rejected by the IOCM rejection notes among these rows (and the notes themselves are

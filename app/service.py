@@ -100,7 +100,7 @@ class Facade:
         limits = ManifestLimits(rows=s.prequery_limit)
         self.manifests = Manifests(
             self._fetcher,
-            KosDocuments(store.series_metadata, limits),
+            KosDocuments(store.series_metadata, limits, series_ttl=s.cache_ttl),
             self.mapping,
             limits,
             self._studies_for_include,
@@ -232,7 +232,9 @@ class Facade:
             page = await search_page(
                 the_plan, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level
             )
-        if not summary:
+        if summary:
+            page = StudyPage(await self._series_without_rejected(page.studies), page.has_next)
+        else:
             page = StudyPage(await self._without_rejected(page.studies), page.has_next)
         with gcpause.paused():  # many small dicts, no cycles (app.gcpause)
             studies = [
@@ -275,6 +277,48 @@ class Facade:
             raise NotFound(f"ImagingStudy/{study_id} is not known")
         ((row, instances),) = await self._without_rejected([found])
         return imaging_study(row, instances, self.mapping)
+
+    async def _series_without_rejected(
+        self, studies: list[tuple[dj.Dataset, list[dj.Dataset]]]
+    ) -> list[tuple[dj.Dataset, list[dj.Dataset]]]:
+        """The ``_summary=true`` form of :meth:`_without_rejected`: with series rows only, the rejection notes are
+        found through the KO series' metadata, and the counts of series and instances are lowered to match."""
+        if not self.settings.hide_rejected or self.manifests is None:
+            return studies
+        ko = [
+            (study_uid, series_uid)
+            for row, rows in studies
+            if (study_uid := dj.text(row, dj.STUDY_UID))
+            for r in rows
+            if dj.text(r, dj.MODALITY) == "KO" and (series_uid := dj.text(r, dj.SERIES_UID))
+        ]
+        docs = await self.manifests.documents.in_series(ko) if ko else []
+        rejected = {(r.series_uid, r.sop_instance_uid) for d in docs if d.is_rejection for r in d.references}
+        if not rejected:
+            return studies
+        per_series: dict[str, int] = {}
+        for series_uid, _ in rejected:
+            per_series[series_uid] = per_series.get(series_uid, 0) + 1
+        out = []
+        for row, rows in studies:
+            kept, dropped_instances, dropped_series = [], 0, 0
+            for r in rows:
+                gone = per_series.get(dj.text(r, dj.SERIES_UID) or "", 0)
+                left = (dj.integer(r, dj.NUMBER_OF_SERIES_INSTANCES) or 0) - gone
+                dropped_instances += min(gone, dj.integer(r, dj.NUMBER_OF_SERIES_INSTANCES) or 0)
+                if gone and left <= 0:
+                    dropped_series += 1
+                    continue
+                kept.append(r | {dj.NUMBER_OF_SERIES_INSTANCES: (left,)} if gone else r)
+            if dropped_instances or dropped_series:
+                row = row | {
+                    dj.NUMBER_OF_SERIES: (max(0, (dj.integer(row, dj.NUMBER_OF_SERIES) or 0) - dropped_series),),
+                    dj.NUMBER_OF_STUDY_INSTANCES: (
+                        max(0, (dj.integer(row, dj.NUMBER_OF_STUDY_INSTANCES) or 0) - dropped_instances),
+                    ),
+                }
+            out.append((row, kept))
+        return out
 
     async def _without_rejected(
         self, studies: list[tuple[dj.Dataset, list[dj.Dataset]]]

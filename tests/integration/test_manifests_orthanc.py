@@ -327,3 +327,18 @@ def test_read_only_and_media_type(pacs):
     with TestClient(create_app(Settings(dicomweb_url=pacs.server.dicomweb_url))) as client:
         r = client.post(f"{R5}/ImagingSelection", content=b"<xml/>", headers={"content-type": "application/xml"})
         assert r.status_code == 415
+
+
+def test_summary_true_counts_leave_rejected_instances_out(facade, pacs):
+    study_uid = pacs.ct[0].StudyInstanceUID
+    full = get(facade, f"/fhir/R4/ImagingStudy/{study_uid}")
+    summary = entries(get(facade, f"/fhir/R4/ImagingStudy?_id={study_uid}&_summary=true"), "ImagingStudy")[0]
+    assert summary["numberOfInstances"] == full["numberOfInstances"]  # both without the rejected instance
+    assert summary["numberOfSeries"] == full["numberOfSeries"]
+    by_uid = {s["uid"]: s["numberOfInstances"] for s in summary["series"]}
+    assert by_uid == {s["uid"]: s["numberOfInstances"] for s in full["series"]}
+    assert by_uid[pacs.rejected.SeriesInstanceUID] == 1  # two images, one rejected
+    with TestClient(create_app(Settings(dicomweb_url=pacs.server.dicomweb_url, hide_rejected=False))) as raw:
+        body = raw.get(f"/fhir/R4/ImagingStudy?_id={study_uid}&_summary=true").json()
+        plain = next(e["resource"] for e in body["entry"] if e["resource"]["resourceType"] == "ImagingStudy")
+        assert plain["numberOfInstances"] == summary["numberOfInstances"] + 1
