@@ -100,6 +100,9 @@ class MemoryCache:
             if store is not None:
                 store.clear()
 
+    def has_fresh(self, key: CacheKey) -> bool:
+        return self._fresh is not None and key in self._fresh
+
     @property
     def size_bytes(self) -> int:
         return int(self._fresh.currsize) if self._fresh is not None else 0
@@ -154,6 +157,11 @@ class CachedQido:
     @property
     def size_bytes(self) -> int:
         return self.backend.size_bytes
+
+    def cached(self, query: QidoQuery, context: Hashable = None) -> bool:
+        """Whether a fresh answer is in memory now (then :meth:`search` returns it without suspending). Always
+        False for a remote backend, which cannot be asked without I/O."""
+        return isinstance(self.backend, MemoryCache) and self.backend.has_fresh((context, query))
 
     async def search(
         self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: bool = False

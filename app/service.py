@@ -382,18 +382,7 @@ class Facade:
 
     def _fetcher(self, fresh: bool) -> Fetch:
         """The cached QIDO port, bypassing cached answers when the client sent Cache-Control: no-cache."""
-
-        context = CACHE_SCOPE.get()  # the authorization context's cache partition (app.request_scope)
-        stale_ok = self.settings.cache_stale_ttl > 0
-        seen = STALE_ANSWERS.get()
-
-        async def fetch(query: QidoQuery) -> QidoResult:
-            result = await self.qido.search(query, fresh=fresh, context=context, stale_if_error=stale_ok)
-            if result.stale and seen is not None:
-                seen.append(query.level)
-            return result
-
-        return fetch
+        return CachedFetch(self.qido, fresh=fresh, stale_ok=self.settings.cache_stale_ttl > 0)
 
     def endpoint(self, base: str, endpoint_id: str | None = None) -> dict[str, Any]:
         if endpoint_id is not None and endpoint_id != self.settings.endpoint_id:
@@ -412,6 +401,27 @@ def _linked(row: dj.Dataset, links: dict[PatientKey, str]) -> str | None:
     return next(
         (ehr_id for k, ehr_id in links.items() if k.patient_id == pid and (k.any_issuer or k.issuer == issuer)), None
     )
+
+
+class CachedFetch:
+    """One request's view of the cached QIDO port: its cache partition (app.request_scope), no-cache, stale-if-error
+    (noting stale answers for the response), and ``cached`` for callers that can skip concurrency on hits."""
+
+    def __init__(self, qido: CachedQido, *, fresh: bool, stale_ok: bool) -> None:
+        self._qido = qido
+        self._fresh = fresh
+        self._stale_ok = stale_ok
+        self._context = CACHE_SCOPE.get()
+        self._seen = STALE_ANSWERS.get()
+
+    async def __call__(self, query: QidoQuery) -> QidoResult:
+        result = await self._qido.search(query, fresh=self._fresh, context=self._context, stale_if_error=self._stale_ok)
+        if result.stale and self._seen is not None:
+            self._seen.append(query.level)
+        return result
+
+    def cached(self, query: QidoQuery) -> bool:
+        return not self._fresh and self._qido.cached(query, self._context)
 
 
 def _covered(keys: list[Any], allowed: list[PatientKey]) -> bool:

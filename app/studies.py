@@ -69,9 +69,16 @@ def _page(rows: list[dj.Dataset], instances: dict[str, list[dj.Dataset]], *, has
 
 
 async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset, list[dj.Dataset]] | None:
-    rows, instances = await asyncio.gather(
-        _studies_by_uid([uid], {}, fetch, limits.uid_batch), instances_of([uid], fetch, limits)
-    )
+    cached = getattr(fetch, "cached", None)
+    if cached is not None and cached(_study_query([uid], {})) and cached(_instance_query([uid], "instances", limits)):
+        # Both answers are in memory: awaited in turn they never suspend, whereas gathering them would queue the
+        # request twice behind every other ready task on a busy event loop (bench/README.md, load run).
+        rows = await _studies_by_uid([uid], {}, fetch, limits.uid_batch)
+        instances = await instances_of([uid], fetch, limits)
+    else:
+        rows, instances = await asyncio.gather(
+            _studies_by_uid([uid], {}, fetch, limits.uid_batch), instances_of([uid], fetch, limits)
+        )
     return (rows[0], instances.get(uid, [])) if rows else None
 
 
@@ -125,13 +132,10 @@ async def instances_of(
 ) -> dict[str, list[dj.Dataset]]:
     """All instance (or series) rows of these studies: one request per ``uid_batch`` studies (more past
     ``instance_limit`` rows)."""
-    fields = INSTANCE_FIELDS if level == "instances" else SERIES_FIELDS
     out: dict[str, list[dj.Dataset]] = {uid: [] for uid in uids}
     for batch in _batches(sorted(uids), limits.uid_batch):
-        keys = {"StudyInstanceUID": uid_list(batch)}
         for page in range(MAX_INSTANCE_PAGES):
-            query = QidoQuery.build(level, keys, fields=fields, limit=limits.instances, offset=page * limits.instances)
-            rows = (await fetch(query)).rows
+            rows = (await fetch(_instance_query(batch, level, limits, page))).rows
             for row in rows:
                 uid = dj.text(row, dj.STUDY_UID)
                 if uid in out:
@@ -150,10 +154,19 @@ async def _studies_by_uid(uids: list[str], keys: dict[str, str], fetch: Fetch, b
     """Study rows for these UIDs, in this order (UID list matching, PS3.18 §8.3.4.1)."""
     found: dict[str, dj.Dataset] = {}
     for part in _batches(uids, batch):
-        query = QidoQuery.build("studies", keys | {"StudyInstanceUID": uid_list(sorted(part))}, fields=STUDY_FIELDS)
-        for row in _dedupe((await fetch(query)).rows):
+        for row in _dedupe((await fetch(_study_query(part, keys))).rows):
             found.setdefault(dj.text(row, dj.STUDY_UID) or "", row)
     return [found[uid] for uid in uids if uid in found]
+
+
+def _study_query(uids: list[str], keys: dict[str, str]) -> QidoQuery:
+    return QidoQuery.build("studies", keys | {"StudyInstanceUID": uid_list(sorted(uids))}, fields=STUDY_FIELDS)
+
+
+def _instance_query(uids: list[str], level: str, limits: Limits, page: int = 0) -> QidoQuery:
+    fields = INSTANCE_FIELDS if level == "instances" else SERIES_FIELDS
+    keys = {"StudyInstanceUID": uid_list(sorted(uids))}
+    return QidoQuery.build(level, keys, fields=fields, limit=limits.instances, offset=page * limits.instances)
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:

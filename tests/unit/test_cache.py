@@ -360,3 +360,44 @@ class TestByteBudget:
 
         run(go())
         assert cached.size_bytes == 2  # each empty answer weighs one byte, so the entry count is bounded too
+
+
+class _Upstream:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def search(self, query: QidoQuery) -> QidoResult:
+        self.calls += 1
+        return QidoResult([{"0020000D": ("1.2.3",)}], 10)
+
+
+def test_cached_says_whether_search_will_answer_from_memory():
+    upstream = _Upstream()
+    qido = CachedQido(upstream, ttl=60, max_bytes=10_000)
+    query = QidoQuery.build("studies", {"StudyInstanceUID": "1.2.3"})
+    assert not qido.cached(query)
+    asyncio.run(qido.search(query, context="A"))
+    assert qido.cached(query, "A") and not qido.cached(query, "B")  # per authorization context
+    assert not CachedQido(upstream, ttl=0).cached(query)
+
+
+def test_a_read_of_two_cached_answers_never_gathers(monkeypatch):
+    from app import studies
+    from app.studies import Limits, read_study
+
+    class Fetch:
+        def __init__(self, hit: bool) -> None:
+            self.hit = hit
+
+        async def __call__(self, query: QidoQuery) -> QidoResult:
+            return QidoResult([{"0020000D": ("1.2.3",)}], 10)
+
+        def cached(self, query: QidoQuery) -> bool:
+            return self.hit
+
+    gathered = []
+    real = asyncio.gather
+    monkeypatch.setattr(studies.asyncio, "gather", lambda *a, **k: gathered.append(1) or real(*a, **k))
+    limits = Limits(uid_batch=100, instances=1000, prequery=100)
+    assert asyncio.run(read_study("1.2.3", Fetch(True), limits)) is not None and gathered == []
+    assert asyncio.run(read_study("1.2.3", Fetch(False), limits)) is not None and gathered == [1]  # misses overlap
