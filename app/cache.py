@@ -27,6 +27,7 @@ from cachetools import TTLCache
 
 from .errors import UpstreamError
 from .qido import QidoQuery
+from .request_scope import CACHE_SCOPE, STALE_ANSWERS
 from .upstream import Qido, QidoResult
 
 __all__ = ["CacheBackend", "CacheKey", "CachedQido", "Hit", "MemoryCache"]
@@ -216,3 +217,24 @@ def _retrieve(task: asyncio.Future[QidoResult]) -> None:
     """Mark a failed fetch's exception as seen; every waiter has received it already."""
     if not task.cancelled():
         task.exception()
+
+
+class CachedFetch:
+    """One request's view of the cached QIDO port: its cache partition (app.request_scope), no-cache, stale-if-error
+    (noting stale answers for the response), and ``cached`` for callers that can skip concurrency on hits."""
+
+    def __init__(self, qido: CachedQido, *, fresh: bool, stale_ok: bool) -> None:
+        self._qido = qido
+        self._fresh = fresh
+        self._stale_ok = stale_ok
+        self._context = CACHE_SCOPE.get()
+        self._seen = STALE_ANSWERS.get()
+
+    async def __call__(self, query: QidoQuery) -> QidoResult:
+        result = await self._qido.search(query, fresh=self._fresh, context=self._context, stale_if_error=self._stale_ok)
+        if result.stale and self._seen is not None:
+            self._seen.append(query.level)
+        return result
+
+    def cached(self, query: QidoQuery) -> bool:
+        return not self._fresh and self._qido.cached(query, self._context)

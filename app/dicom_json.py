@@ -102,7 +102,11 @@ def texts(ds: Dataset, tag: str) -> list[str]:
 
 def integer(ds: Dataset, tag: str) -> int | None:
     """IS/US values: JSON numbers per F.2.3, but some servers send strings."""
-    value = first(ds, tag)
+    return as_int(first(ds, tag))
+
+
+def as_int(value: object) -> int | None:
+    """One IS/US/SL value as an int: a JSON number, an integral float or a numeric string; else None."""
     if type(value) is int:
         return value
     if isinstance(value, bool):

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from .dicom_json import as_int
+
 __all__ = [
     "KOS_SOP_CLASS_UID",
     "REJECTION_TITLES",
@@ -381,7 +383,7 @@ def _frame_numbers(ref: Mapping[str, object]) -> list[int]:
     for value in _values(ref, _REFERENCED_FRAME_NUMBER):
         parts: list[object] = list(value.split("\\")) if isinstance(value, str) else [value]
         for part in parts:
-            number = _integer(part)
+            number = as_int(part)
             if number is not None and number >= 1 and number not in numbers:
                 numbers.append(number)
     return numbers
@@ -449,21 +451,6 @@ def _string(ds: Mapping[str, object], tag: str) -> str | None:
     if not isinstance(value, str):
         return None
     return value.strip(" \x00") or None
-
-
-def _integer(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            return None
-    return None
 
 
 def _code(item: Mapping[str, object]) -> Code | None:

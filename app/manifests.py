@@ -28,8 +28,8 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
+from . import bundle, selection_ids
 from . import dicom_json as dj
-from . import selection_ids
 from .errors import NotFound, TooCostly
 from .fhir_dates import DateCriterion, dicom_interval
 from .kos import KOS_SOP_CLASS_UID, KeyObjectSelection, NotKeyObjectSelection, parse_kos
@@ -137,8 +137,6 @@ class Manifests:
         self._endpoint = endpoint
 
     async def search(self, req: SearchRequest, base: str, *, fresh: bool) -> Resource:
-        from . import bundle
-
         def link(offset: int) -> str:
             return bundle.search_url(base, "ImagingSelection", req.link_params(offset=offset))
 

@@ -8,10 +8,10 @@ from datetime import UTC
 from typing import Any
 from urllib.parse import parse_qsl
 
-from . import bundle, gcpause, patient_ids
+from . import bundle, gcpause, patient_ids, rejections
 from . import dicom_json as dj
 from .auth import Forbidden
-from .cache import CachedQido
+from .cache import CachedFetch, CachedQido
 from .dicomweb_write import DicomWebStore
 from .ehr import EhrPatients
 from .errors import FacadeError, InvalidRequest, MethodNotAllowed, NotFound
@@ -23,7 +23,7 @@ from .mapping.patient import patient
 from .patient_plan import distinct_patients, plan_patients
 from .plan import Plan, PlanContext, plan
 from .qido import QidoQuery
-from .request_scope import CACHE_SCOPE, STALE_ANSWERS
+from .rejections import StudyRows
 from .search import EhrPatient, PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
 from .search_params import IMAGING_SELECTION, IMAGING_STUDY, PATIENT
 from .settings import Settings
@@ -38,7 +38,6 @@ from .studies import (
     window_page,
 )
 from .subsetting import drop_narrative, subset
-from .upstream import QidoResult
 
 
 class Facade:
@@ -278,59 +277,22 @@ class Facade:
         ((row, instances),) = await self._without_rejected([found])
         return imaging_study(row, instances, self.mapping)
 
-    async def _series_without_rejected(
-        self, studies: list[tuple[dj.Dataset, list[dj.Dataset]]]
-    ) -> list[tuple[dj.Dataset, list[dj.Dataset]]]:
+    async def _series_without_rejected(self, studies: list[StudyRows]) -> list[StudyRows]:
         """The ``_summary=true`` form of :meth:`_without_rejected`: with series rows only, the rejection notes are
-        found through the KO series' metadata, and the counts of series and instances are lowered to match."""
+        found through the KO series' metadata (app.rejections lowers the counts to match)."""
         if not self.settings.hide_rejected or self.manifests is None:
             return studies
-        ko = [
-            (study_uid, series_uid)
-            for row, rows in studies
-            if (study_uid := dj.text(row, dj.STUDY_UID))
-            for r in rows
-            if dj.text(r, dj.MODALITY) == "KO" and (series_uid := dj.text(r, dj.SERIES_UID))
-        ]
+        ko = rejections.ko_series(studies)
         docs = await self.manifests.documents.in_series(ko) if ko else []
-        rejected = {(r.series_uid, r.sop_instance_uid) for d in docs if d.is_rejection for r in d.references}
-        if not rejected:
-            return studies
-        per_series: dict[str, int] = {}
-        for series_uid, _ in rejected:
-            per_series[series_uid] = per_series.get(series_uid, 0) + 1
-        out = []
-        for row, rows in studies:
-            kept, dropped_instances, dropped_series = [], 0, 0
-            for r in rows:
-                gone = per_series.get(dj.text(r, dj.SERIES_UID) or "", 0)
-                left = (dj.integer(r, dj.NUMBER_OF_SERIES_INSTANCES) or 0) - gone
-                dropped_instances += min(gone, dj.integer(r, dj.NUMBER_OF_SERIES_INSTANCES) or 0)
-                if gone and left <= 0:
-                    dropped_series += 1
-                    continue
-                kept.append(r | {dj.NUMBER_OF_SERIES_INSTANCES: (left,)} if gone else r)
-            if dropped_instances or dropped_series:
-                row = row | {
-                    dj.NUMBER_OF_SERIES: (max(0, (dj.integer(row, dj.NUMBER_OF_SERIES) or 0) - dropped_series),),
-                    dj.NUMBER_OF_STUDY_INSTANCES: (
-                        max(0, (dj.integer(row, dj.NUMBER_OF_STUDY_INSTANCES) or 0) - dropped_instances),
-                    ),
-                }
-            out.append((row, kept))
-        return out
+        return rejections.lower_series_counts(studies, docs)
 
-    async def _without_rejected(
-        self, studies: list[tuple[dj.Dataset, list[dj.Dataset]]]
-    ) -> list[tuple[dj.Dataset, list[dj.Dataset]]]:
+    async def _without_rejected(self, studies: list[StudyRows]) -> list[StudyRows]:
         """IOCM (IHE RAD TF-2 Rejection Note): instances a rejection note rejects are not shown. The notes are KOS
         instances of the studies, already in the instance rows; only their content costs a (cached) read."""
         if not self.settings.hide_rejected or self.manifests is None:
             return studies
         rejected = await self.manifests.documents.rejected(r for _, rows in studies for r in rows)
-        if not rejected:
-            return studies
-        return [(row, [r for r in rows if dj.text(r, dj.SOP_INSTANCE_UID) not in rejected]) for row, rows in studies]
+        return rejections.drop_instances(studies, rejected)
 
     async def search_patients(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
         """Patients are the distinct (PatientID, issuer) pairs of every matching study row (app.patient_plan);
@@ -401,27 +363,6 @@ def _linked(row: dj.Dataset, links: dict[PatientKey, str]) -> str | None:
     return next(
         (ehr_id for k, ehr_id in links.items() if k.patient_id == pid and (k.any_issuer or k.issuer == issuer)), None
     )
-
-
-class CachedFetch:
-    """One request's view of the cached QIDO port: its cache partition (app.request_scope), no-cache, stale-if-error
-    (noting stale answers for the response), and ``cached`` for callers that can skip concurrency on hits."""
-
-    def __init__(self, qido: CachedQido, *, fresh: bool, stale_ok: bool) -> None:
-        self._qido = qido
-        self._fresh = fresh
-        self._stale_ok = stale_ok
-        self._context = CACHE_SCOPE.get()
-        self._seen = STALE_ANSWERS.get()
-
-    async def __call__(self, query: QidoQuery) -> QidoResult:
-        result = await self._qido.search(query, fresh=self._fresh, context=self._context, stale_if_error=self._stale_ok)
-        if result.stale and self._seen is not None:
-            self._seen.append(query.level)
-        return result
-
-    def cached(self, query: QidoQuery) -> bool:
-        return not self._fresh and self._qido.cached(query, self._context)
 
 
 def _covered(keys: list[Any], allowed: list[PatientKey]) -> bool:

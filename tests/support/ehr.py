@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.facade import ROOT, free_port
+from tests.support.facade import ROOT, free_port, stop_process
 
 MR = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
 
@@ -97,13 +97,7 @@ class EhrProcess:
         self.stop()
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()  # this PID only
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)
         if self._file:
             Path(self._file).unlink(missing_ok=True)
             self._file = None
