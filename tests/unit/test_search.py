@@ -473,10 +473,10 @@ def test_table_names_are_unique():
 
 
 def test_every_table_parameter_has_a_parser():
-    from app.search import _PARSERS
+    from app.search_values import PARSERS
 
     for spec in (IMAGING_STUDY, PATIENT):
-        assert set(_PARSERS[spec.type]) == set(spec.by_name), spec.type
+        assert set(PARSERS[spec.type]) == set(spec.by_name), spec.type
 
 
 @pytest.mark.parametrize(
