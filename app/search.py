@@ -141,6 +141,10 @@ def parse_search(
         if criterion is not None:
             criteria.append(criterion)
     r = results
+    if r.count == 0:
+        # search.html#count: _count=0 asks how many match, i.e. _summary=count (an exact total, no entries); it
+        # is what fhirpy's count() sends. It wins over another _summary, which would describe entries not sent.
+        r.summary = "count"
     return SearchRequest(
         tuple(criteria), r.count, r.offset, frozenset(r.includes), r.pretty, r.summary, r.sort, r.total, r.elements
     )

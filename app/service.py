@@ -14,15 +14,15 @@ from .auth import Forbidden
 from .cache import CachedFetch, CachedQido
 from .dicomweb_write import DicomWebStore
 from .ehr import EhrPatients
-from .errors import FacadeError, InvalidRequest, MethodNotAllowed, NotFound
+from .errors import FacadeError, InvalidRequest, MethodNotAllowed, NotFound, TooCostly
 from .manifest_create import Created, ManifestWriter
-from .manifests import KosDocuments, ManifestLimits, Manifests
+from .manifests import KO_FIELDS, KosDocuments, ManifestLimits, Manifests
 from .mapping.endpoint import wado_endpoint
 from .mapping.imaging_study import MappingContext, imaging_study
 from .mapping.patient import patient
 from .patient_plan import distinct_patients, plan_patients
-from .plan import Plan, PlanContext, plan
-from .qido import QidoQuery
+from .plan import Plan, PlanContext, Prequery, plan
+from .qido import QidoQuery, uid_list
 from .rejections import StudyRows
 from .search import EhrPatient, PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
 from .search_params import IMAGING_SELECTION, IMAGING_STUDY, PATIENT
@@ -30,6 +30,7 @@ from .settings import Settings
 from .studies import (
     Fetch,
     Limits,
+    Screen,
     StudyPage,
     all_matching,
     read_study,
@@ -217,10 +218,11 @@ class Facade:
         the_plan, fetch = plan(req, self.plan_context), self._fetcher(fresh)
         summary = req.summary == "true"
         level = "series" if summary else "instances"
+        screen = self._prequery_screen(fetch)
         total: int | None = None
         if req.summary == "count" or req.sort or req.total != "none":
             # Counting and sorting need every matching study row (QIDO does neither).
-            rows = await all_matching(the_plan, fetch, self.limits)
+            rows = await all_matching(the_plan, fetch, self.limits, screen=screen)
             total = len(rows)
             if req.summary == "count":
                 return bundle.searchset(base, [], self_url=link(req.offset), total=total)
@@ -229,7 +231,7 @@ class Facade:
             page = await window_page(rows, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level)
         else:
             page = await search_page(
-                the_plan, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level
+                the_plan, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level, screen=screen
             )
         if summary:
             page = StudyPage(await self._series_without_rejected(page.studies), page.has_next)
@@ -285,6 +287,46 @@ class Facade:
         ko = rejections.ko_series(studies)
         docs = await self.manifests.documents.in_series(ko) if ko else []
         return rejections.lower_series_counts(studies, docs)
+
+    def _prequery_screen(self, fetch: Fetch) -> Screen | None:
+        """IOCM for the series/instance-level criteria: a study found only through rejected instances is not found
+        (the search must agree with the content, :meth:`_without_rejected`). The rejection notes of the studies the
+        pre-query found are read like a page's: KO instance rows, their content from the cached documents.
+
+        Cost, only when the pre-query found something: one QIDO query per ``uid_batch`` of those studies (cached
+        like any), plus the metadata of KO series not read before (app.manifests, bounded); for a series row whose
+        instances may all be rejected, one more instance-level query of such series."""
+        if not self.settings.hide_rejected or self.manifests is None:
+            return None
+        documents, s = self.manifests.documents, self.settings
+
+        async def rows_of(key: str, uids: list[str], more: dict[str, str], fields: tuple[str, ...]) -> list[dj.Dataset]:
+            """Instance rows whose ``key`` is one of ``uids`` (one UID list per ``uid_batch``)."""
+            out: list[dj.Dataset] = []
+            for i in range(0, len(uids), s.uid_batch):
+                keys = {key: uid_list(uids[i : i + s.uid_batch])} | more
+                query = QidoQuery.build("instances", keys, fields=fields, limit=s.prequery_limit + 1)
+                rows = (await fetch(query)).rows
+                if len(rows) > s.prequery_limit:
+                    raise TooCostly(
+                        "too many manifests or rejected instances to check in the studies found; narrow the search"
+                    )
+                out += rows
+            return out
+
+        async def screen(pre: Prequery, rows: list[dj.Dataset]) -> list[dj.Dataset]:
+            studies = sorted({uid for r in rows if (uid := dj.text(r, dj.STUDY_UID))})
+            notes = await rows_of("StudyInstanceUID", studies, {"Modality": "KO"}, KO_FIELDS)
+            rejected = rejections.rejected_references(await documents.of_rows(notes))
+            if not rejected:
+                return rows
+            if pre.query.level == "instances":
+                return rejections.screen_instances(rows, rejected)
+            doubtful = rejections.doubtful_series(rows, rejected)
+            instances = await rows_of("SeriesInstanceUID", doubtful, {}, ()) if doubtful else []
+            return rejections.screen_series(rows, doubtful, instances, rejected)
+
+        return screen
 
     async def _without_rejected(self, studies: list[StudyRows]) -> list[StudyRows]:
         """IOCM (IHE RAD TF-2 Rejection Note): instances a rejection note rejects are not shown. The notes are KOS

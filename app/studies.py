@@ -3,8 +3,10 @@
 Cost per page of k ≤ uid_batch studies: one study-level query, then one instance-level query for the k studies
 (StudyInstanceUID list), which also carries every series attribute: 2 upstream requests. When the study UIDs are
 known before asking (a read, ``_id``, a Study UID identifier, or after a pre-query) the two go out concurrently.
-Series/instance-level criteria add one pre-query each (app.plan). The instance query is paged only past
-``instance_limit`` rows.
+Series/instance-level criteria add one pre-query each (app.plan), and what the caller's ``screen`` of its rows
+costs (app.service: a KO query of the studies found, to leave IOCM-rejected instances out). The instance query
+is paged only past ``instance_limit`` rows. A global modality page at offset o reads o + count + 1 study rows,
+because Orthanc 1.10 cannot page a ModalitiesInStudy match (:data:`OFFSET_BROKEN_BY`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from datetime import UTC, datetime, tzinfo
 from . import dicom_json as dj
 from .errors import TooCostly
 from .fhir_dates import dicom_interval
-from .plan import Plan
+from .plan import Plan, Prequery
 from .qido import INSTANCE_FIELDS, SERIES_FIELDS, STUDY_FIELDS, QidoQuery, uid_list
 from .search import is_uid
 from .upstream import QidoResult
 
 Fetch = Callable[[QidoQuery], Awaitable[QidoResult]]
+# Leaves out the pre-query rows that must not count (the service's: rows of IOCM-rejected instances, app.rejections).
+Screen = Callable[[Prequery, list[dj.Dataset]], Awaitable[list[dj.Dataset]]]
 MAX_INSTANCE_PAGES = 5
 
 
@@ -40,7 +44,14 @@ class StudyPage:
 
 
 async def search_page(
-    plan: Plan, fetch: Fetch, *, count: int, offset: int, limits: Limits, level: str = "instances"
+    plan: Plan,
+    fetch: Fetch,
+    *,
+    count: int,
+    offset: int,
+    limits: Limits,
+    level: str = "instances",
+    screen: Screen | None = None,
 ) -> StudyPage:
     """``level="series"`` (``_summary=true``): series-level rows instead of instance rows, per study."""
     if plan.nothing or count == 0:
@@ -48,7 +59,7 @@ async def search_page(
     if plan.prequeries or plan.study_uids is not None:
         # The candidate UIDs are known up front: page over them here, and ask for the window's studies and
         # their instances at the same time (neither request needs the other's answer).
-        order = await _candidate_uids(plan, fetch, limits.prequery)
+        order = await _candidate_uids(plan, fetch, limits.prequery, screen)
         window = order[offset : offset + count]
         rows, instances = await asyncio.gather(
             _studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch),
@@ -56,12 +67,37 @@ async def search_page(
         )
         return _page([r for r in rows if plan.accepts(r)], instances, has_next=len(order) > offset + count)
     # One row more than asked tells whether a next page exists (QIDO gives no total, PS3.18 §8.3.4.4).
-    query = QidoQuery.build("studies", plan.study_keys, fields=STUDY_FIELDS, limit=count + 1, offset=offset)
-    rows = (await fetch(query)).rows
+    rows = (await fetch(_page_query(plan.study_keys, count=count, offset=offset, limits=limits))).rows
+    if OFFSET_BROKEN_BY in plan.study_keys:
+        rows = rows[offset:]
     has_next = len(rows) > count
     rows = [r for r in _dedupe(rows[:count]) if plan.accepts(r)]
     instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in rows], fetch, limits, level=level)
     return _page(rows, instances, has_next=has_next)
+
+
+# Debian's Orthanc 1.10.1 + DICOMweb 1.7 mis-applies ``offset`` whenever ModalitiesInStudy is a study-level key:
+# it takes ``limit`` matches and then skips ``offset`` of them, so a page holds max(0, limit - offset) rows
+# (measured: 31 KO studies, limit=11 gives 11, 6, 1, 0 rows at offset 0, 5, 10, 20; shared/docs/orthanc-qido.md
+# TL;DR 3). Every other study-level key pages correctly there. PS3.18 §8.3.4.4 means offset to skip matches.
+OFFSET_BROKEN_BY = "ModalitiesInStudy"
+
+
+def _page_query(keys: dict[str, str], *, count: int, offset: int, limits: Limits) -> QidoQuery:
+    """The study-level request for the page at ``offset`` plus one row (does a next page exist?).
+
+    With ModalitiesInStudy the page is asked for from offset 0 (``offset + count + 1`` rows) and cut by the caller,
+    which is correct on any PACS. A deep page therefore reads every row before it; like the other searches that
+    read all candidates (:func:`all_matching`), it is refused past ``limits.prequery`` rows.
+    """
+    if OFFSET_BROKEN_BY not in keys or not offset:
+        return QidoQuery.build("studies", keys, fields=STUDY_FIELDS, limit=count + 1, offset=offset)
+    if offset + count > limits.prequery:
+        raise TooCostly(
+            f"a modality search page past the first {limits.prequery} studies is too costly; "
+            "narrow the search (for example with patient or started)"
+        )
+    return QidoQuery.build("studies", keys, fields=STUDY_FIELDS, limit=offset + count + 1)
 
 
 def _page(rows: list[dj.Dataset], instances: dict[str, list[dj.Dataset]], *, has_next: bool) -> StudyPage:
@@ -83,7 +119,7 @@ async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset
 
 
 async def all_matching(
-    plan: Plan, fetch: Fetch, limits: Limits, *, why: str = "counting or sorting them"
+    plan: Plan, fetch: Fetch, limits: Limits, *, why: str = "counting or sorting them", screen: Screen | None = None
 ) -> list[dj.Dataset]:
     """Every study row the plan accepts, in PACS order; for an honest count, a global sort, or patients.
 
@@ -92,7 +128,7 @@ async def all_matching(
     if plan.nothing:
         return []
     if plan.prequeries or plan.study_uids is not None:
-        order = await _candidate_uids(plan, fetch, limits.prequery)
+        order = await _candidate_uids(plan, fetch, limits.prequery, screen)
         too_many = len(order) > limits.prequery
         rows = [] if too_many else await _studies_by_uid(order, plan.study_keys, fetch, limits.uid_batch)
     else:
@@ -173,7 +209,9 @@ def _batches(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-async def _candidate_uids(plan: Plan, fetch: Fetch, limit: int) -> list[str]:
+async def _candidate_uids(plan: Plan, fetch: Fetch, limit: int, screen: Screen | None = None) -> list[str]:
+    """The studies every pre-query finds, in the order of the first. ``screen`` sees the rows of the studies
+    still in the running only (none once a pre-query finds nothing), so it costs nothing on an empty answer."""
     order: list[str] | None = list(plan.study_uids) if plan.study_uids is not None else None
     for pre in plan.prequeries:
         rows = (await fetch(pre.query)).rows
@@ -183,7 +221,14 @@ async def _candidate_uids(plan: Plan, fetch: Fetch, limit: int) -> list[str]:
                 "narrow the search (for example with patient)"
             )
         found = list(dict.fromkeys(pre.study_uids(rows)))
-        order = found if order is None else [u for u in order if u in set(found)]
+        if order is not None:
+            here = set(found)
+            found = [u for u in order if u in here]
+        if screen is not None and found:
+            running = set(found)
+            left = set(pre.study_uids(await screen(pre, [r for r in rows if dj.text(r, dj.STUDY_UID) in running])))
+            found = [u for u in found if u in left]
+        order = found
     assert order is not None
     return order
 

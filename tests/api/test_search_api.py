@@ -10,6 +10,7 @@ import pytest
 from app import patient_ids
 from tests.api.conftest import PACS, instance_row, study_row
 from tests.support.fhir_check import check
+from tests.support.kos import FOR_TEACHING, KOS_SOP_CLASS_UID, kos_json, make_kos, make_study
 
 
 def _serve(pacs, studies, instances):
@@ -243,3 +244,98 @@ class TestLimits:
         assert client.head("/fhir/R4/ImagingStudy?modality=CT").status_code == 200
         r = client.get("/fhir/R4/ImagingStudy", headers={"accept": "application/fhir+json; fhirVersion=4.0"})
         assert r.status_code == 200
+
+
+def _orthanc_1_10(studies):
+    """A /studies handler with Debian Orthanc 1.10's paging: with ModalitiesInStudy as a key it takes ``limit``
+    matches and then skips ``offset`` of them (shared/docs/orthanc-qido.md TL;DR 3); other keys page correctly."""
+
+    def handler(request):
+        params = request.url.params
+        limit, offset = int(params.get("limit", len(studies))), int(params.get("offset", 0))
+        if "ModalitiesInStudy" in params:
+            wanted = set(params["ModalitiesInStudy"].split(","))
+            matches = [s for s in studies if wanted & set(s["00080061"]["Value"])]
+            return httpx.Response(200, json=matches[:limit][offset:])
+        return httpx.Response(200, json=studies[offset : offset + limit])
+
+    return handler
+
+
+class TestModalityPaging:
+    def _pages(self, client, url):
+        seen = []
+        while url:
+            body = client.get(url).json()
+            seen += [e["resource"]["id"] for e in body.get("entry", [])]
+            url = next((link["url"] for link in body["link"] if link["relation"] == "next"), None)
+        return seen
+
+    def test_a_modality_search_reaches_the_last_page_on_orthanc_1_10(self, pacs, client):
+        studies = [study_row(f"1.2.3.{i}", modalities=("CT", "KO") if i % 2 else ("MR",)) for i in range(1, 16)]
+        pacs.get(url__regex=rf"^{PACS}/studies").mock(side_effect=_orthanc_1_10(studies))
+        pacs.get(url__regex=rf"^{PACS}/instances").mock(return_value=httpx.Response(200, json=[]))
+        seen = self._pages(client, "/fhir/R4/ImagingStudy?modality=KO&_count=2")
+        assert seen == [f"1.2.3.{i}" for i in range(1, 16, 2)]  # all 8, in PACS order, once each
+        # Each page is asked for from offset 0, one row past its end; other keys keep QIDO's offset.
+        studies_calls = [q for q in _paths(pacs) if q.startswith("studies?")]
+        assert all("offset=" not in q for q in studies_calls)
+        assert [int(q.split("limit=")[1].split("&")[0]) for q in studies_calls] == [3, 5, 7, 9]
+        before = len(pacs.calls)
+        assert len(self._pages(client, "/fhir/R4/ImagingStudy?started=ge2000&_count=4")) == 15
+        assert "offset=4" in [q for q in _paths(pacs)[before:] if q.startswith("studies?")][1]
+
+    def test_a_deep_modality_page_is_too_costly_past_prequery_limit(self, pacs, make_client):
+        studies = [study_row(f"1.2.3.{i}") for i in range(1, 10)]
+        pacs.get(url__regex=rf"^{PACS}/studies").mock(side_effect=_orthanc_1_10(studies))
+        pacs.get(url__regex=rf"^{PACS}/instances").mock(return_value=httpx.Response(200, json=[]))
+        client = make_client(prequery_limit=5)
+        assert client.get("/fhir/R4/ImagingStudy?modality=CT&_count=2&_offset=3").status_code == 200  # 6 rows read
+        r = client.get("/fhir/R4/ImagingStudy?modality=CT&_count=2&_offset=4")
+        assert r.status_code == 400 and r.json()["issue"][0]["code"] == "too-costly"
+        assert client.get("/fhir/R4/ImagingStudy?started=ge2000&_count=2&_offset=6").status_code == 200
+
+
+class TestCountZero:
+    """search.html#count: ``_count=0`` is ``_summary=count``, an exact total and no entries (fhirpy's count())."""
+
+    @pytest.mark.parametrize("version", ["R4", "R5"])
+    def test_imaging_study(self, pacs, client, version):
+        _serve(pacs, [study_row(f"1.2.3.{i}") for i in range(3)], [])
+        body = client.get(f"/fhir/{version}/ImagingStudy?patient.identifier=MRN1&_count=0").json()
+        assert body["total"] == 3 and "entry" not in body
+        assert [link["relation"] for link in body["link"]] == ["self"]
+        assert body["link"][0]["url"].endswith("ImagingStudy?patient.identifier=MRN1&_summary=count&_count=0")
+        assert all(q.startswith("studies?") for q in _paths(pacs))  # no instance rows are read to count
+
+    @pytest.mark.parametrize("version", ["R4", "R5"])
+    def test_patient(self, pacs, client, version):
+        rows = [
+            study_row("1.2.3.1", patient_id="A"),
+            study_row("1.2.3.2", patient_id="B"),
+            study_row("1.2.3.3", patient_id="A"),
+        ]
+        _serve(pacs, rows, [])
+        body = client.get(f"/fhir/{version}/Patient?_count=0").json()
+        assert body["total"] == 2 and "entry" not in body
+        assert [link["relation"] for link in body["link"]] == ["self"]  # no endless next link of empty pages
+
+    def test_imaging_selection(self, pacs, client):
+        images = make_study(8, "count0", patient_id="MRN1", patient_name="Doe^Jane", series_sizes=(1, 1, 1))
+        kos = make_kos(images, title=FOR_TEACHING, seed=8)  # three series: three ImagingSelections
+        study, series = str(kos.StudyInstanceUID), str(kos.SeriesInstanceUID)
+        row = instance_row(study, series, str(kos.SOPInstanceUID), modality="KO")
+        row["00080016"] = {"vr": "UI", "Value": [KOS_SOP_CLASS_UID]}
+        pacs.get(url__regex=rf"^{PACS}/instances").mock(return_value=httpx.Response(200, json=[row]))
+        pacs.get(url__regex=rf"^{PACS}/studies/{study}/series/{series}/metadata").mock(
+            return_value=httpx.Response(200, json=[kos_json(kos)])
+        )
+        pacs.get(url__regex=rf"^{PACS}/series").mock(return_value=httpx.Response(200, json=[]))
+        body = client.get("/fhir/R5/ImagingSelection?patient.identifier=MRN1&_count=0").json()
+        assert body["total"] == 3 and "entry" not in body
+        assert [link["relation"] for link in body["link"]] == ["self"]
+
+    def test_count_zero_wins_over_another_summary(self, pacs, client):
+        _serve(pacs, [study_row("1.2.3.1")], [])
+        body = client.get("/fhir/R4/ImagingStudy?_summary=true&_count=0").json()
+        assert body["total"] == 1 and "entry" not in body

@@ -55,6 +55,28 @@ class TestFhirpy:
         seen = [s.id for s in client.resources("ImagingStudy").limit(2).fetch_all()]
         assert sorted(seen) == sorted(s.study_uid for s in orthanc.manifest.studies)
 
+    def test_count_reads_an_exact_total(self, base, orthanc):
+        """fhirpy's count() sends _count=0 and reads Bundle.total (search.html#count: _count=0 is _summary=count)."""
+        manifest: Manifest = orthanc.manifest
+        client = fhirpy.SyncFHIRClient(base)
+        for pid, issuer in manifest.patients:
+            patient = f"Patient/{patient_ids.encode(pid, issuer)}"
+            assert client.resources("ImagingStudy").search(patient=patient).count() == len(
+                manifest.studies_of(pid, issuer)
+            )
+        assert client.resources("ImagingStudy").count() == len(manifest.studies)
+        ct = client.resources("ImagingStudy").search(modality="CT", started__ge="2020-01-01")
+        assert ct.count() == len([s for s in manifest.studies if "CT" in s.modalities and s.study_date >= "2020"])
+        assert client.resources("Patient").count() == len(manifest.patients)
+        female = {(s.patient_id, s.issuer) for s in manifest.studies if s.sex == "F"}
+        assert client.resources("Patient").search(gender="female").count() == len(female)
+        r5 = fhirpy.SyncFHIRClient(base.removesuffix("/R4") + "/R5")
+        assert r5.resources("ImagingStudy").search(modality="MR").count() == len(
+            [s for s in manifest.studies if "MR" in s.modalities]
+        )
+        assert r5.resources("Patient").count() == len(manifest.patients)
+        assert r5.resources("ImagingSelection").count() == 0  # the session's data set holds no KOS
+
     def test_dates_identifier_and_accession(self, base, orthanc):
         manifest: Manifest = orthanc.manifest
         studies = fhirpy.SyncFHIRClient(base).resources("ImagingStudy")

@@ -309,6 +309,15 @@ class TestResultParameters:
         assert parse(("_count", "100")).count == 100
         assert parse(("_count", "0")).count == 0
 
+    @pytest.mark.parametrize("summary", [None, "true", "data", "count", "false"])
+    def test_count_zero_is_summary_count(self, summary):
+        """search.html#count: _count=0 asks for the total only (fhirpy's count() sends it)."""
+        extra = [] if summary is None else [("_summary", summary)]
+        req = parse(("_count", "0"), *extra)
+        assert (req.count, req.summary) == (0, "count")
+        assert req.link_params() == [("_summary", "count"), ("_count", "0")]
+        assert parse(("_count", "1"), *extra).summary == (summary or "false")
+
     def test_offset(self):
         assert parse(("_offset", "40")).offset == 40
 
