@@ -7,12 +7,20 @@ which may carry credentials.
 Every request to the PACS (QIDO here, WADO-RS metadata and STOW-RS in :mod:`app.dicomweb_write`) goes through one
 :class:`ResilientSender`, which adds, in this order:
 
+* one time budget per incoming FHIR request (``budget`` seconds from its first upstream call,
+  :data:`app.request_scope.UPSTREAM_BUDGET`) that every call and retry of that request must fit into: each attempt's
+  timeouts are cut to what is left of it, a retry is made only if the backoff and a minimal attempt still fit, and
+  a request whose budget ran out gets :class:`~app.errors.UpstreamTimeout` (504). Without it a hung PACS cost a
+  client ``(1 + retries) x read timeout``;
 * an optional :class:`~app.breaker.CircuitBreaker` (one per PACS, shared by every client of it): while open, calls
   fail at once with :class:`~app.breaker.CircuitOpen` (503, ``Retry-After`` = seconds left) and nothing is sent;
 * for idempotent requests only (GET), one immediate resend after a stale keep-alive connection (Orthanc closes idle
   connections after 1 s), which the breaker does not see as a failure;
-* for idempotent requests only, up to ``retries`` more attempts after a connect error, a timeout, a closed
-  connection or HTTP 502/503/504, after an exponential backoff with jitter — never while the breaker is not closed;
+* for idempotent requests only, up to ``retries`` more attempts after a connect error (a connect or pool timeout
+  included: nothing reached the PACS), a closed connection or HTTP 502/503/504, after an exponential backoff with
+  jitter — never while the breaker is not closed. A read or write timeout is retried only with
+  ``retry_timeouts``: a PACS that accepted the request and did not answer in time is hung or overloaded, and
+  does not answer faster the second time;
 * counters per request sent (:class:`UpstreamStats`: ``calls[(kind, outcome)]``, latency sums, retries, and an
   optional ``on_call(kind, outcome, seconds)`` hook for Prometheus).
 
@@ -40,7 +48,7 @@ from .breaker import CircuitBreaker, CircuitOpen
 from .dicom_json import Dataset, slim
 from .errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .qido import QidoQuery
-from .request_scope import PACS_TOKEN
+from .request_scope import PACS_TOKEN, UPSTREAM_BUDGET
 
 __all__ = ["DicomWebUpstream", "Qido", "QidoResult", "ResilientSender", "UpstreamStats"]
 
@@ -48,6 +56,10 @@ logger = logging.getLogger(__name__)
 
 # PACS answers worth another attempt of an idempotent request: a gateway or an overloaded server, likely transient.
 RETRY_STATUSES = frozenset({502, 503, 504})
+# Timeouts before the request reached the PACS: retried like a connect error (a read/write timeout is not, by default).
+_NOT_SENT_TIMEOUTS = (httpx.ConnectTimeout, httpx.PoolTimeout)
+# The least time worth a retry: Orthanc answers a QIDO query in milliseconds to a few hundred (bench/README.md).
+MIN_ATTEMPT = 0.25
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,8 @@ class UpstreamStats:
     One entry per HTTP request sent (a retry or a keep-alive resend is another request), plus the calls the breaker
     refused. ``kind``: ``qido``, ``metadata``, ``stow``. ``outcome``: ``ok`` (2xx/3xx), ``client_error`` (4xx),
     ``server_error`` (5xx), ``timeout``, ``unavailable`` (connect error, reset), ``connection_closed`` (a stale
-    keep-alive connection, resent at once), ``rejected`` (breaker open: nothing sent, 0 s).
+    keep-alive connection, resent at once), ``rejected`` (breaker open: nothing sent, 0 s), ``budget_exhausted``
+    (the incoming request's upstream time budget ran out before this request could be sent: nothing sent, 0 s).
     """
 
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -79,7 +92,7 @@ class UpstreamStats:
 
     def record(self, kind: str, outcome: str, seconds: float) -> None:
         self.calls[kind, outcome] += 1
-        if outcome != "rejected":
+        if outcome not in ("rejected", "budget_exhausted"):
             self.latency_sum[kind] = self.latency_sum.get(kind, 0.0) + seconds
             self.latency_count[kind] += 1
         if self.on_call is not None:
@@ -94,8 +107,13 @@ class ResilientSender:
     * breaker - the PACS's circuit breaker, shared by every sender of that PACS; None: no breaker.
     * retries - extra attempts of an idempotent request (0: none, the default, as before this option existed).
     * backoff - seconds before the first retry; doubled for each next one, with jitter (half to all of it).
+    * budget - seconds an incoming request's upstream calls may take in all, counted from its first one (> 0); a
+      call outside any request (no :data:`~app.request_scope.UPSTREAM_BUDGET` set) gets a budget of its own.
+    * retry_timeouts - also retry after a read or write timeout (default False; connect timeouts always are).
+    * min_attempt - the least time left (after the backoff) worth a retry.
     * stats - where counters go (shared or not); a new one by default.
-    * sleep, jitter - injectable for tests (``asyncio.sleep``; ``random.random``, a float in [0, 1)).
+    * sleep, jitter, clock - injectable for tests (``asyncio.sleep``; ``random.random``, a float in [0, 1);
+      ``time.monotonic``, the clock of the budget).
     """
 
     def __init__(
@@ -105,19 +123,29 @@ class ResilientSender:
         breaker: CircuitBreaker | None = None,
         retries: int = 0,
         backoff: float = 0.1,
+        budget: float = 20.0,
+        retry_timeouts: bool = False,
+        min_attempt: float = MIN_ATTEMPT,
         stats: UpstreamStats | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if retries < 0 or backoff < 0:
-            raise ValueError("retries and backoff must not be negative")
+        if retries < 0 or backoff < 0 or min_attempt < 0:
+            raise ValueError("retries, backoff and min_attempt must not be negative")
+        if not budget > 0:
+            raise ValueError("budget must be positive")
         self.transport = transport
         self.breaker = breaker
         self.retries = retries
         self.backoff = backoff
+        self.budget = budget
+        self.retry_timeouts = retry_timeouts
+        self.min_attempt = min_attempt
         self.stats = stats if stats is not None else UpstreamStats()
         self._sleep = sleep
         self._jitter = jitter
+        self._clock = clock
         self.requests = 0  # HTTP requests sent
 
     def delay(self, retry: int) -> float:
@@ -130,11 +158,16 @@ class ResilientSender:
         self, kind: str, build: Callable[[], httpx.Request], *, idempotent: bool, what: str
     ) -> tuple[int, bytes]:
         """Status and body of the answer; transport faults raise UpstreamTimeout / UpstreamUnavailable (``what``
-        names the request in their message, e.g. "a query"), a refusal of the breaker :class:`CircuitOpen`.
-        A 5xx is returned (after the retries), for the caller to turn into its own error."""
+        names the request in their message, e.g. "a query"), a refusal of the breaker :class:`CircuitOpen`, a
+        budget that ran out UpstreamTimeout. A 5xx is returned (after the retries), for the caller to turn into its
+        own error."""
         breaker = self.breaker
+        deadline = self._deadline()
         retry = 0
         while True:
+            if deadline - self._clock() <= 0:
+                self.stats.record(kind, "budget_exhausted", 0.0)
+                raise UpstreamTimeout(f"the PACS did not answer {what} within the request's time budget")
             if breaker is not None:
                 try:
                     breaker.acquire()
@@ -142,10 +175,13 @@ class ResilientSender:
                     self.stats.record(kind, "rejected", 0.0)
                     raise
             error: UpstreamError | None = None
+            retryable = True
             try:
-                status, body = await self._exchange(kind, build, idempotent=idempotent, what=what)
+                status, body = await self._exchange(kind, build, idempotent=idempotent, what=what, deadline=deadline)
             except (UpstreamTimeout, UpstreamUnavailable) as exc:
                 error = exc
+                if isinstance(exc, UpstreamTimeout) and not isinstance(exc.__cause__, _NOT_SENT_TIMEOUTS):
+                    retryable = self.retry_timeouts  # the PACS had the request and did not answer in time
                 if breaker is not None:
                     breaker.record_failure()
             except BaseException:
@@ -160,28 +196,53 @@ class ResilientSender:
                         breaker.record_success()  # a 4xx is an answer: the PACS is up
                 if status not in RETRY_STATUSES:
                     return status, body
-            if not idempotent or retry >= self.retries or (breaker is not None and breaker.state != "closed"):
+            delay: float | None = None
+            if idempotent and retryable and retry < self.retries and (breaker is None or breaker.state == "closed"):
+                delay = self.delay(retry + 1)
+                if deadline - self._clock() < delay + self.min_attempt:
+                    delay = None  # the backoff and a minimal attempt do not fit into what is left of the budget
+            if delay is None:
                 if error is not None:
                     raise error
                 return status, body
             retry += 1
             self.stats.retries[kind] += 1
-            await self._sleep(self.delay(retry))
+            await self._sleep(delay)
+
+    def _deadline(self) -> float:
+        """The incoming request's upstream deadline (shared by all its calls), or this call's own."""
+        now = self._clock()
+        scope = UPSTREAM_BUDGET.get()
+        return scope.start(now, self.budget) if scope is not None else now + self.budget
 
     async def _exchange(
-        self, kind: str, build: Callable[[], httpx.Request], *, idempotent: bool, what: str
+        self, kind: str, build: Callable[[], httpx.Request], *, idempotent: bool, what: str, deadline: float
     ) -> tuple[int, bytes]:
-        """One attempt: a request, plus one immediate resend of an idempotent one after a stale keep-alive."""
+        """One attempt: a request, plus one immediate resend of an idempotent one after a stale keep-alive; each
+        within what is left of the budget."""
         resend = idempotent
         while True:
+            left = deadline - self._clock()
+            if left <= 0:
+                self.stats.record(kind, "budget_exhausted", 0.0)
+                raise UpstreamTimeout(f"the PACS did not answer {what} within the request's time budget")
+            request = build()
+            request.extensions = {**request.extensions, "timeout": _within(request.extensions.get("timeout"), left)}
             self.requests += 1
             started = time.perf_counter()
             try:
-                response = await self.transport.handle_async_request(build())
-                try:
-                    body = await response.aread()
-                finally:
-                    await response.aclose()
+                # httpx's timeouts are per network operation (a PACS sending a byte every few seconds never trips
+                # the read timeout), so the whole exchange is bounded too. Cancelling it is safe: httpcore drops
+                # the connection it was using.
+                async with asyncio.timeout(left):
+                    response = await self.transport.handle_async_request(request)
+                    try:
+                        body = await response.aread()
+                    finally:
+                        await response.aclose()
+            except TimeoutError as exc:
+                self.stats.record(kind, "timeout", time.perf_counter() - started)
+                raise UpstreamTimeout(f"the PACS did not answer {what} within the request's time budget") from exc
             except httpx.TimeoutException as exc:
                 self.stats.record(kind, "timeout", time.perf_counter() - started)
                 raise UpstreamTimeout(f"the PACS did not answer {what} in time") from exc
@@ -201,6 +262,15 @@ class ResilientSender:
             outcome = "ok" if status < 400 else "client_error" if status < 500 else "server_error"
             self.stats.record(kind, outcome, time.perf_counter() - started)
             return status, body
+
+
+def _within(timeout: object, left: float) -> dict[str, float | None]:
+    """httpx's per-phase timeouts (connect, read, write, pool) of a request, none longer than ``left`` seconds."""
+    phases: dict[str, float | None] = dict(timeout) if isinstance(timeout, dict) else {}
+    return {
+        phase: left if (value := phases.get(phase)) is None else min(value, left)
+        for phase in ("connect", "read", "write", "pool")
+    }
 
 
 def basic_auth(base_url: str, bearer: str | None = None) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -232,8 +302,8 @@ class DicomWebClient:
 
     **Parameters:** transport, base_url (``user:password@`` becomes HTTP Basic), timeout (connect/read/write/pool),
     and the keyword options of :class:`ResilientSender`: ``breaker`` (None: none), ``retries`` (0: none),
-    ``backoff``, ``stats``, ``sleep``, ``jitter``; ``token``: a bearer token instead of Basic. ``self.stats`` and
-    ``self.breaker`` are there to be read.
+    ``backoff``, ``budget``, ``retry_timeouts``, ``stats``, ``sleep``, ``jitter``, ``clock``; ``token``: a bearer
+    token instead of Basic. ``self.stats`` and ``self.breaker`` are there to be read.
     """
 
     def __init__(
@@ -245,15 +315,27 @@ class DicomWebClient:
         breaker: CircuitBreaker | None = None,
         retries: int = 0,
         backoff: float = 0.1,
+        budget: float = 20.0,
+        retry_timeouts: bool = False,
         stats: UpstreamStats | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
         token: str | None = None,
     ) -> None:
         self._base, self._auth = basic_auth(base_url, token)
         self._timeout = timeout.as_dict()
         self._sender = ResilientSender(
-            transport, breaker=breaker, retries=retries, backoff=backoff, stats=stats, sleep=sleep, jitter=jitter
+            transport,
+            breaker=breaker,
+            retries=retries,
+            backoff=backoff,
+            budget=budget,
+            retry_timeouts=retry_timeouts,
+            stats=stats,
+            sleep=sleep,
+            jitter=jitter,
+            clock=clock,
         )
         self.breaker = breaker
         self.stats = self._sender.stats

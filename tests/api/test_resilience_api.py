@@ -3,11 +3,15 @@ credentials (bearer from settings, or the caller's token forwarded) and Promethe
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 
-from tests.api.conftest import PACS, instance_row, study_row
+from app.errors import outcome
+from app.main import create_app
+from tests.api.conftest import PACS, instance_row, settings, study_row
+from tests.support.fhir_check import check, checking_client
 from tests.support.tokens import AUDIENCE, ISSUER, TokenIssuer
 
 
@@ -20,7 +24,10 @@ def _ok(pacs):
 
 
 def test_breaker_opens_and_then_answers_fast_without_calling_the_pacs(pacs, make_client):
-    client = make_client(breaker_failures=2, breaker_reset=30, upstream_retries=0, cache_stale_ttl=0)
+    # A fixed 30 s period here (initial = reset); the adaptive one from 1 s is in tests/api/test_pacs_standin.py.
+    client = make_client(
+        breaker_failures=2, breaker_reset=30, breaker_initial_reset=30, upstream_retries=0, cache_stale_ttl=0
+    )
     route = pacs.get(url__startswith=PACS).mock(side_effect=httpx.ConnectError("refused"))
     for _ in range(2):
         assert client.get("/fhir/R4/ImagingStudy?modality=CT").status_code == 503
@@ -32,6 +39,35 @@ def test_breaker_opens_and_then_answers_fast_without_calling_the_pacs(pacs, make
     assert r.json()["resourceType"] == "OperationOutcome" and route.call_count == calls
     assert client.get("/readyz").status_code == 503
     assert "facade_upstream_breaker_state 2.0" in client.get("/metrics").text
+
+
+def test_the_breaker_opens_for_breaker_initial_reset_first(pacs, make_client):
+    client = make_client(breaker_failures=2, upstream_retries=0, cache_stale_ttl=0)
+    pacs.get(url__startswith=PACS).mock(side_effect=httpx.ConnectError("refused"))
+    for _ in range(2):
+        assert client.get("/fhir/R4/ImagingStudy?modality=CT").status_code == 503
+    r = client.get("/fhir/R4/ImagingStudy?modality=MR")
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and "circuit breaker" in r.text
+
+
+def test_a_hung_pacs_answers_504_within_the_budget():
+    calls = 0
+
+    async def hung(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(30)  # a mock transport ignores timeouts: only the request's budget ends this
+        raise AssertionError("unreachable")
+
+    options = {"upstream_budget": 0.5, "upstream_retries": 1, "upstream_retry_timeouts": True, "cache_stale_ttl": 0}
+    app = create_app(settings(**options), transport=httpx.MockTransport(hung))
+    check(outcome("timeout", "warm-up"))  # the checking client's first use imports its models: not the facade's time
+    with checking_client(app, raise_server_exceptions=False) as client:
+        started = time.perf_counter()
+        r = client.get("/fhir/R4/ImagingStudy?modality=CT")
+        elapsed = time.perf_counter() - started
+    assert r.status_code == 504 and r.json()["issue"][0]["code"] == "timeout"
+    assert elapsed < 1.0 and calls == 1  # no retry fits into what is left
 
 
 def test_retries_only_idempotent_gets(pacs, make_client):

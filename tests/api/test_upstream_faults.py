@@ -106,10 +106,8 @@ class TestRetries:
         assert route.call_count == 2 and len(sleeps.delays) == 1
         assert up.stats.calls[("qido", "server_error")] == 1
 
-    @pytest.mark.parametrize(
-        "fault", [httpx.ConnectTimeout("slow connect"), httpx.ReadTimeout("slow answer"), httpx.PoolTimeout("pool")]
-    )
-    def test_timeouts_are_retried_then_504(self, router, sleeps, fault):
+    @pytest.mark.parametrize("fault", [httpx.ConnectTimeout("slow connect"), httpx.PoolTimeout("pool")])
+    def test_timeouts_before_sending_are_retried_then_504(self, router, sleeps, fault):
         route = router.get(url__startswith=STUDIES).mock(side_effect=fault)
         up = upstream(router, sleeps)
         with pytest.raises(UpstreamTimeout):
@@ -117,6 +115,21 @@ class TestRetries:
         assert route.call_count == 3
         assert sleeps.delays == pytest.approx([0.075, 0.15])
         assert up.stats.calls == {("qido", "timeout"): 3}
+
+    def test_a_read_timeout_is_a_504_without_retry_by_default(self, router, sleeps):
+        route = router.get(url__startswith=STUDIES).mock(side_effect=httpx.ReadTimeout("slow answer"))
+        up = upstream(router, sleeps)
+        with pytest.raises(UpstreamTimeout):
+            run(up.search(QUERY))
+        assert route.call_count == 1 and sleeps.delays == []
+        assert up.stats.calls == {("qido", "timeout"): 1}
+
+    def test_read_timeouts_are_retried_when_asked(self, router, sleeps):
+        route = router.get(url__startswith=STUDIES).mock(side_effect=httpx.ReadTimeout("slow answer"))
+        up = upstream(router, sleeps, retry_timeouts=True)
+        with pytest.raises(UpstreamTimeout):
+            run(up.search(QUERY))
+        assert route.call_count == 3 and sleeps.delays == pytest.approx([0.075, 0.15])
 
     def test_retries_exhausted_on_503_is_a_502(self, router, sleeps):
         route = router.get(url__startswith=STUDIES).mock(return_value=httpx.Response(503))
