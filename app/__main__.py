@@ -1,4 +1,4 @@
-"""``python -m app --host 127.0.0.1 --port 8080``: settings from config/facade.toml and FACADE_* variables."""
+"""``python -m app --host 127.0.0.1 --port 8080``: settings from FACADE_* variables and an optional TOML file."""
 
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="Imaging FHIR facade (FHIR R4 over DICOMweb)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--config", help="TOML settings file (default: config/facade.toml or $FACADE_CONFIG)")
+    parser.add_argument(
+        "--config",
+        help="TOML settings file ([facade] table; default: $FACADE_CONFIG, else none: built-in defaults and "
+        "FACADE_* variables only). Without a key source the service needs FACADE_AUTH_MODE=open to start.",
+    )
     parser.add_argument(
         "--proxy-headers",
         action="store_true",

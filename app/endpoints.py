@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from . import __version__
 from .auth import OPEN, AuthContext, Authorizer
@@ -28,13 +28,15 @@ from .fhir_http import (
     search_items,
     wants_fresh,
 )
+from .landing import HEADERS as LANDING_HEADERS
+from .landing import landing_page
 from .observability import audit_fields, record
 from .request_scope import CACHE_SCOPE, PACS_TOKEN, STALE_ANSWERS
 from .scopes import Interaction
 from .search import parse_search
 from .service import Facade
 from .smart_discovery import smart_configuration as build_smart_configuration
-from .versions import FhirVersion
+from .versions import VERSIONS, FhirVersion
 
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 STALE_OUTCOME = {
@@ -185,6 +187,14 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition (requests, upstream calls, cache, circuit breaker)."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def landing(request: Request) -> Response:
+    """``GET /``: what this service is, for a person with a browser (app.landing)."""
+    settings = _facade(request).settings
+    root = fhir_base(request, settings.public_url, "").removesuffix("/fhir/")
+    page = landing_page(root, auth_mode=settings.auth_mode, versions=tuple(v.name for v in VERSIONS))
+    return HTMLResponse(page, headers=LANDING_HEADERS)
 
 
 async def healthz(request: Request) -> Response:

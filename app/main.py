@@ -53,7 +53,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False) as auth_client,
         ):
             breaker = (
-                CircuitBreaker(failure_threshold=settings.breaker_failures, reset_after=settings.breaker_reset)
+                CircuitBreaker(
+                    failure_threshold=settings.breaker_failures,
+                    reset_after=settings.breaker_reset,
+                    initial_reset=settings.breaker_initial_reset,
+                    # No PACS call outlives its request's budget: a probe out longer than that is lost, not slow.
+                    probe_timeout=settings.upstream_budget + 1.0,
+                )
                 if settings.breaker_failures
                 else None
             )
@@ -61,6 +67,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 "breaker": breaker,  # one per PACS: QIDO, metadata and STOW share it
                 "retries": settings.upstream_retries,
                 "backoff": settings.upstream_backoff,
+                "budget": settings.upstream_budget,
+                "retry_timeouts": settings.upstream_retry_timeouts,
                 "stats": UpstreamStats(on_call=app.state.metrics.observe_upstream),
                 "token": settings.pacs_token,
             }
@@ -100,6 +108,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
     metrics = Metrics()
     routes = [
+        Route("/", endpoints.landing, methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/metrics", endpoints.metrics, methods=["GET"]),

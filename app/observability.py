@@ -2,8 +2,9 @@
 
 One pure-ASGI middleware (no per-request object churn of BaseHTTPMiddleware) times every request, labels it by
 the route *template* (``/fhir/R4/ImagingStudy/{id}``, never the raw path: bounded label cardinality and no ids in
-metrics), sets ``X-Request-ID`` and writes one audit line per FHIR interaction: who (token subject / client),
-which patient(s), which resources, outcome. Names and birth dates never go into logs.
+metrics), sets ``X-Request-ID`` and the request's upstream time budget (app.request_scope), and writes one audit
+line per FHIR interaction: who (token subject / client), which patient(s), which resources, outcome. Names and
+birth dates never go into logs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .request_scope import UPSTREAM_BUDGET, UpstreamBudget
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -91,6 +94,8 @@ class ObservabilityMiddleware:
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = given if _SAFE_ID.fullmatch(given) else uuid.uuid4().hex  # a client's id only when harmless in logs
         token = REQUEST_ID.set(rid)
+        # One upstream time budget per request, shared by all its PACS calls (app.request_scope, app.upstream).
+        budget = UPSTREAM_BUDGET.set(UpstreamBudget())
         started = time.perf_counter()
         status = 500
 
@@ -111,6 +116,7 @@ class ObservabilityMiddleware:
             if route.startswith("/fhir/") and not route.endswith("/metadata"):
                 _audit(scope, route, status, elapsed)
             REQUEST_ID.reset(token)
+            UPSTREAM_BUDGET.reset(budget)
 
 
 def record(request_state: Any, **fields: Any) -> None:
@@ -171,13 +177,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """Plain text for people: ``time level logger [request id] message``, then the audit fields as ``key=value``
+    (lists and strings with spaces as JSON), so the text audit line says who, what, patients and status too."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        audit = getattr(record, "audit", None)
+        if isinstance(audit, dict):
+            line += "".join(f" {k}={_text_value(v)}" for k, v in audit.items())
+        return line
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
 def log_config(level: str, fmt: str) -> dict[str, Any]:
     """uvicorn/logging dictConfig: JSON lines (``fmt="json"``) or plain text, one handler on stderr."""
-    formatter: dict[str, Any] = (
-        {"()": "app.observability.JsonFormatter"}
-        if fmt == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
-    )
+    formatter: dict[str, Any] = {
+        "()": "app.observability.JsonFormatter" if fmt == "json" else "app.observability.TextFormatter"
+    }
     handler: dict[str, Any] = {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}
     if fmt != "json":
         handler["filters"] = ["request_id"]

@@ -1,7 +1,13 @@
 """Settings: one frozen object built at the edge and passed into ``create_app``.
 
-Sources, later wins: built-in defaults < ``config/facade.toml`` (or the file named by ``FACADE_CONFIG``)
+Sources, later wins: built-in defaults < a TOML file the operator names (``--config`` or ``FACADE_CONFIG``)
 < environment variables ``FACADE_<KEY>``. Nothing below ``app.main`` reads the environment.
+
+No file is read unless it is named: an installed package has no ``config/`` folder beside it, and a service whose
+behaviour depends on where it was started from is a service nobody can reason about. The built-in defaults are
+therefore the documented ones (``config/facade.toml`` in the repository lists each at its default, and a test
+keeps the two equal), and they fail closed: ``auth_mode`` is ``smart``, so a service started with nothing but
+``FACADE_DICOMWEB_URL`` refuses to start until it is given a key source or an explicit ``auth_mode = "open"``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .auth import AuthSettings
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "facade.toml"
 ENV_PREFIX = "FACADE_"
 
 
@@ -45,11 +50,16 @@ class Settings:
     upstream_read_timeout: float = 20.0
     upstream_max_connections: int = 32
     # Faults (app.upstream, app.breaker): retries with backoff for GETs only; the circuit opens after
-    # breaker_failures failures in a row (0: no breaker) for breaker_reset seconds (503 + Retry-After meanwhile).
+    # breaker_failures failures in a row (0: no breaker) for breaker_initial_reset seconds, doubled by each failed
+    # probe up to breaker_reset (503 + Retry-After meanwhile). Every PACS call and retry of one FHIR request fits
+    # into upstream_budget seconds; a read timeout is retried only with upstream_retry_timeouts.
     upstream_retries: int = 1
     upstream_backoff: float = 0.1
+    upstream_budget: float = 20.0
+    upstream_retry_timeouts: bool = False
     breaker_failures: int = 5
     breaker_reset: float = 30.0
+    breaker_initial_reset: float = 1.0
     # Serve the last cached answer, marked as possibly stale, when the PACS fails (seconds kept past cache_ttl).
     cache_stale_ttl: float = 300.0
     # Shared cache for several replicas: redis://[:password@]host:port/db (empty: in-process memory).
@@ -72,7 +82,7 @@ class Settings:
     hide_rejected: bool = True
     # Authorization (app.auth): "open" (demo only) or "smart" (bearer tokens: JWTs checked against a JWK Set, or
     # RFC 7662 introspection). The SMART endpoints are published in /metadata and .well-known/smart-configuration.
-    auth_mode: str = "open"
+    auth_mode: str = "smart"
     jwks_url: str | None = None
     jwks_file: str | None = None
     token_issuer: str | None = None
@@ -174,6 +184,10 @@ class Settings:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise SettingsError(f"{name} must be a finite, non-negative number")
+        for name in ("upstream_budget", "breaker_initial_reset"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise SettingsError(f"{name} must be a finite, positive number")
         try:
             self.auth.validate()
         except ValueError as exc:
@@ -187,17 +201,18 @@ class Settings:
 
     @classmethod
     def load(cls, environ: Mapping[str, str], *, config_file: str | Path | None = None) -> Settings:
-        """Defaults < TOML file < ``FACADE_*`` environment."""
-        path = Path(config_file or environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
+        """Defaults < the TOML file named by ``config_file`` or ``FACADE_CONFIG`` (if any) < ``FACADE_*`` variables."""
+        named = config_file or environ.get(ENV_PREFIX + "CONFIG")
+        path = Path(named) if named else None
         values: dict[str, Any] = {}
-        if path.exists():
+        if path is not None and path.exists():
             try:
                 values.update(tomllib.loads(path.read_text(encoding="utf-8")).get("facade", {}))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise SettingsError(f"{path}: not valid TOML ({exc})") from None
             except OSError as exc:
                 raise SettingsError(f"{path}: cannot be read ({exc.strerror})") from None
-        elif config_file or environ.get(ENV_PREFIX + "CONFIG"):
+        elif path is not None:
             raise SettingsError(f"config file {path} does not exist")
         types = {f.name: f.type for f in fields(cls)}
         unknown = set(values) - set(types)

@@ -78,7 +78,7 @@ def instance_row(
 
 
 def settings(**overrides: Any) -> Settings:
-    return Settings(**({"dicomweb_url": PACS, "cache_ttl": 60.0} | overrides))
+    return Settings(**({"dicomweb_url": PACS, "cache_ttl": 60.0, "auth_mode": "open"} | overrides))
 
 
 @pytest.fixture

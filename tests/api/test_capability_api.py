@@ -69,9 +69,15 @@ def test_every_listed_patient_parameter_is_accepted_strictly(pacs, client, param
     ("env", "message"),
     [
         ({"FACADE_DICOMWEB_URL": "not a url"}, "dicomweb_url must be an absolute http(s) URL"),
-        ({"FACADE_MAX_COUNT": "many"}, "max_count must be an integer"),
-        ({"FACADE_PACS_TIMEZONE": "Mars/Olympus"}, "pacs_timezone 'Mars/Olympus' is not an IANA time zone"),
+        ({"FACADE_DICOMWEB_URL": "http://pacs:8042", "FACADE_MAX_COUNT": "many"}, "max_count must be an integer"),
+        (
+            {"FACADE_DICOMWEB_URL": "http://pacs:8042", "FACADE_PACS_TIMEZONE": "Mars/Olympus"},
+            "pacs_timezone 'Mars/Olympus' is not an IANA time zone",
+        ),
         ({"FACADE_CONFIG": "/nonexistent/facade.toml"}, "does not exist"),
+        ({}, "dicomweb_url is required"),
+        # Fail closed: no key source and no explicit open mode.
+        ({"FACADE_DICOMWEB_URL": "http://pacs:8042"}, "auth_mode 'smart' needs jwks_url, jwks_file or"),
     ],
 )
 def test_bad_setting_stops_start_up_with_one_line(env, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -9,20 +10,51 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.facade import free_port
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+DEMO = str(ROOT / "scripts" / "demo.py")
 
 
-def test_demo_runs_its_example_queries():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_demo_runs_its_example_queries(tmp_path):
+    port = free_port()
     done = subprocess.run(
-        [sys.executable, "scripts/demo.py", "--check", "--port", str(port)],
-        cwd=ROOT,
+        [sys.executable, DEMO, "--check", "--port", str(port)],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=180,
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stdout.count("-> HTTP 200") == 10
+    out = done.stdout
+    assert done.returncode == 0, out[-2000:] + done.stderr[-2000:]
+    assert out.count("-> HTTP 200") == 11
+    # Progress a person can follow, in order, and what to open at the end.
+    steps = ["Starting a private Orthanc", "Orthanc is up", "Loading 13 studies", "Starting the facade", "Ready"]
+    positions = [out.index(step) for step in steps]
+    assert positions == sorted(positions)
+    assert f"Open in a browser: http://127.0.0.1:{port}/" in out
+    assert "multipart/related" in out and "/studies/" in out  # the WADO-RS download line
+    # No machine log lines (JSON) among the human output.
+    assert not [line for line in (out + done.stderr).splitlines() if line.lstrip().startswith('{"')]
+    # selection.json is a manifest of the demo data, and the demo POSTed it (201) in --check mode.
+    body = json.loads((tmp_path / "selection.json").read_text(encoding="utf-8"))
+    assert body["resourceType"] == "ImagingSelection" and body["instance"]
+    assert "-> HTTP 201 (selection.json POSTed" in out
+
+
+def test_demo_fails_loudly_on_a_busy_port(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, DEMO, "--check", "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode != 0
+    assert f"port {port} on 127.0.0.1 is in use" in done.stderr
+    assert "Ready" not in done.stdout and "HTTP 200" not in done.stdout

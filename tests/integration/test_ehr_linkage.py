@@ -38,6 +38,7 @@ def ehr() -> Iterator[EhrProcess]:
 
 def settings(orthanc, ehr: EhrProcess, **kw: Any) -> Settings:
     values = {
+        "auth_mode": "open",
         "dicomweb_url": orthanc.dicomweb_url,
         "ehr_fhir_url": ehr.base,
         "ehr_token": TOKEN,

@@ -24,7 +24,7 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 
 @pytest.fixture(scope="module")
 def facade(orthanc) -> Iterator[TestClient]:
-    app = create_app(Settings(dicomweb_url=orthanc.dicomweb_url))
+    app = create_app(Settings(auth_mode="open", dicomweb_url=orthanc.dicomweb_url))
     with checking_client(app) as client:
         yield client
 
@@ -242,7 +242,7 @@ class TestDates:
         assert not uids(search(facade, "started=2021-09-15T09:00:00Z"))
 
     def test_pacs_timezone_gives_dst_correct_offsets(self, orthanc):
-        app = create_app(Settings(dicomweb_url=orthanc.dicomweb_url, pacs_timezone="Europe/Berlin"))
+        app = create_app(Settings(auth_mode="open", dicomweb_url=orthanc.dicomweb_url, pacs_timezone="Europe/Berlin"))
         manifest: Manifest = orthanc.manifest
         with checking_client(app) as client:
             for truth in manifest.studies:

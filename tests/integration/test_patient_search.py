@@ -21,7 +21,7 @@ GENDER = {"M": "male", "F": "female", "O": "other"}
 
 @pytest.fixture(scope="module")
 def facade(orthanc) -> Iterator[TestClient]:
-    app = create_app(Settings(dicomweb_url=orthanc.dicomweb_url))
+    app = create_app(Settings(auth_mode="open", dicomweb_url=orthanc.dicomweb_url))
     with checking_client(app) as client:
         yield client
 

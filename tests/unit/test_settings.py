@@ -7,9 +7,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.settings import DEFAULT_CONFIG, Settings, SettingsError
+from app.settings import Settings, SettingsError
 
 URL = "http://pacs.example.org:8042/dicom-web"
+# The example configuration in the repository; an installed service never reads it unless it is named.
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "facade.toml"
 
 
 @pytest.fixture
@@ -28,7 +30,8 @@ def empty(toml) -> Path:
 
 
 def load(env: dict[str, str], config_file: Path) -> Settings:
-    return Settings.load(env, config_file=config_file)
+    # Open unless the case says otherwise: these cases are about sources and values, not about authorization.
+    return Settings.load({"FACADE_AUTH_MODE": "open"} | env, config_file=config_file)
 
 
 def error(env: dict[str, str], config_file: Path) -> str:
@@ -62,6 +65,7 @@ class TestSources:
             issuer_system_prefix="urn:x-imaging-facade:issuer:",
             issuer_systems={},
             log_level="info",
+            auth_mode="open",
         )
 
     def test_toml_file(self, toml):
@@ -100,36 +104,61 @@ class TestSources:
 
     def test_config_file_named_by_the_environment(self, toml):
         path = toml(f'[facade]\ndicomweb_url = "{URL}"\nmax_count = 33\n')
-        assert Settings.load({"FACADE_CONFIG": str(path)}).max_count == 33
+        assert Settings.load({"FACADE_CONFIG": str(path), "FACADE_AUTH_MODE": "open"}).max_count == 33
 
-    def test_the_shipped_config_file_loads(self):
-        assert DEFAULT_CONFIG.exists()
-        s = Settings.load({"FACADE_AUTH_MODE": "open"}, config_file=DEFAULT_CONFIG)
+    def test_the_example_config_file_loads(self):
+        assert EXAMPLE_CONFIG.exists()
+        s = Settings.load({"FACADE_AUTH_MODE": "open"}, config_file=EXAMPLE_CONFIG)
         assert s.dicomweb_url == "http://127.0.0.1:8042/dicom-web"
         assert s.issuer_systems == {}
 
-    def test_the_shipped_config_is_secure_by_default(self):
+    def test_the_example_config_is_secure_by_default(self):
         with pytest.raises(SettingsError, match="needs jwks_url, jwks_file or introspection_url"):
-            Settings.load({}, config_file=DEFAULT_CONFIG)
+            Settings.load({}, config_file=EXAMPLE_CONFIG)
 
-    def test_the_shipped_config_documents_every_setting(self):
+    def test_the_example_config_documents_every_setting(self):
         import dataclasses
         import tomllib
 
-        documented = set(tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))["facade"])
+        documented = set(tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))["facade"])
         assert documented == {f.name for f in dataclasses.fields(Settings)}
 
+    def test_the_example_config_states_the_built_in_defaults(self):
+        # What an installed service has without any file must be what the example file (and the README) says.
+        import dataclasses
+        import tomllib
+
+        documented = tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))["facade"]
+        from_file = Settings.load({"FACADE_AUTH_MODE": "open"}, config_file=EXAMPLE_CONFIG)
+        built_in = Settings.load({"FACADE_AUTH_MODE": "open", "FACADE_DICOMWEB_URL": documented["dicomweb_url"]})
+        differ = [
+            f.name for f in dataclasses.fields(Settings) if getattr(from_file, f.name) != getattr(built_in, f.name)
+        ]
+        assert differ == []
+
+    def test_no_file_is_read_unless_named(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "config").mkdir()
+        (tmp_path / "config" / "facade.toml").write_text('[facade]\nauth_mode = "open"\n', encoding="utf-8")
+        with pytest.raises(SettingsError, match="needs jwks_url, jwks_file or introspection_url"):
+            Settings.load({"FACADE_DICOMWEB_URL": URL})
+
+    def test_built_in_default_fails_closed(self):
+        with pytest.raises(SettingsError, match="FACADE_AUTH_MODE=open"):
+            Settings.load({"FACADE_DICOMWEB_URL": URL})
+        assert Settings.load({"FACADE_DICOMWEB_URL": URL, "FACADE_AUTH_MODE": "open"}).auth_mode == "open"
+
     def test_derived_values(self):
-        s = Settings(dicomweb_url=URL + "/", pacs_timezone="Europe/Berlin")
+        s = Settings(auth_mode="open", dicomweb_url=URL + "/", pacs_timezone="Europe/Berlin")
         assert s.wado_base == URL
         assert s.tz == ZoneInfo("Europe/Berlin")
-        assert Settings(dicomweb_url=URL, wado_url="https://wado.example.org/dw/").wado_base == (
+        assert Settings(auth_mode="open", dicomweb_url=URL, wado_url="https://wado.example.org/dw/").wado_base == (
             "https://wado.example.org/dw"
         )
-        assert Settings(dicomweb_url=URL).tz is None
+        assert Settings(auth_mode="open", dicomweb_url=URL).tz is None
 
     def test_settings_are_frozen(self):
-        s = Settings(dicomweb_url=URL)
+        s = Settings(auth_mode="open", dicomweb_url=URL)
         with pytest.raises(AttributeError):
             s.max_count = 5  # type: ignore[misc]
 
