@@ -28,6 +28,18 @@ the document from minimal stand-in datasets; pydicom fills what highdicom 0.28 c
 - highdicom stamps InstanceCreationDate/Time and the ContributionDateTime of its Contributing Equipment item with
   the wall clock; they are set to the content date/time, so the same inputs always give the same document.
 
+Time zone. TimezoneOffsetFromUTC "contains the offset from UTC to the timezone for all DA and TM Attributes
+present in this SOP Instance" (PS3.3 C.12.1.1.8), the StudyDate/StudyTime copied from the study included, and
+Orthanc answers a study's TimezoneOffsetFromUTC from one of its instances, which may be the KOS. So the KOS carries
+the study's own offset (its dates and times converted to it), or none where the study has none: an offset of the
+facade's clock would re-zone the study (a ``started`` of ``+02:00`` from pacs_timezone turned into ``+00:00``, the
+same wall-clock time two hours off). Without an offset "the local timezone offset is undefined" (C.12.1.1.8), so
+ContentDate/Time are then written as local time of the PACS's zone (pacs_timezone), the zone the facade already
+reads the study's zone-less StudyDate/StudyTime in: both stay in one local time, and ``issued`` reads back as the
+instant. Without pacs_timezone no zone is known: the facade's clock (UTC) is written as it is, and the manifest has
+no ``issued`` (an instant needs a zone), though its date still answers date searches. ContributionDateTime is a
+DT, which may carry its own offset, untouched by TimezoneOffsetFromUTC: it always states the exact instant.
+
 A selection spanning several studies is stored as one copy per study (PS3.3 C.17.6.2.1: "this document shall be
 duplicated into each of those other studies, and the duplicates shall be referenced in the Identical Documents
 Sequence"): :func:`build_kos_copies` builds the set; :func:`build_kos` refuses a cross-study selection unless it is
@@ -41,7 +53,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING
 
 from pydicom import Dataset
@@ -207,6 +219,7 @@ def build_kos(
     manufacturer: str = "imaging-fhir-facade",
     identical: Sequence[DocumentRef] = (),
     allow_rejection: bool = False,
+    zone: tzinfo | None = None,
 ) -> Dataset:
     """A KOS in ``study`` selecting ``evidence``, in that order. Deterministic: the same inputs give the same bytes.
 
@@ -217,10 +230,13 @@ def build_kos(
     * title - a CID 7010 code. The IHE IOCM rejection titles (113001, 113037, 113038, 113039) make an archive hide
       or delete the referenced instances, so they are refused unless ``allow_rejection``.
     * description - the Key Object Description (113012) TEXT item, stripped; none when blank.
-    * content_datetime - when the selection was made; must be aware. Written as ContentDate/ContentTime plus
-      TimezoneOffsetFromUTC. The offset applies to every date and time of the instance (PS3.3 C.12.1.1.8),
-      StudyDate/StudyTime included, so when the study has an offset the instant is converted to it; otherwise
-      the offset of ``content_datetime`` is used.
+    * content_datetime - when the selection was made; must be aware. Written as ContentDate/ContentTime (and
+      InstanceCreationDate/Time). The study's TimezoneOffsetFromUTC applies to every date and time of the
+      instance (PS3.3 C.12.1.1.8), StudyDate/StudyTime included, so when the study has one the instant is
+      converted to it and the KOS carries it; otherwise the KOS carries none, and the time is local time in
+      ``zone`` (module docstring).
+    * zone - the PACS's zone (pacs_timezone), for a study without TimezoneOffsetFromUTC; ``None``: the wall
+      clock of ``content_datetime`` as given.
     * observer_name - a PN; recorded as TID 1002 person observer (121008 "Person Observer Name").
     * identical - the copies of this document in the other studies of ``evidence``: required, one per other study,
       when the selection spans several studies (:func:`build_kos_copies` fills it).
@@ -235,7 +251,7 @@ def build_kos(
     if sop_instance_uid in {e.sop_instance_uid for e in evidence}:
         raise ValueError("the KOS cannot select itself")
     _check_identical(study.study_uid, evidence, identical)
-    when, offset = _local(content_datetime, study.timezone_offset)
+    when, offset = _local(content_datetime, study.timezone_offset, zone)
     date, time = when.strftime("%Y%m%d"), _tm(when)
     description = description.strip() if description and description.strip() else None
     observer_name = observer_name or None
@@ -282,12 +298,13 @@ def build_kos(
         ds.IdenticalDocumentsSequence = _hierarchy(
             (d.study_uid, d.series_uid, KOS_SOP_CLASS_UID, d.sop_instance_uid) for d in identical
         )
-    ds.TimezoneOffsetFromUTC = offset
+    if offset is not None:
+        ds.TimezoneOffsetFromUTC = offset
     ds.InstanceCreationDate = date
     ds.InstanceCreationTime = time
     for item in ds.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:
-            item.ContributionDateTime = date + time + offset
+            item.ContributionDateTime = date + time + _offset(when)
     return ds
 
 
@@ -303,6 +320,7 @@ def build_kos_copies(
     observer_name: str | None = None,
     manufacturer: str = "imaging-fhir-facade",
     allow_rejection: bool = False,
+    zone: tzinfo | None = None,
 ) -> list[Dataset]:
     """The same selection as one KOS per study it references, each listing the others as Identical Documents.
 
@@ -333,6 +351,7 @@ def build_kos_copies(
             manufacturer=manufacturer,
             identical=[ref for ref in refs if ref.study_uid != copy.study.study_uid],
             allow_rejection=allow_rejection,
+            zone=zone,
         )
         for copy in copies
     ]
@@ -409,22 +428,33 @@ def _check_identical(home: str, evidence: Sequence[Evidence], identical: Sequenc
 # -- building blocks --------------------------------------------------------------------------------------------
 
 
-def _local(when: datetime, study_offset: str | None) -> tuple[datetime, str]:
-    """``when`` in the study's zone if it has a valid offset, else in its own; and that offset as ``±HHMM``."""
+def _local(when: datetime, study_offset: str | None, zone: tzinfo | None) -> tuple[datetime, str | None]:
+    """``when`` in the study's zone and that offset (``±HHMM``) if the study has a valid one; else ``when`` in
+    ``zone`` (or as given) and no offset: the KOS then carries none, like its study (C.12.1.1.8)."""
+    if when.utcoffset() is None:
+        raise ValueError("content_datetime must be timezone-aware")
+    match = _OFFSET.fullmatch(study_offset.strip()) if study_offset else None
+    if match is None:
+        local = when.astimezone(zone) if zone is not None else when
+        _offset(local)  # refuse what a DT offset cannot say
+        return local, None
+    sign, hours, minutes = match.groups()
+    delta = timedelta(hours=int(hours), minutes=int(minutes)) * (-1 if sign == "-" else 1)
+    local = when.astimezone(timezone(delta))
+    return local, _offset(local)
+
+
+def _offset(when: datetime) -> str:
+    """The UTC offset of an aware datetime as ``±HHMM`` (PS3.5 DT, TimezoneOffsetFromUTC)."""
     delta = when.utcoffset()
     if delta is None:
         raise ValueError("content_datetime must be timezone-aware")
-    match = _OFFSET.fullmatch(study_offset.strip()) if study_offset else None
-    if match is not None:
-        sign, hours, minutes = match.groups()
-        delta = timedelta(hours=int(hours), minutes=int(minutes)) * (-1 if sign == "-" else 1)
-        when = when.astimezone(timezone(delta))
     if delta % timedelta(minutes=1):
         raise ValueError("TimezoneOffsetFromUTC has whole minutes only")
     minutes_total = int(delta.total_seconds()) // 60
     sign = "-" if minutes_total < 0 else "+"
     hours, minutes = divmod(abs(minutes_total), 60)
-    return when, f"{sign}{hours:02d}{minutes:02d}"
+    return f"{sign}{hours:02d}{minutes:02d}"
 
 
 def _tm(when: datetime) -> str:

@@ -92,7 +92,8 @@ class ManifestWriter:
             existing = await self._existing(condition, base)
             if existing is not None:
                 return self._answer(existing, base, status=200, transaction=transaction)
-        selections = await self._store_kos(manifest)
+        # The answer is what a read of the new manifest gives (bodySite included, from the series' BodyPartExamined).
+        selections = await self._manifests.with_body_sites(await self._store_kos(manifest), fresh=True)
         return self._answer(selections, base, status=201, transaction=transaction)
 
     async def _existing(self, condition: str, base: str) -> list[Resource] | None:
@@ -137,6 +138,9 @@ class ManifestWriter:
             instance_number=1,
             content_datetime=self._clock(),
             observer_name=manifest.observer,
+            # A study without TimezoneOffsetFromUTC gets a KOS without one, in the PACS's local time, so the
+            # study's start does not move (PS3.3 C.12.1.1.8; app.kos_build).
+            zone=self._mapping.zone,
         )
         parts = [encode(ds) for ds in documents]
         await self._store.store(parts)

@@ -169,7 +169,7 @@ class Manifests:
             for doc in docs:
                 selections = selections_of(doc, self._mapping)
                 if doc.canonical_uid == kos_uid and group < len(selections):
-                    return (await self._with_body_sites([selections[group]], fresh))[0]
+                    return (await self.with_body_sites([selections[group]], fresh=fresh))[0]
         raise NotFound(f"ImagingSelection/{rid[:70]} is not known")
 
     async def _matching(self, req: SearchRequest, fresh: bool) -> list[Resource]:
@@ -219,7 +219,7 @@ class Manifests:
             selections = [s for s in selections if s.get("studyUid") in studies]
         for c in req.all("code"):
             selections = [s for s in selections if _code_matches(s, list(c.values))]
-        selections = await self._with_body_sites(selections, fresh)
+        selections = await self.with_body_sites(selections, fresh=fresh)
         for c in req.all("bodysite"):
             terms = set(c.values)
             selections = [s for s in selections if terms & set(_body_terms(s))]
@@ -237,8 +237,9 @@ class Manifests:
         rows = (await self._fetch(fresh)(query)).rows
         return sorted({pid for r in rows if (pid := dj.text(r, dj.PATIENT_ID))})
 
-    async def _with_body_sites(self, selections: list[Resource], fresh: bool) -> list[Resource]:
-        """ImagingSelection.bodySite from the selected series' BodyPartExamined (one series-level query)."""
+    async def with_body_sites(self, selections: list[Resource], *, fresh: bool) -> list[Resource]:
+        """ImagingSelection.bodySite from the selected series' BodyPartExamined (one series-level query): one
+        CodeableReference(BodyStructure), the element being 0..1 in R5 (imagingselection.html)."""
         series = sorted({s["seriesUid"] for s in selections if s.get("seriesUid")})
         if not series:
             return selections
@@ -252,9 +253,9 @@ class Manifests:
             if site is not None:
                 code, display = site
                 concept = {"coding": [{"system": SNOMED_SYSTEM, "code": code, "display": display}], "text": term}
-                s = s | {"bodySite": [{"concept": concept}]}
+                s = s | {"bodySite": {"concept": concept}}
             elif term:
-                s = s | {"bodySite": [{"concept": {"text": term}}]}
+                s = s | {"bodySite": {"concept": {"text": term}}}
             out.append(s)
         return out
 
@@ -312,9 +313,5 @@ def _issued_check(values: list[DateCriterion], zone: tzinfo | None) -> Callable[
 
 
 def _body_terms(selection: Resource) -> list[str]:
-    out = []
-    for site in selection.get("bodySite", []):
-        concept = site.get("concept", {})
-        if concept.get("text"):
-            out.append(concept["text"])
-    return out
+    text = selection.get("bodySite", {}).get("concept", {}).get("text")
+    return [text] if text else []

@@ -101,3 +101,92 @@ def test_no_imaging_selection_query_causes_a_server_error(pacs, client, params):
 def test_bad_create_bodies_are_400(client, body):
     r = client.post("/fhir/R5/ImagingSelection", content=body, headers={"content-type": "application/fhir+json"})
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def _manifest_pacs(pacs) -> tuple[dict[str, str], dict[str, str]]:
+    """One KOS selecting two series, BodyPartExamined KNEE (coded, PS3.16 Annex L) and SPLEENISH (no code).
+    Returns the series UIDs by body part and the KOS's study and series."""
+    from tests.support.kos import FOR_TEACHING, kos_json, make_kos, make_study
+
+    knee, other = make_study(7, "api-bs", patient_id="MRN1", patient_name="Doe^Jane", series_sizes=(1, 1))
+    kos = make_kos([knee, other], title=FOR_TEACHING, description="Key images", observer_name="Roe^Rick", seed=7)
+    study, series = str(kos.StudyInstanceUID), str(kos.SeriesInstanceUID)
+    pacs.get(url__regex=rf"^{PACS}/instances").mock(
+        return_value=httpx.Response(200, json=[ko_row(study, series, str(kos.SOPInstanceUID))])
+    )
+    pacs.get(url__regex=rf"^{PACS}/studies/{study}/series/{series}/metadata").mock(
+        return_value=httpx.Response(200, json=[kos_json(kos)])
+    )
+    parts = {"KNEE": str(knee.SeriesInstanceUID), "SPLEENISH": str(other.SeriesInstanceUID)}
+    pacs.get(url__regex=rf"^{PACS}/series").mock(
+        return_value=httpx.Response(
+            200, json=[instance_row(study, uid, "9.9", body_part=part) for part, uid in parts.items()]
+        )
+    )
+    pacs.get(url__regex=rf"^{PACS}/studies").mock(return_value=httpx.Response(200, json=[study_row(study)]))
+    return parts, {"study": study, "series": series}
+
+
+def test_imaging_selection_body_site_is_one_codeable_reference(pacs, client):
+    """R5 ImagingSelection.bodySite is 0..1 CodeableReference(BodyStructure) (imagingselection.html), taken from
+    the selected series' BodyPartExamined. The checking client runs check_r5 on every answer, so a list here (issue
+    9 item 3) fails the request itself."""
+    parts, _ = _manifest_pacs(pacs)
+    r = client.get("/fhir/R5/ImagingSelection?patient.identifier=MRN1")
+    assert r.status_code == 200, r.text
+    sites = {e["resource"]["seriesUid"]: e["resource"].get("bodySite") for e in r.json()["entry"]}
+    assert sites == {
+        parts["KNEE"]: {
+            "concept": {
+                "coding": [{"system": "http://snomed.info/sct", "code": "72696002", "display": "Knee"}],
+                "text": "KNEE",
+            }
+        },
+        parts["SPLEENISH"]: {"concept": {"text": "SPLEENISH"}},
+    }
+    # The body-site search reads the same element.
+    found = client.get("/fhir/R5/ImagingSelection?patient.identifier=MRN1&body-site=KNEE").json()
+    assert [e["resource"]["seriesUid"] for e in found.get("entry", [])] == [parts["KNEE"]]
+
+
+def test_every_element_of_real_r5_answers_has_its_cardinality_checked(pacs, client):
+    """Whatever element we emit at /fhir/R5, a list where it is 0..1 or a single value where it is 0..* fails
+    check_r5: each element of real answers (every resource type, bodySite included) is flipped in turn."""
+    from app import patient_ids
+    from tests.support.fhir_check_r5 import FhirCheckError, cardinality_flips, check_r5
+
+    _, kos = _manifest_pacs(pacs)
+    study = kos["study"]
+    pid = patient_ids.encode("MRN1", None)
+    bodies = [
+        client.get(url).json()
+        for url in (
+            "/fhir/R5/ImagingSelection?patient.identifier=MRN1&_include=ImagingSelection:endpoint"
+            "&_include=ImagingSelection:derived-from",
+            f"/fhir/R5/ImagingStudy?_id={study}&_include=ImagingStudy:endpoint&_include=ImagingStudy:patient",
+            f"/fhir/R5/ImagingStudy/{study}",
+            f"/fhir/R5/Patient/{pid}",
+            "/fhir/R5/Endpoint/wado-rs",
+            "/fhir/R5/metadata",
+            "/fhir/R5/Endpoint/nope",
+        )
+    ]
+    assert [b["resourceType"] for b in bodies] == [
+        *["Bundle"] * 2,
+        "ImagingStudy",
+        "Patient",
+        "Endpoint",
+        "CapabilityStatement",
+        "OperationOutcome",
+    ]
+    assert "bodySite" in bodies[0]["entry"][0]["resource"]
+    missed, flips = [], 0
+    for body in bodies:
+        for path, bad in cardinality_flips(body):
+            flips += 1
+            try:
+                check_r5(bad)
+            except FhirCheckError:
+                continue
+            missed.append(f"{body['resourceType']}.{path}")
+    assert missed == [] and flips > 500, (flips, missed)

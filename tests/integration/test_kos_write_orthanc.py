@@ -6,6 +6,10 @@ builds KOS documents from what QIDO-RS says about those images (the facade has n
 :class:`app.dicomweb_write.DicomWebStore`, reads them back with its ``series_metadata`` and parses them with
 :func:`app.kos.parse_kos`: the result must equal what the builder produced locally.
 
+Through the facade (POST /fhir/R5/ImagingSelection, pacs_timezone Europe/Berlin), creating a manifest must leave its
+study's ``started`` (R4 and R5) exactly as it was, for a study with a TimezoneOffsetFromUTC and for one without
+(issue 9 item 7: Orthanc answers a study's offset from one of its instances, the new KOS included).
+
 It also records what Orthanc 1.10 / DICOMweb 1.7 answers to a STOW-RS of the same document twice, of a different
 document under a UID it already has, of a request with an unreadable part, and to metadata of a series it lacks.
 """
@@ -27,7 +31,10 @@ from pydicom import Dataset, dcmread
 from app.dicomweb_write import DicomWebStore, StowRefused, StowResult
 from app.kos import KOS_SOP_CLASS_UID, Code, KeyObjectSelection, PersonName, parse_kos
 from app.kos_build import Evidence, KosCopy, PatientStudy, build_kos, build_kos_copies, encode
+from app.main import create_app
+from app.settings import Settings
 from tests.support.dataset import make_uid
+from tests.support.fhir_check import checking_client
 from tests.support.kos import (
     FOR_CONFERENCE,
     FOR_REFERRING_PROVIDER,
@@ -202,7 +209,8 @@ class TestRoundTrip:
         assert {(r.study_uid, r.series_uid) for r in got.references} == {
             (str(pacs.ct[0].StudyInstanceUID), str(pacs.ct[0].SeriesInstanceUID))
         }
-        assert (got.content_date, got.content_time, got.timezone_offset) == ("20240301", "093000", "+0100")
+        # The study has no TimezoneOffsetFromUTC, so neither has the KOS (PS3.3 C.12.1.1.8; app.kos_build).
+        assert (got.content_date, got.content_time, got.timezone_offset) == ("20240301", "093000", None)
 
     def test_qido_finds_it(self, pacs: WritePacs) -> None:
         ds = build(pacs.url, [pacs.ct[4]], "qido", title=QUALITY_ISSUE)
@@ -313,6 +321,86 @@ class TestRoundTrip:
 
         count, requests = with_store(pacs.url, twice)
         assert count == 1 and requests in (2, 3)  # 3 if the closed connection had to be retried
+
+
+# -- through the facade: a new manifest leaves its study's start alone -------------------------------------------
+
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+
+
+class TestCreateKeepsTheStudyStart:
+    """POST /fhir/R5/ImagingSelection into a study with TimezoneOffsetFromUTC +0200 and into one without (read in
+    the PACS zone, Europe/Berlin, CEST in July): ``started`` is the same before and after, in R4 and R5. Before the
+    fix the KOS carried +0000 (the facade's clock) and the zone-less study's start moved from +02:00 to +00:00."""
+
+    @pytest.fixture(scope="class")
+    def studies(self, pacs: WritePacs) -> dict[str, list[Dataset]]:
+        out = {
+            "with offset": make_study(SEED, "post-zone", study_date="20240715", tz_offset="+0200", **PATIENT),
+            "without offset": make_study(SEED, "post-plain", study_date="20240715", **PATIENT),
+        }
+        for images in out.values():
+            for ds in images:
+                ds.BodyPartExamined = "KNEE"  # so the created ImagingSelection has a bodySite (0..1) to check
+        store(pacs.url, [ds for images in out.values() for ds in images])
+        return out
+
+    @pytest.fixture(scope="class")
+    def facade(self, pacs: WritePacs) -> Iterator[Any]:
+        settings = Settings(auth_mode="open", dicomweb_url=pacs.url, pacs_timezone="Europe/Berlin")
+        with checking_client(create_app(settings)) as client:  # check / check_r5 on every answer
+            yield client
+
+    @staticmethod
+    def started(facade: Any, study_uid: str) -> dict[str, str]:
+        out = {}
+        for base in ("R4", "R5"):
+            read = facade.get(f"/fhir/{base}/ImagingStudy/{study_uid}")
+            assert read.status_code == 200, read.text
+            (entry,) = facade.get(f"/fhir/{base}/ImagingStudy?_id={study_uid}").json()["entry"]
+            assert entry["resource"]["started"] == read.json()["started"]
+            out[base] = read.json()["started"]
+        return out
+
+    @pytest.mark.parametrize("which", ["with offset", "without offset"])
+    def test_started_is_the_same_before_and_after(
+        self, pacs: WritePacs, facade: Any, studies: dict[str, list[Dataset]], which: str
+    ) -> None:
+        images = studies[which]
+        study_uid = str(images[0].StudyInstanceUID)
+        before = self.started(facade, study_uid)
+        assert before == {"R4": "2024-07-15T10:15:00+02:00", "R5": "2024-07-15T10:15:00+02:00"}
+        body = {
+            "resourceType": "ImagingSelection",
+            "status": "available",
+            "code": {"coding": [{"system": DCM, "code": "113004"}]},
+            "studyUid": study_uid,
+            "seriesUid": str(images[0].SeriesInstanceUID),
+            "instance": [{"uid": str(ds.SOPInstanceUID)} for ds in images],
+        }
+        r = facade.post("/fhir/R5/ImagingSelection", json=body, headers={"content-type": "application/fhir+json"})
+        assert r.status_code == 201, r.text
+        created = r.json()
+        assert self.started(facade, study_uid) == before
+        # The KOS is in the PACS, in the study, with the study's own offset or none.
+        kos_uid = created["identifier"][0]["value"].removeprefix("urn:oid:")
+        (row,) = qido(pacs.url, f"/instances?SOPInstanceUID={kos_uid}&includefield=00080201")
+        assert first(row, STUDY_UID) == study_uid
+        assert first(row, TZ_OFFSET) == ("+0200" if which == "with offset" else None)
+        # Read afresh from the PACS too, past the facade's cache.
+        fresh = facade.get(f"/fhir/R4/ImagingStudy/{study_uid}", headers={"Cache-Control": "no-cache"})
+        assert fresh.json()["started"] == before["R4"]
+        # And the manifest's own time is the instant it was made: an ``issued`` with a zone.
+        assert created["issued"].endswith(("+02:00", "+01:00"))
+        (entry,) = facade.get(f"/fhir/R5/ImagingSelection?study-uid={study_uid}").json()["entry"]
+        assert entry["resource"]["id"] == created["id"]
+        assert entry["resource"]["bodySite"] == {  # one CodeableReference (0..1), checked by check_r5 too
+            "concept": {
+                "coding": [{"system": "http://snomed.info/sct", "code": "72696002", "display": "Knee"}],
+                "text": "KNEE",
+            }
+        }
 
 
 # -- what Orthanc answers ----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from tests.support.kos import (
     make_multiframe,
     make_study,
 )
-from tests.support.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary, store
+from tests.support.orthanc import OrthancServer, dicomweb_plugin, encode_dataset, orthanc_binary, store
 
 pytestmark = pytest.mark.integration
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -77,7 +77,7 @@ def pacs() -> Iterator[Pacs]:
 
 @pytest.fixture(scope="module")
 def facade(pacs) -> Iterator[TestClient]:
-    with checking_client(create_app(Settings(dicomweb_url=pacs.server.dicomweb_url))) as client:
+    with checking_client(create_app(Settings(auth_mode="open", dicomweb_url=pacs.server.dicomweb_url))) as client:
         yield client
 
 
@@ -183,7 +183,8 @@ def test_rejected_instances_are_hidden_from_imaging_study(facade, pacs):
         assert rejected not in uids and pacs.ct[3].SOPInstanceUID in uids, base
         searched = entries(get(facade, f"{base}/ImagingStudy?_id={study_uid}"), "ImagingStudy")[0]
         assert searched == study
-    with TestClient(create_app(Settings(dicomweb_url=pacs.server.dicomweb_url, hide_rejected=False))) as raw:
+    unhidden = Settings(auth_mode="open", dicomweb_url=pacs.server.dicomweb_url, hide_rejected=False)
+    with checking_client(create_app(unhidden)) as raw:
         study = raw.get(f"/fhir/R4/ImagingStudy/{study_uid}").json()
         assert rejected in {i["uid"] for s in study["series"] for i in s.get("instance", [])}
 
@@ -316,15 +317,15 @@ def test_bad_manifests_are_refused_naming_the_problem(facade, pacs, mutate, stat
 
 
 def test_read_only_and_media_type(pacs):
-    app = create_app(Settings(dicomweb_url=pacs.server.dicomweb_url, manifests_writable=False))
-    with TestClient(app) as client:
+    app = create_app(Settings(auth_mode="open", dicomweb_url=pacs.server.dicomweb_url, manifests_writable=False))
+    with checking_client(app) as client:
         r = post(client, selection(pacs.ct[:1]))
         assert r.status_code == 405 and r.json()["resourceType"] == "OperationOutcome"
         sel = next(
             x for x in client.get(f"{R5}/metadata").json()["rest"][0]["resource"] if x["type"] == "ImagingSelection"
         )
         assert "create" not in {i["code"] for i in sel["interaction"]}
-    with TestClient(create_app(Settings(dicomweb_url=pacs.server.dicomweb_url))) as client:
+    with checking_client(create_app(Settings(auth_mode="open", dicomweb_url=pacs.server.dicomweb_url))) as client:
         r = client.post(f"{R5}/ImagingSelection", content=b"<xml/>", headers={"content-type": "application/xml"})
         assert r.status_code == 415
 
@@ -338,7 +339,26 @@ def test_summary_true_counts_leave_rejected_instances_out(facade, pacs):
     by_uid = {s["uid"]: s["numberOfInstances"] for s in summary["series"]}
     assert by_uid == {s["uid"]: s["numberOfInstances"] for s in full["series"]}
     assert by_uid[pacs.rejected.SeriesInstanceUID] == 1  # two images, one rejected
-    with TestClient(create_app(Settings(dicomweb_url=pacs.server.dicomweb_url, hide_rejected=False))) as raw:
+    unhidden = Settings(auth_mode="open", dicomweb_url=pacs.server.dicomweb_url, hide_rejected=False)
+    with checking_client(create_app(unhidden)) as raw:
         body = raw.get(f"/fhir/R4/ImagingStudy?_id={study_uid}&_summary=true").json()
         plain = next(e["resource"] for e in body["entry"] if e["resource"]["resourceType"] == "ImagingStudy")
         assert plain["numberOfInstances"] == summary["numberOfInstances"] + 1
+
+
+def test_the_create_answer_is_what_a_read_gives_body_site_included(facade, pacs):
+    # A new patient's knee image, so no other test's counts change.
+    image = pydicom.dcmread(io.BytesIO(encode_dataset(pacs.other[0])))
+    image.PatientID, image.PatientName, image.BodyPartExamined = "KOS0099", "Knee^Kim", "KNEE"
+    image.StudyInstanceUID, image.SeriesInstanceUID, image.SOPInstanceUID = (
+        "2.25.9900001",
+        "2.25.9900002",
+        "2.25.9900003",
+    )
+    image.file_meta.MediaStorageSOPInstanceUID = image.SOPInstanceUID
+    store(pacs.server.dicomweb_url, [image])
+    r = post(facade, selection([image], code="113008"))
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["bodySite"]["concept"]["coding"][0]["code"] == "72696002"  # SNOMED knee
+    assert get(facade, f"{R5}/ImagingSelection/{created['id']}") == created

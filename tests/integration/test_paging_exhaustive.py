@@ -128,7 +128,7 @@ def world() -> Iterator[World]:
 
 @pytest.fixture(scope="module")
 def facade(world: World) -> Iterator[TestClient]:
-    # A plain client: validating each of the ~350 Bundles (tests.support.fhir_check) would triple the run time,
+    # unchecked: validating each of the ~350 Bundles (tests.support.fhir_check) would triple the run time,
     # and their shape is checked by test_facade_orthanc and test_manifests_orthanc; here membership is the point.
     with TestClient(create_app(Settings(auth_mode="open", dicomweb_url=world.server.dicomweb_url))) as client:
         yield client
@@ -482,6 +482,7 @@ def test_instance_paging_gives_every_instance(world):
     """instances_of pages instance rows with QIDO offset (StudyInstanceUID list, instance level): with 2 rows per
     request every study is read over several pages, and must still carry each of its instances once."""
     settings = Settings(auth_mode="open", dicomweb_url=world.server.dicomweb_url, instance_limit=2, cache_ttl=0)
+    # unchecked: membership of instances is the point; shapes are checked elsewhere
     with TestClient(create_app(settings)) as client:
         for study in world.manifest.studies:
             body = _get(client, f"/fhir/R4/ImagingStudy/{study.study_uid}")

@@ -9,20 +9,30 @@ those are checked here by hand against the R5 value sets (https://hl7.org/fhir/R
 no empty strings, arrays or objects and no nulls (https://hl7.org/fhir/R5/json.html), and a dateTime or instant
 with a time must carry a zone (https://hl7.org/fhir/R5/datatypes.html#dateTime). Bundles are checked as a whole
 and entry by entry, so an error names the entry.
+
+Cardinality (a JSON array where the element is 0..1, a single value where it is 0..*; json.html#arrays) is left to
+the models, which reject both for every element (tests/unit/test_fhir_check_r5.py flips each element of every
+resource type we emit, :func:`cardinality_flips`). A wrong shape escapes only where no test emits the element:
+ImagingSelection.bodySite (0..1) went out as a list because the shell adds it after the pure mapping, and no test
+ran check_r5 on a selection of a series with a BodyPartExamined. So the API and integration tests talk to the
+facade through ``tests.support.fhir_check.checking_client`` only (a unit test refuses a bare TestClient), and an
+API test flips every element of real R5 answers, bodySite included.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from typing import Any
 
 from tests.support import fhir_check
 from tests.support.fhir_check import FhirCheckError
 from tests.support.fhir_check import _no_empty as _no_empty  # the same FHIR JSON rule in R5
 
-__all__ = ["FhirCheckError", "check_r5"]
+__all__ = ["FhirCheckError", "cardinality_flips", "check_r5"]
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 XHTML = "http://www.w3.org/1999/xhtml"
@@ -63,6 +73,35 @@ def check_r5(resource: dict[str, Any]) -> None:
         _bundle(resource)
     else:
         _resource(resource)
+
+
+def cardinality_flips(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every element of ``resource`` with its cardinality flipped, one at a time: a single value wrapped in a list,
+    a one-item list unwrapped (longer lists are skipped: unwrapping them would also lose items). Yields (path,
+    the mutated copy); each copy is invalid FHIR JSON, whatever the element (json.html#arrays)."""
+    for path in _element_paths(resource, ()):
+        value: Any = resource
+        for key in path:
+            value = value[key]
+        if isinstance(value, list) and len(value) != 1:
+            continue
+        mutated = copy.deepcopy(resource)
+        parent: Any = mutated
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value[0] if isinstance(value, list) else [value]
+        yield ".".join(str(k) for k in path), mutated
+
+
+def _element_paths(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key != "resourceType":
+                yield (*path, key)
+                yield from _element_paths(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _element_paths(item, (*path, i))
 
 
 # -- per resource ------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Categories:
 - the attributes the KOS IOD requires (PS3.3 A.35.4), checked on the decoded dataset, and independent readers
   (highdicom's KeyObjectSelectionDocument.from_dataset; DCMTK's dsrdump when installed);
 - cross-study selections: one copy per study with Identical Documents (PS3.3 C.17.6.2.1);
-- time: ContentDate/Time and TimezoneOffsetFromUTC from an aware datetime, in the study's zone when it has one;
+- time: ContentDate/Time from an aware datetime, with the study's TimezoneOffsetFromUTC when it has one, and none
+  (the PACS zone's local time) when it has none, so storing a KOS never moves its study's start (issue 9 item 7);
 - determinism, input validation, the QIDO-row constructors and the IMAGE/COMPOSITE choice.
 """
 
@@ -20,6 +21,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from highdicom._standard_utils import get_iod_module_map, get_sop_class_iod_map
@@ -39,6 +41,7 @@ from app.kos_build import (
     encode,
     is_image_sop_class,
 )
+from app.mapping.imaging_selection import issued_instant
 from tests.support.kos import FOR_CONFERENCE, FOR_REFERRING_PROVIDER, FOR_TEACHING, PURPOSES, QUALITY_ISSUE, REJECTIONS
 
 DATA = Path(__file__).parent.parent / "data"
@@ -112,7 +115,7 @@ def expected(
     sop_instance_uid: str = "2.25.900.1",
     series_uid: str = "2.25.900",
     content_time: str = "093000",
-    timezone_offset: str = "+0100",
+    timezone_offset: str | None = None,
     identical: tuple[str, ...] = (),
 ) -> KeyObjectSelection:
     return KeyObjectSelection(
@@ -252,11 +255,8 @@ class TestRequiredAttributes:
             "2.25.900.1",
             "ISO_IR 192",
         )
-        assert (ds.InstanceCreationDate, ds.InstanceCreationTime, ds.TimezoneOffsetFromUTC) == (
-            "20240301",
-            "093000",
-            "+0100",
-        )
+        assert (ds.InstanceCreationDate, ds.InstanceCreationTime) == ("20240301", "093000")
+        assert "TimezoneOffsetFromUTC" not in ds  # the study has none (C.12.1.1.8)
         # Patient, General Study (copied from the study row)
         assert (str(ds.PatientName), ds.PatientID, ds.IssuerOfPatientID) == ("Müller^Jürgen", "KOS0001", "HOSP-K")
         assert (ds.PatientBirthDate, ds.PatientSex) == ("19580214", "M")
@@ -465,29 +465,56 @@ class TestCrossStudy:
 
 
 class TestTime:
-    def test_offset_of_the_content_datetime(self) -> None:
+    def test_a_study_without_offset_gives_a_kos_without_one(self) -> None:
+        # PS3.3 C.12.1.1.8: TimezoneOffsetFromUTC applies to every DA/TM of the instance, the StudyDate/StudyTime
+        # copied from the study included, and Orthanc answers a study's offset from any one of its instances: a
+        # KOS with "+0000" would give a zone-less study one (issue 9 item 7). No offset; the caller's wall clock.
         when = datetime(2024, 3, 1, 23, 45, 1, 250000, tzinfo=timezone(-timedelta(hours=5, minutes=30)))
-        got = parsed(build([CT_1], content_datetime=when))
-        assert (got.content_date, got.content_time, got.timezone_offset) == ("20240301", "234501.25", "-0530")
-        assert got.issued == when
+        ds = decoded(build([CT_1], content_datetime=when))
+        assert "TimezoneOffsetFromUTC" not in ds
+        got = parse_kos(ds.to_json_dict())
+        assert (got.content_date, got.content_time, got.timezone_offset) == ("20240301", "234501.25", None)
+        # "The local timezone offset is undefined if this Attribute is absent": a naive time, and no FHIR instant.
+        assert got.issued == when.replace(tzinfo=None) and issued_instant(got, None) is None
 
-    def test_utc(self) -> None:
-        got = parsed(build([CT_1], content_datetime=datetime(2024, 3, 1, 8, 30, tzinfo=UTC)))
-        assert (got.content_time, got.timezone_offset) == ("083000", "+0000")
+    @pytest.mark.parametrize(
+        ("when", "local", "stamp"),
+        [
+            (datetime(2024, 7, 1, 8, 30, tzinfo=UTC), ("20240701", "103000"), "20240701103000+0200"),  # CEST
+            (datetime(2024, 1, 31, 23, 30, tzinfo=UTC), ("20240201", "003000"), "20240201003000+0100"),  # CET
+        ],
+    )
+    def test_without_study_offset_the_pacs_zone_gives_the_local_time(
+        self, when: datetime, local: tuple[str, str], stamp: str
+    ) -> None:
+        # The facade reads zone-less DICOM times in the PACS zone (pacs_timezone), the study's StudyDate/Time
+        # included: the KOS is written in that local time, so it reads back as the same instant.
+        berlin = ZoneInfo("Europe/Berlin")
+        ds = decoded(build([CT_1], content_datetime=when, zone=berlin))
+        assert "TimezoneOffsetFromUTC" not in ds
+        assert (ds.ContentDate, ds.ContentTime) == (ds.InstanceCreationDate, ds.InstanceCreationTime) == local
+        # A DT may carry its own offset, which TimezoneOffsetFromUTC does not touch (C.12.1.1.8): the exact instant.
+        assert [item.ContributionDateTime for item in ds.ContributingEquipmentSequence] == [stamp]
+        assert (ds.StudyDate, ds.StudyTime) == ("20240105", "101500")  # copied verbatim, still the study's zone
+        got = parse_kos(ds.to_json_dict())
+        assert got.timezone_offset is None
+        assert issued_instant(got, berlin) == when.astimezone(berlin).isoformat()
 
     def test_the_study_zone_wins(self) -> None:
         # TimezoneOffsetFromUTC applies to StudyDate/StudyTime too: a KOS written in Tokyo time would move the
-        # study; the instant is converted to the study's zone instead.
+        # study; the instant is converted to the study's zone instead, whatever the PACS zone.
         study = replace(CT_STUDY, timezone_offset="+0100")
         when = datetime(2024, 3, 2, 1, 30, tzinfo=timezone(timedelta(hours=9)))
-        got = parsed(build([CT_1], study=study, content_datetime=when))
-        assert (got.content_date, got.content_time, got.timezone_offset) == ("20240301", "173000", "+0100")
-        assert got.issued == when
+        for zone in (None, ZoneInfo("America/New_York")):
+            got = parsed(build([CT_1], study=study, content_datetime=when, zone=zone))
+            assert (got.content_date, got.content_time, got.timezone_offset) == ("20240301", "173000", "+0100")
+            assert got.issued == when
 
-    def test_an_unreadable_study_offset_is_ignored(self) -> None:
+    def test_an_unreadable_study_offset_is_not_copied(self) -> None:
+        # The facade ignores such a value (it reads the study in the PACS zone), so the KOS carries no offset.
         study = replace(CT_STUDY, timezone_offset="CET")
         got = parsed(build([CT_1], study=study))
-        assert (got.content_time, got.timezone_offset) == ("093000", "+0100")
+        assert (got.content_time, got.timezone_offset) == ("093000", None)
 
     def test_naive_datetime_is_refused(self) -> None:
         with pytest.raises(ValueError, match="timezone-aware"):
@@ -498,10 +525,12 @@ class TestTime:
             build([CT_1], content_datetime=datetime(2024, 3, 1, tzinfo=timezone(timedelta(seconds=30))))
 
     def test_no_wall_clock_in_the_document(self) -> None:
-        ds = decoded(build([CT_1]))
-        assert (ds.InstanceCreationDate, ds.InstanceCreationTime) == ("20240301", "093000")
-        stamps = [item.ContributionDateTime for item in ds.get("ContributingEquipmentSequence", [])]
-        assert stamps == ["20240301093000+0100"]
+        for study, offset in ((CT_STUDY, None), (replace(CT_STUDY, timezone_offset="+0100"), "+0100")):
+            ds = decoded(build([CT_1], study=study))
+            assert (ds.InstanceCreationDate, ds.InstanceCreationTime) == ("20240301", "093000")
+            assert ds.get("TimezoneOffsetFromUTC") == offset
+            stamps = [item.ContributionDateTime for item in ds.get("ContributingEquipmentSequence", [])]
+            assert stamps == ["20240301093000+0100"]
 
 
 # -- determinism ---------------------------------------------------------------------------------------------------
