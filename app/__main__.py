@@ -9,8 +9,8 @@ import sys
 
 import uvicorn
 
+from .http.observability import log_config
 from .main import create_app
-from .observability import log_config
 from .settings import Settings, SettingsError
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_headers=args.proxy_headers,
         server_header=False,
         # uvicorn's access log prints full query strings (patient ids, names searched for): off. The facade's
-        # own audit line (app.observability, logger facade.audit) records who saw which resources instead.
+        # own audit line (app.http.observability, logger facade.audit) records who saw which resources instead.
         access_log=False,
         log_config=log_config(settings.log_level, settings.log_format),
         timeout_graceful_shutdown=int(settings.shutdown_grace) or None,

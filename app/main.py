@@ -17,20 +17,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import endpoints
-from .auth import Authorizer
-from .breaker import CircuitBreaker
-from .cache import CachedQido
-from .cache_redis import RedisCache
-from .dicomweb_write import DicomWebStore
-from .ehr import EhrPatients, MrnRule
 from .errors import HTTP_STATUS_CODES, INTERNAL_ERROR, FacadeError, outcome
-from .fhir_http import FHIRResponse
-from .observability import Metrics, ObservabilityMiddleware
-from .service import Facade
+from .http import endpoints
+from .http.fhir_http import FHIRResponse
+from .http.observability import Metrics, ObservabilityMiddleware
+from .mapping.versions import VERSIONS
+from .pacs.breaker import CircuitBreaker
+from .pacs.cache import CachedQido
+from .pacs.cache_redis import RedisCache
+from .pacs.dicomweb_write import DicomWebStore
+from .pacs.ehr import EhrPatients, MrnRule
+from .pacs.upstream import DicomWebUpstream, UpstreamStats
+from .security.auth import Authorizer
 from .settings import Settings
-from .upstream import DicomWebUpstream, UpstreamStats
-from .versions import VERSIONS
+from .usecases.service import Facade
 
 logger = logging.getLogger(__name__)
 

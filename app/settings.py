@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .auth import AuthSettings
+from .security.auth import AuthSettings
 
 ENV_PREFIX = "FACADE_"
 
@@ -49,7 +49,7 @@ class Settings:
     upstream_connect_timeout: float = 3.0
     upstream_read_timeout: float = 20.0
     upstream_max_connections: int = 32
-    # Faults (app.upstream, app.breaker): retries with backoff for GETs only; the circuit opens after
+    # Faults (app.pacs.upstream, app.pacs.breaker): retries with backoff for GETs only; the circuit opens after
     # breaker_failures failures in a row (0: no breaker) for breaker_initial_reset seconds, doubled by each failed
     # probe up to breaker_reset (503 + Retry-After meanwhile). Every PACS call and retry of one FHIR request fits
     # into upstream_budget seconds; a read timeout is retried only with upstream_retry_timeouts.
@@ -71,16 +71,17 @@ class Settings:
     issuer_system_prefix: str = "urn:x-imaging-facade:issuer:"
     issuer_systems: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "info"
-    # EHR linkage (app.ehr): the EHR's FHIR base, the MRN's identifier system there (None: the one typed MR),
+    # EHR linkage (app.pacs.ehr): the EHR's FHIR base, the MRN's identifier system there (None: the one typed MR),
     # and a bearer token for it (Basic credentials can go in the URL instead). None: no EHR linked.
     ehr_fhir_url: str | None = None
     ehr_mrn_system: str | None = None
     ehr_token: str | None = field(default=None, repr=False)
-    # Key-image manifests (app.manifests): accept POST ImagingSelection (a new KOS stored with STOW-RS); and
+    # Key-image manifests (app.usecases.manifests): accept POST ImagingSelection (a new KOS stored with STOW-RS); and
     # leave out of ImagingStudy the instances that IOCM rejection notes reject.
     manifests_writable: bool = True
     hide_rejected: bool = True
-    # Authorization (app.auth): "open" (demo only) or "smart" (bearer tokens: JWTs checked against a JWK Set, or
+    # Authorization (app.security.auth): "open" (demo only) or "smart" (bearer tokens: JWTs checked against a JWK Set,
+    # or
     # RFC 7662 introspection). The SMART endpoints are published in /metadata and .well-known/smart-configuration.
     auth_mode: str = "smart"
     jwks_url: str | None = None

@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app import patient_ids  # noqa: E402
+from app.fhir import patient_ids  # noqa: E402
 from bench.run import (  # noqa: E402
     COLD_HEADERS,
     FHIR_HEADERS,

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app import patient_ids  # noqa: E402
+from app.fhir import patient_ids  # noqa: E402
 from tests.support.dataset import build_dataset  # noqa: E402
 from tests.support.facade import FacadeProcess, free_port, port_is_free  # noqa: E402
 from tests.support.kos import FOR_CONFERENCE, FOR_TEACHING, make_kos  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..terminology import ENDPOINT_CONNECTION_TYPES
+from ..dicom.terminology import ENDPOINT_CONNECTION_TYPES
 
 # SMART Imaging Access (Argonaut, profile SmartWadoEndpoint): 1..1 on every WADO-RS Endpoint.
 REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"

@@ -3,10 +3,10 @@
 R5 ImagingSelection (https://hl7.org/fhir/R5/imagingselection.html) holds the instances of ONE series ("All DICOM
 SOP Instances referenced in a single ImagingSelection resource shall be part of the same DICOM Series"), so a KOS
 whose references span k series (possibly of several studies) becomes k resources, in the document's order
-(:meth:`app.kos.KeyObjectSelection.series`). They share one business identifier, the KOS SOP Instance UID as
+(:meth:`app.dicom.kos.KeyObjectSelection.series`). They share one business identifier, the KOS SOP Instance UID as
 ``urn:dicom:uid`` / ``urn:oid:<uid>`` (the form R5 ImagingStudy uses for a Study UID), so
 ``ImagingSelection?identifier=urn:dicom:uid|urn:oid:<uid>`` finds them together; their ids are
-:func:`app.selection_ids.encode` of (KOS UID, group number), so each can be read back without a database.
+:func:`app.fhir.selection_ids.encode` of (KOS UID, group number), so each can be read back without a database.
 
 IHE IOCM rejection notes (titles 113001, 113037-113039) withdraw instances rather than select them: they give no
 ImagingSelection at all.
@@ -36,10 +36,10 @@ from datetime import UTC, timedelta, tzinfo
 from html import escape
 from typing import Any
 
-from .. import dicom_json as dj
-from .. import selection_ids
-from ..kos import Code, KeyObjectSelection, PersonName, SeriesSelection
-from ..terminology import DCM_SYSTEM, SNOMED_SYSTEM
+from ..dicom import dicom_json as dj
+from ..dicom.kos import Code, KeyObjectSelection, PersonName, SeriesSelection
+from ..dicom.terminology import DCM_SYSTEM, SNOMED_SYSTEM
+from ..fhir import selection_ids
 from . import names
 from .imaging_study import DICOM_UID_SYSTEM, MappingContext, subject_reference
 from .narrative import XHTML
@@ -59,7 +59,7 @@ CODING_SCHEMES = {
 UNTITLED = "Key Object Selection"
 
 _SOP_CLASS_SYSTEM = "urn:ietf:rfc:3986"
-# PS3.3 C.12.1.1.8: TimezoneOffsetFromUTC lies within -12:00..+14:00; anything else is ignored, as app.fhir_dates does.
+# PS3.3 C.12.1.1.8: TimezoneOffsetFromUTC lies within -12:00..+14:00; anything else is ignored, as app.fhir.dates does.
 _MIN_OFFSET, _MAX_OFFSET = timedelta(hours=-12), timedelta(hours=14)
 
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
 
-from .. import dicom_json as dj
-from .. import patient_ids
-from ..fhir_dates import dicom_interval
-from ..terminology import ACSN_TYPE, BODY_PARTS, DCM_SYSTEM, LATERALITY, NON_ACQUISITION_MODALITIES, SNOMED_SYSTEM
+from ..dicom import dicom_json as dj
+from ..dicom.terminology import ACSN_TYPE, BODY_PARTS, DCM_SYSTEM, LATERALITY, NON_ACQUISITION_MODALITIES, SNOMED_SYSTEM
+from ..fhir import patient_ids
+from ..fhir.dates import dicom_interval
+from ..fhir.subsetting import SUBSETTED
 from . import names, narrative
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -30,9 +31,6 @@ class MappingContext:
     patient_system: str = "urn:x-imaging-facade:patient-id"
     issuer_prefix: str = "urn:x-imaging-facade:issuer:"
     issuer_systems: Mapping[str, str] = field(default_factory=dict)
-
-
-SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
 
 
 def imaging_study(

@@ -2,16 +2,16 @@
 
 The Patient is derived from the PACS's patient attributes, as returned at study level (PS3.18 Table 10.6.3-3:
 PatientName, PatientID, PatientBirthDate, PatientSex; IssuerOfPatientID via includefield). Its id is the
-reversible (PatientID, Issuer) pair of app.patient_ids, so ImagingStudy.subject references resolve here.
+reversible (PatientID, Issuer) pair of app.fhir.patient_ids, so ImagingStudy.subject references resolve here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .. import dicom_json as dj
-from .. import patient_ids
-from ..fhir_dates import dicom_interval
+from ..dicom import dicom_json as dj
+from ..fhir import patient_ids
+from ..fhir.dates import dicom_interval
 from . import names, narrative
 from .imaging_study import MappingContext
 

@@ -1,7 +1,7 @@
 """R4 resources we already produce → their FHIR R5 (5.0.0) shape (pure).
 
 One mapping core, thin per-version output: DICOM is mapped once (app.mapping.imaging_study, .patient, .endpoint,
-app.bundle); these functions only reshape the R4 dicts where R5 changed an element, so the two versions cannot
+app.fhir.bundle); these functions only reshape the R4 dicts where R5 changed an element, so the two versions cannot
 drift apart. Inputs may be cached and shared, so they are never mutated: whatever changes is copied, whatever
 does not is shared (callers must treat the output as read-only too, as they already do with the R4 dicts).
 

@@ -8,7 +8,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from app import patient_ids
+from app.fhir import patient_ids
 from tests.api.conftest import PACS, instance_row, study_row
 from tests.support.tokens import AUDIENCE, ISSUER, TokenIssuer
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.search_params import IMAGING_STUDY_PARAMS, INCLUDES, PATIENT_PARAMS
+from app.fhir.search_params import IMAGING_STUDY_PARAMS, INCLUDES, PATIENT_PARAMS
 from tests.api.conftest import PACS
 from tests.support.fhir_check import check
 

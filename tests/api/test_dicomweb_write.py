@@ -1,4 +1,4 @@
-"""app.dicomweb_write: STOW-RS and WADO-RS metadata against a mocked PACS (respx router in an httpx.MockTransport).
+"""app.pacs.dicomweb_write: STOW-RS and WADO-RS metadata against a mocked PACS (respx router in an httpx.MockTransport).
 
 Checked on the wire: the multipart/related body (read back with the standard library's MIME parser), the headers,
 Basic credentials from the URL; on the way back: 200/202/409/500 answers, garbage, transport errors, and that no
@@ -19,8 +19,8 @@ import httpx
 import pytest
 import respx
 
-from app.dicomweb_write import DicomWebStore, StowRefused, StowResult
 from app.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from app.pacs.dicomweb_write import DicomWebStore, StowRefused, StowResult
 
 PACS = "http://pacs.test:8042/dicom-web"
 SECRET_PACS = "http://alice:s%3Acret@pacs.test:8042/dicom-web/"
@@ -116,7 +116,7 @@ class TestStowRequest:
         self, router: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         tokens = iter(["aaaa", "bbbb"])
-        monkeypatch.setattr("app.dicomweb_write.secrets.token_hex", lambda _n: next(tokens))
+        monkeypatch.setattr("app.pacs.dicomweb_write.secrets.token_hex", lambda _n: next(tokens))
         route = router.post(f"{PACS}/studies").respond(200, json=stow_answer(["2.25.1"]))
         run(make(router).store([b"xx--aaaa--xx"]))
         assert route.calls.last.request.headers["content-type"].endswith("boundary=bbbb")

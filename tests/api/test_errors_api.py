@@ -128,7 +128,7 @@ class TestBadInput:
         def boom(*args, **kwargs):
             raise RuntimeError("secret internals at /srv/app")
 
-        monkeypatch.setattr("app.service.imaging_study", boom)
+        monkeypatch.setattr("app.usecases.service.imaging_study", boom)
         r = client.get("/fhir/R4/ImagingStudy")
         issue = _outcome(r, 500)
         assert "secret" not in r.text and issue["diagnostics"] == "Internal server error"

@@ -14,7 +14,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 st = pytest.importorskip("hypothesis.strategies")
 
-from app.search_params import IMAGING_STUDY_PARAMS, PATIENT_PARAMS  # noqa: E402
+from app.fhir.search_params import IMAGING_STUDY_PARAMS, PATIENT_PARAMS  # noqa: E402
 from tests.api.conftest import PACS  # noqa: E402
 
 NAMES = [p.name for p in IMAGING_STUDY_PARAMS + PATIENT_PARAMS] + [

@@ -7,7 +7,7 @@ import logging
 
 import httpx
 
-from app.observability import JsonFormatter
+from app.http.observability import JsonFormatter
 from tests.api.conftest import PACS, instance_row, study_row
 
 

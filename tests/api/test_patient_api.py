@@ -6,7 +6,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from app import patient_ids
+from app.fhir import patient_ids
 from tests.api.conftest import PACS, study_row
 
 

@@ -7,8 +7,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from app.kos import KOS_SOP_CLASS_UID
-from app.search_params import IMAGING_SELECTION_PARAMS
+from app.dicom.kos import KOS_SOP_CLASS_UID
+from app.fhir.search_params import IMAGING_SELECTION_PARAMS
 from tests.api.conftest import PACS, instance_row, study_row
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -152,7 +152,7 @@ def test_imaging_selection_body_site_is_one_codeable_reference(pacs, client):
 def test_every_element_of_real_r5_answers_has_its_cardinality_checked(pacs, client):
     """Whatever element we emit at /fhir/R5, a list where it is 0..1 or a single value where it is 0..* fails
     check_r5: each element of real answers (every resource type, bodySite included) is flipped in turn."""
-    from app import patient_ids
+    from app.fhir import patient_ids
     from tests.support.fhir_check_r5 import FhirCheckError, cardinality_flips, check_r5
 
     _, kos = _manifest_pacs(pacs)

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from app import patient_ids
+from app.fhir import patient_ids
 from tests.api.conftest import PACS, instance_row, study_row
 from tests.support.fhir_check import check
 from tests.support.kos import FOR_TEACHING, KOS_SOP_CLASS_UID, kos_json, make_kos, make_study

@@ -20,14 +20,14 @@ import respx
 from cachetools import TTLCache
 
 import app.main
-from app import cache as cache_module
-from app.breaker import CircuitBreaker, CircuitOpen
-from app.cache import CachedQido
-from app.dicom_json import STUDY_UID, text
-from app.dicomweb_write import DicomWebStore
+from app.dicom.dicom_json import STUDY_UID, text
+from app.dicom.qido import QidoQuery
 from app.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
-from app.qido import QidoQuery
-from app.upstream import DicomWebUpstream, QidoResult, UpstreamStats
+from app.pacs import cache as cache_module
+from app.pacs.breaker import CircuitBreaker, CircuitOpen
+from app.pacs.cache import CachedQido
+from app.pacs.dicomweb_write import DicomWebStore
+from app.pacs.upstream import DicomWebUpstream, QidoResult, UpstreamStats
 from tests.api.conftest import PACS, study_row
 
 TIMEOUT = httpx.Timeout(5.0, connect=2.0)

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 from starlette.testclient import TestClient
 
-from app import patient_ids
+from app.fhir import patient_ids
 from app.main import create_app
 from app.settings import Settings
 from tests.support.dataset import Manifest

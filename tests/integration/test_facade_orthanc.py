@@ -10,11 +10,11 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from app import patient_ids
+from app.dicom.terminology import BODY_PARTS, LATERALITY, NON_ACQUISITION_MODALITIES
+from app.fhir import patient_ids
 from app.main import create_app
 from app.mapping.names import display
 from app.settings import Settings
-from app.terminology import BODY_PARTS, LATERALITY, NON_ACQUISITION_MODALITIES
 from tests.support.dataset import Manifest, StudyTruth
 from tests.support.fhir_check import check, checking_client
 

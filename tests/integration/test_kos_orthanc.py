@@ -1,9 +1,9 @@
-"""KOS documents through a real Orthanc: STOW-RS in, WADO-RS metadata out, app.kos in between.
+"""KOS documents through a real Orthanc: STOW-RS in, WADO-RS metadata out, app.dicom.kos in between.
 
 A private Orthanc (its own, module-scoped: the session fixture's dataset stays as it is) receives one patient's
 images in two studies, a multi-frame image and nine KOS: four purposes (one with a frame selection, one spanning
 both studies, two sharing a series) and the four IOCM rejection titles. Each KOS's ``/metadata`` is parsed with
-:func:`app.kos.parse_kos` and must equal the oracle built from the same inputs.
+:func:`app.dicom.kos.parse_kos` and must equal the oracle built from the same inputs.
 
 The QIDO tests record what Orthanc 1.10 / DICOMweb 1.7 answers about KOS, because the ImagingSelection read path
 depends on it: KO series and instances are found by Modality and SOPClassUID, but no title, evidence or content is
@@ -21,7 +21,7 @@ import httpx
 import pytest
 from pydicom import Dataset
 
-from app.kos import KOS_SOP_CLASS_UID, KeyObjectSelection, parse_kos
+from app.dicom.kos import KOS_SOP_CLASS_UID, KeyObjectSelection, parse_kos
 from tests.support.kos import (
     FOR_CONFERENCE,
     FOR_REFERRING_PROVIDER,
@@ -187,7 +187,7 @@ KOS_NAMES = [
 ]
 
 
-# -- WADO-RS metadata → app.kos ---------------------------------------------------------------------------------
+# -- WADO-RS metadata → app.dicom.kos ---------------------------------------------------------------------------------
 
 
 class TestWadoMetadata:

@@ -1,10 +1,11 @@
-"""The KOS write path through a real Orthanc: QIDO rows → app.kos_build → STOW-RS → WADO-RS metadata → app.kos.
+"""The KOS write path through a real Orthanc: QIDO rows → app.dicom.kos_build → STOW-RS → WADO-RS metadata →
+app.dicom.kos.
 
 A private Orthanc (module-scoped, so the session fixture's dataset stays as it is) holds one patient's images in
 three studies (CT with two series and a multi-frame image, MR, and a study with a TimezoneOffsetFromUTC). Each test
 builds KOS documents from what QIDO-RS says about those images (the facade has nothing else), stores them with
-:class:`app.dicomweb_write.DicomWebStore`, reads them back with its ``series_metadata`` and parses them with
-:func:`app.kos.parse_kos`: the result must equal what the builder produced locally.
+:class:`app.pacs.dicomweb_write.DicomWebStore`, reads them back with its ``series_metadata`` and parses them with
+:func:`app.dicom.kos.parse_kos`: the result must equal what the builder produced locally.
 
 Through the facade (POST /fhir/R5/ImagingSelection, pacs_timezone Europe/Berlin), creating a manifest must leave its
 study's ``started`` (R4 and R5) exactly as it was, for a study with a TimezoneOffsetFromUTC and for one without
@@ -28,10 +29,10 @@ import httpx
 import pytest
 from pydicom import Dataset, dcmread
 
-from app.dicomweb_write import DicomWebStore, StowRefused, StowResult
-from app.kos import KOS_SOP_CLASS_UID, Code, KeyObjectSelection, PersonName, parse_kos
-from app.kos_build import Evidence, KosCopy, PatientStudy, build_kos, build_kos_copies, encode
+from app.dicom.kos import KOS_SOP_CLASS_UID, Code, KeyObjectSelection, PersonName, parse_kos
+from app.dicom.kos_build import Evidence, KosCopy, PatientStudy, build_kos, build_kos_copies, encode
 from app.main import create_app
+from app.pacs.dicomweb_write import DicomWebStore, StowRefused, StowResult
 from app.settings import Settings
 from tests.support.dataset import make_uid
 from tests.support.fhir_check import checking_client
@@ -209,7 +210,7 @@ class TestRoundTrip:
         assert {(r.study_uid, r.series_uid) for r in got.references} == {
             (str(pacs.ct[0].StudyInstanceUID), str(pacs.ct[0].SeriesInstanceUID))
         }
-        # The study has no TimezoneOffsetFromUTC, so neither has the KOS (PS3.3 C.12.1.1.8; app.kos_build).
+        # The study has no TimezoneOffsetFromUTC, so neither has the KOS (PS3.3 C.12.1.1.8; app.dicom.kos_build).
         assert (got.content_date, got.content_time, got.timezone_offset) == ("20240301", "093000", None)
 
     def test_qido_finds_it(self, pacs: WritePacs) -> None:
@@ -329,28 +330,32 @@ class TestRoundTrip:
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 
 
+# Module-level (not class-scoped methods): pytest 9.2 fails to tear down class-scoped method fixtures that depend
+# on a module-scoped one ("assert not self._finalizers" in FixtureDef.execute).
+@pytest.fixture(scope="module")
+def zone_studies(pacs: WritePacs) -> dict[str, list[Dataset]]:
+    out = {
+        "with offset": make_study(SEED, "post-zone", study_date="20240715", tz_offset="+0200", **PATIENT),
+        "without offset": make_study(SEED, "post-plain", study_date="20240715", **PATIENT),
+    }
+    for images in out.values():
+        for ds in images:
+            ds.BodyPartExamined = "KNEE"  # so the created ImagingSelection has a bodySite (0..1) to check
+    store(pacs.url, [ds for images in out.values() for ds in images])
+    return out
+
+
+@pytest.fixture(scope="module")
+def zone_facade(pacs: WritePacs) -> Iterator[Any]:
+    settings = Settings(auth_mode="open", dicomweb_url=pacs.url, pacs_timezone="Europe/Berlin")
+    with checking_client(create_app(settings)) as client:  # check / check_r5 on every answer
+        yield client
+
+
 class TestCreateKeepsTheStudyStart:
     """POST /fhir/R5/ImagingSelection into a study with TimezoneOffsetFromUTC +0200 and into one without (read in
     the PACS zone, Europe/Berlin, CEST in July): ``started`` is the same before and after, in R4 and R5. Before the
     fix the KOS carried +0000 (the facade's clock) and the zone-less study's start moved from +02:00 to +00:00."""
-
-    @pytest.fixture(scope="class")
-    def studies(self, pacs: WritePacs) -> dict[str, list[Dataset]]:
-        out = {
-            "with offset": make_study(SEED, "post-zone", study_date="20240715", tz_offset="+0200", **PATIENT),
-            "without offset": make_study(SEED, "post-plain", study_date="20240715", **PATIENT),
-        }
-        for images in out.values():
-            for ds in images:
-                ds.BodyPartExamined = "KNEE"  # so the created ImagingSelection has a bodySite (0..1) to check
-        store(pacs.url, [ds for images in out.values() for ds in images])
-        return out
-
-    @pytest.fixture(scope="class")
-    def facade(self, pacs: WritePacs) -> Iterator[Any]:
-        settings = Settings(auth_mode="open", dicomweb_url=pacs.url, pacs_timezone="Europe/Berlin")
-        with checking_client(create_app(settings)) as client:  # check / check_r5 on every answer
-            yield client
 
     @staticmethod
     def started(facade: Any, study_uid: str) -> dict[str, str]:
@@ -365,9 +370,10 @@ class TestCreateKeepsTheStudyStart:
 
     @pytest.mark.parametrize("which", ["with offset", "without offset"])
     def test_started_is_the_same_before_and_after(
-        self, pacs: WritePacs, facade: Any, studies: dict[str, list[Dataset]], which: str
+        self, pacs: WritePacs, zone_facade: Any, zone_studies: dict[str, list[Dataset]], which: str
     ) -> None:
-        images = studies[which]
+        facade = zone_facade
+        images = zone_studies[which]
         study_uid = str(images[0].StudyInstanceUID)
         before = self.started(facade, study_uid)
         assert before == {"R4": "2024-07-15T10:15:00+02:00", "R5": "2024-07-15T10:15:00+02:00"}

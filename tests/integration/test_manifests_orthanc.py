@@ -15,7 +15,7 @@ import pytest
 from pydicom import Dataset
 from starlette.testclient import TestClient
 
-from app import patient_ids
+from app.fhir import patient_ids
 from app.main import create_app
 from app.settings import Settings
 from tests.support.fhir_check import checking_client
@@ -169,7 +169,7 @@ def test_identifier_and_read(facade, pacs):
 
 
 def _swap(a: str, b: str) -> tuple[str, str]:
-    from app import selection_ids
+    from app.fhir import selection_ids
 
     return selection_ids.encode(a, 0).split("-")[0], selection_ids.encode(b, 0).split("-")[0]
 

@@ -29,10 +29,10 @@ import pytest
 from pydicom import Dataset
 from starlette.testclient import TestClient
 
-from app import patient_ids, selection_ids
+from app.dicom.terminology import BODY_PARTS, body_parts_for_snomed
+from app.fhir import patient_ids, selection_ids
 from app.main import create_app
 from app.settings import Settings
-from app.terminology import BODY_PARTS, body_parts_for_snomed
 from tests.support.dataset import InstanceTruth, Manifest, SeriesTruth, StudyTruth, build_dataset, make_uid
 from tests.support.kos import (
     FOR_CONFERENCE,

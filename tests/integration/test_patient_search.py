@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from app import patient_ids
+from app.fhir import patient_ids
 from app.main import create_app
-from app.plan import fold
+from app.planning.plan import fold
 from app.settings import Settings
 from tests.support.dataset import Manifest, StudyTruth
 from tests.support.fhir_check import check, checking_client

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app import patient_ids
+from app.fhir import patient_ids
 from tests.support.dataset import Manifest
 from tests.support.facade import FacadeProcess
 

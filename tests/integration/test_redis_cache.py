@@ -1,4 +1,4 @@
-"""app.cache_redis.RedisCache behind CachedQido, against a real redis-server (Debian's) on a free loopback port.
+"""app.pacs.cache_redis.RedisCache behind CachedQido, against a real redis-server (Debian's) on a free loopback port.
 
 The PACS is an httpx.MockTransport answering the canned QIDO JSON of tests/data, through the real DicomWebUpstream,
 so the rows stored in Redis are the slimmed rows the facade really keeps. Skipped when redis-server is not installed,
@@ -20,12 +20,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from app.cache import CachedQido
-from app.cache_redis import FORMAT, RedisCache
-from app.dicom_json import PATIENT_NAME, STUDY_UID, person_name, text, values
+from app.dicom.dicom_json import PATIENT_NAME, STUDY_UID, person_name, text, values
+from app.dicom.qido import QidoQuery
 from app.errors import UpstreamBadResponse
-from app.qido import QidoQuery
-from app.upstream import DicomWebUpstream
+from app.pacs.cache import CachedQido
+from app.pacs.cache_redis import FORMAT, RedisCache
+from app.pacs.upstream import DicomWebUpstream
 from tests.support.redis import RedisServer, redis_binary
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ class TestThroughCachedQido:
         assert second is not first and second == first and not second.stale
         assert second.nbytes == first.nbytes > 0
         row = second.rows[0]
-        assert all(type(value) is tuple for value in row.values())  # as app.dicom_json's accessors expect
+        assert all(type(value) is tuple for value in row.values())  # as app.dicom.dicom_json's accessors expect
         assert text(row, STUDY_UID) == text(first.rows[0], STUDY_UID)
         assert person_name(row, PATIENT_NAME) == person_name(first.rows[0], PATIENT_NAME)
         assert values(row, "00080061") == values(first.rows[0], "00080061")
@@ -344,7 +344,7 @@ class TestRedisFaults:
             finally:
                 await cache.aclose()
 
-        with caplog.at_level(logging.WARNING, logger="app.cache_redis"):
+        with caplog.at_level(logging.WARNING, logger="app.pacs.cache_redis"):
             results, elapsed, errors_while_down, cache = run(go())
         assert all(len(r.rows) == 1 and not r.stale for r in results)
         assert pacs.calls == 1 + 20 + 1  # every request while Redis was dead was a miss, not an error
@@ -352,7 +352,7 @@ class TestRedisFaults:
         assert cache.skipped >= 38  # a get and a put per request
         assert elapsed < 1.0
         assert cache.breaker.state == "closed"
-        messages = [r.getMessage() for r in caplog.records if r.name == "app.cache_redis"]
+        messages = [r.getMessage() for r in caplog.records if r.name == "app.pacs.cache_redis"]
         assert len(messages) == 2  # down once, back once
         assert "answering without it" in messages[0] and "answers again" in messages[1]
 

@@ -22,7 +22,7 @@ import pytest
 from pydicom import Dataset
 from starlette.testclient import TestClient
 
-from app import patient_ids
+from app.fhir import patient_ids
 from app.main import create_app
 from app.settings import Settings
 from tests.support.dataset import CT_IMAGE_STORAGE
@@ -40,7 +40,8 @@ from tests.support.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
 
 pytestmark = pytest.mark.integration
 BASES = ("/fhir/R4", "/fhir/R5")
-# Every form of an ImagingStudy search: a page, and the ones that read every match first (app.studies.all_matching).
+# Every form of an ImagingStudy search: a page, and the ones that read every match first
+# (app.usecases.studies.all_matching).
 PATIENT = patient_ids.encode("REJ0001", None)
 FORMS = ("", "&_summary=count", "&_total=accurate", "&_sort=-started", "&_count=0")
 

@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, quote
 import pytest
 from starlette.testclient import TestClient
 
-from app import patient_ids
+from app.fhir import patient_ids
+from app.fhir.search import split_or
 from app.main import create_app
-from app.search import split_or
 from app.settings import Settings
 from tests.support.dataset import Manifest
 from tests.support.fhir_check import checking_client

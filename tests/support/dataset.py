@@ -36,7 +36,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import VR
 
-from app import gcpause
+from app.dicom import gcpause
 
 __all__ = [
     "CR_IMAGE_STORAGE",

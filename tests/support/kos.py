@@ -3,7 +3,7 @@
     images = make_study(1, "ct", patient_id="P1", patient_name="Doe^Jane")
     cine = make_multiframe(images[0], frames=5)
     kos = make_kos([images[0], cine], title=FOR_TEACHING, description="Nice case", frames={cine.SOPInstanceUID: [2, 4]})
-    metadata = kos_json(kos)       # the DICOM JSON a WADO-RS server would answer, to feed app.kos.parse_kos
+    metadata = kos_json(kos)       # the DICOM JSON a WADO-RS server would answer, to feed app.dicom.kos.parse_kos
     truth = expected_kos(kos, [images[0], cine], title=FOR_TEACHING, description="Nice case",
                          frames={cine.SOPInstanceUID: [2, 4]})   # the KeyObjectSelection parse_kos should give
 
@@ -35,7 +35,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from app import kos as app_kos
+from app.dicom import kos as app_kos
 from tests.support.dataset import (
     SOP_CLASS_BY_MODALITY,
     InstanceTruth,
@@ -354,7 +354,7 @@ def expected_kos(
     frames: Mapping[str, Sequence[int]] | None = None,
     observer_name: str | None = None,
 ) -> app_kos.KeyObjectSelection:
-    """What :func:`app.kos.parse_kos` should make of ``kos`` (built by :func:`make_kos` from the same arguments).
+    """What :func:`app.dicom.kos.parse_kos` should make of ``kos`` (built by :func:`make_kos` from the same arguments).
 
     Built from the inputs and the pydicom dataset, not from its JSON, so it is an independent oracle. References
     come in evidence order: the KOS's own study first, then the others; within a study, series and instances in

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from app.search import SearchContext
+from app.fhir.search import SearchContext
 
 BASE = "https://fhir.example.org/fhir/R4"
 SEARCH_CTX = SearchContext(

@@ -1,4 +1,4 @@
-"""SMART authorization core (app.auth): bearer parsing, JWT validation against a JWK Set (file and URL),
+"""SMART authorization core (app.security.auth): bearer parsing, JWT validation against a JWK Set (file and URL),
 RFC 7662 introspection, caching, what a context allows, and the discovery documents.
 
 Keys are generated here (RSA 2048, EC P-256); tokens are signed with PyJWT; the key server and the introspection
@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhir.resources.R4B.capabilitystatement import CapabilityStatementRestSecurity
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from app.auth import (
+from app.errors import FacadeError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from app.security.auth import (
     OPEN,
     AuthContext,
     Authorizer,
@@ -37,9 +38,8 @@ from app.auth import (
     confine_patients,
     parse_jwks,
 )
-from app.errors import FacadeError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
-from app.scopes import Scopes
-from app.smart_discovery import capability_security, smart_configuration
+from app.security.scopes import Scopes
+from app.security.smart_discovery import capability_security, smart_configuration
 
 NOW = 1_700_000_000.0
 ISS = "https://auth.example.org"

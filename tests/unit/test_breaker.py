@@ -1,12 +1,12 @@
-"""app.breaker.CircuitBreaker: the closed → open → half_open → closed/open state machine, on a fake clock, with a
+"""app.pacs.breaker.CircuitBreaker: the closed → open → half_open → closed/open state machine, on a fake clock, with a
 fixed open period (``initial_reset=None``) and with the adaptive one (short first, doubled per failed probe)."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.breaker import CircuitBreaker, CircuitOpen
 from app.errors import UpstreamError, UpstreamUnavailable
+from app.pacs.breaker import CircuitBreaker, CircuitOpen
 
 
 class Clock:

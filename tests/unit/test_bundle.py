@@ -1,4 +1,4 @@
-"""app.bundle: searchset Bundles with absolute links and fullUrls, no invented total."""
+"""app.fhir.bundle: searchset Bundles with absolute links and fullUrls, no invented total."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from app.bundle import search_url, searchset
-from app.search import SearchContext, parse_search
+from app.fhir.bundle import search_url, searchset
+from app.fhir.search import SearchContext, parse_search
 from tests.support import fhir_check
 
 BASE = "https://fhir.example.org/fhir/R4"

@@ -1,4 +1,4 @@
-"""app.cache.CachedQido: TTL + byte budget, single-flight, errors never cached, fresh=True bypass.
+"""app.pacs.cache.CachedQido: TTL + byte budget, single-flight, errors never cached, fresh=True bypass.
 
 The upstream is a fake with the Qido protocol's one method; time is a fake clock given to cachetools.
 Each test drives its own event loop with asyncio.run (pytest-asyncio is not configured).
@@ -14,11 +14,11 @@ import logging
 import pytest
 from cachetools import TTLCache
 
-from app import cache as cache_module
-from app.cache import CachedQido
+from app.dicom.qido import QidoQuery
 from app.errors import UpstreamTimeout, UpstreamUnavailable
-from app.qido import QidoQuery
-from app.upstream import QidoResult
+from app.pacs import cache as cache_module
+from app.pacs.cache import CachedQido
+from app.pacs.upstream import QidoResult
 
 Q1 = QidoQuery.build("studies", {"PatientID": "MRN0100"}, limit=21)
 Q2 = QidoQuery.build("studies", {"PatientID": "MRN0200"}, limit=21)
@@ -382,8 +382,8 @@ def test_cached_says_whether_search_will_answer_from_memory():
 
 
 def test_a_read_of_two_cached_answers_never_gathers(monkeypatch):
-    from app import studies
-    from app.studies import Limits, read_study
+    from app.usecases import studies
+    from app.usecases.studies import Limits, read_study
 
     class Fetch:
         def __init__(self, hit: bool) -> None:

@@ -1,4 +1,4 @@
-"""Which identifier of an EHR Patient is the MRN, and which PACS issuer it belongs to (app.ehr.MrnRule)."""
+"""Which identifier of an EHR Patient is the MRN, and which PACS issuer it belongs to (app.pacs.ehr.MrnRule)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from app.ehr import MrnRule
-from app.search import EhrPatient, PatientKey, parse_search
+from app.fhir.search import EhrPatient, PatientKey, parse_search
+from app.pacs.ehr import MrnRule
 from tests.support.ehr import MR
 from tests.unit.helpers import SEARCH_CTX
 

@@ -2,7 +2,8 @@
 
 Issue 9 item 3: ImagingSelection.bodySite (0..1 CodeableReference(BodyStructure)) went out as a list. check_r5
 itself rejects that (fhir.resources' R5 models do); it was never shown one, because the body site is added by the
-I/O shell (app.manifests) after the pure mapping the unit tests check, and no API or integration test selected a
+I/O shell (app.usecases.manifests) after the pure mapping the unit tests check, and no API or integration test
+selected a
 series with a BodyPartExamined. Hence, here:
 
 - one resource of every type we emit at /fhir/R5, built by the mapping code, passes;
@@ -21,17 +22,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app import bundle
-from app.capability import capability_statement
+from app.dicom.kos import parse_kos
 from app.errors import outcome
-from app.kos import parse_kos
+from app.fhir import bundle
+from app.http.capability import capability_statement
 from app.mapping.endpoint import wado_endpoint
 from app.mapping.imaging_selection import imaging_selections
 from app.mapping.imaging_study import MappingContext, imaging_study
 from app.mapping.patient import patient
 from app.mapping.r5 import bundle_r5, endpoint_r5, imaging_study_r5, patient_r5
+from app.mapping.versions import R5
 from app.settings import Settings
-from app.versions import R5
 from tests.api.conftest import instance_row, study_row
 from tests.support.fhir_check_r5 import FhirCheckError, cardinality_flips, check_r5
 from tests.support.kos import FOR_TEACHING, kos_json, make_kos, make_study
@@ -40,7 +41,7 @@ BASE = "https://fhir.example.org/fhir/R5"
 SNOMED = "http://snomed.info/sct"
 CTX = MappingContext(accession_system="http://hospital-a.example.org/acc", zone=ZoneInfo("Europe/Berlin"))
 TESTS = Path(__file__).resolve().parents[1]
-# What app.manifests adds to a selection of a series whose BodyPartExamined is KNEE (PS3.16 Annex L).
+# What app.usecases.manifests adds to a selection of a series whose BodyPartExamined is KNEE (PS3.16 Annex L).
 KNEE = {"concept": {"coding": [{"system": SNOMED, "code": "72696002", "display": "Knee"}], "text": "KNEE"}}
 
 

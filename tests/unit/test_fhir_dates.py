@@ -1,4 +1,4 @@
-"""app.fhir_dates: FHIR date search values and DICOM DA/TM/offset as half-open intervals.
+"""app.fhir.dates: FHIR date search values and DICOM DA/TM/offset as half-open intervals.
 
 R4 search.html#date.
 
@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.fhir_dates import DateCriterion, Interval, dicom_interval, parse_search_date, qido_date_range
+from app.fhir.dates import DateCriterion, Interval, dicom_interval, parse_search_date, qido_date_range
 from tests.unit.helpers import inside
 
 BERLIN = ZoneInfo("Europe/Berlin")

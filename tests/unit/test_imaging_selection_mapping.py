@@ -2,7 +2,7 @@
 
 Categories:
 - KOS documents built by highdicom (tests/support/kos.py), serialised as a server sends them and parsed by
-  app.kos.parse_kos: whole resources for one document, several purposes, frames, two studies, rejection notes;
+  app.dicom.kos.parse_kos: whole resources for one document, several purposes, frames, two studies, rejection notes;
 - issued: TimezoneOffsetFromUTC, else the PACS zone (DST, historical offsets), else left out;
 - odd names and text (escaping, ideographic groups), unknown coding schemes, missing parts (hand-made
   KeyObjectSelection values);
@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app import bundle, patient_ids, selection_ids
-from app.kos import Code, KeyObjectSelection, PersonName, ReferencedInstance, parse_kos
+from app.dicom.kos import Code, KeyObjectSelection, PersonName, ReferencedInstance, parse_kos
+from app.fhir import bundle, patient_ids, selection_ids
 from app.mapping.imaging_selection import KEY_OBJECT_DESCRIPTION_URL, imaging_selections, issued_instant
 from app.mapping.imaging_study import MappingContext
 from tests.support.fhir_check_r5 import check_r5

@@ -1,4 +1,4 @@
-"""app.kos: KOS DICOM JSON → KeyObjectSelection, and the per-series grouping for R5 ImagingSelection.
+"""app.dicom.kos: KOS DICOM JSON → KeyObjectSelection, and the per-series grouping for R5 ImagingSelection.
 
 Categories:
 - documents built by highdicom (tests/support/kos.py), serialised as a server would (Part 10 round trip, then
@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import Dataset
 
-from app.kos import (
+from app.dicom.kos import (
     KOS_SOP_CLASS_UID,
     Code,
     KeyObjectSelection,

@@ -1,4 +1,5 @@
-"""app.kos_build: KOS documents from plain inputs, read back through a Part 10 round trip and app.kos.parse_kos.
+"""app.dicom.kos_build: KOS documents from plain inputs, read back through a Part 10 round trip and
+app.dicom.kos.parse_kos.
 
 Categories:
 - round trips: build → encode → pydicom.dcmread → to_json_dict → parse_kos, compared whole with the inputs,
@@ -29,9 +30,9 @@ from highdicom.ko import KeyObjectSelectionDocument
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from app import dicom_json
-from app.kos import KOS_SOP_CLASS_UID, Code, KeyObjectSelection, PersonName, ReferencedInstance, parse_kos
-from app.kos_build import (
+from app.dicom import dicom_json
+from app.dicom.kos import KOS_SOP_CLASS_UID, Code, KeyObjectSelection, PersonName, ReferencedInstance, parse_kos
+from app.dicom.kos_build import (
     DocumentRef,
     Evidence,
     KosCopy,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from app.observability import TextFormatter
+from app.http.observability import TextFormatter
 
 
 def _record(**audit: object) -> logging.LogRecord:

@@ -1,4 +1,5 @@
-"""What a POSTed ImagingSelection (or transaction Bundle) must look like to become one KOS (app.manifest_input)."""
+"""What a POSTed ImagingSelection (or transaction Bundle) must look like to become one KOS
+(app.planning.manifest_input)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import copy
 import pytest
 
 from app.errors import InvalidRequest, Unprocessable
-from app.manifest_input import Selected, from_payload
+from app.planning.manifest_input import Selected, from_payload
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SEL = {

@@ -16,8 +16,8 @@ import pytest
 from fhir.resources.R4B.endpoint import Endpoint
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 
-from app import dicom_json as dj
-from app import patient_ids
+from app.dicom import dicom_json as dj
+from app.fhir import patient_ids
 from app.mapping.endpoint import wado_endpoint
 from app.mapping.imaging_study import MappingContext, imaging_study, subject_reference
 from tests.support import fhir_check

@@ -1,4 +1,4 @@
-"""app.patient_ids: reversible Patient ids from (PatientID, IssuerOfPatientID), and identifier systems."""
+"""app.fhir.patient_ids: reversible Patient ids from (PatientID, IssuerOfPatientID), and identifier systems."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from app import patient_ids
+from app.fhir import patient_ids
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # R4 datatypes.html#id
 DEFAULT = "urn:x-imaging-facade:patient-id"

@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from app import patient_ids
 from app.errors import InvalidRequest, UnsupportedSearch
-from app.patient_plan import distinct_patients, plan_patients
-from app.plan import PlanContext, name_check
-from app.search import PatientKey, parse_search
-from app.search_params import PATIENT
+from app.fhir import patient_ids
+from app.fhir.search import PatientKey, parse_search
+from app.fhir.search_params import PATIENT
+from app.planning.patient_plan import distinct_patients, plan_patients
+from app.planning.plan import PlanContext, name_check
 from tests.unit.helpers import SEARCH_CTX
 
 CTX = PlanContext(accession_system=None, zone=None, prequery_limit=100)
@@ -69,7 +69,7 @@ def test_id_and_identifier_become_patient_keys():
 
 def test_qido_keys_for_birthdate_and_gender_names_only_checked():
     p = plan_of("birthdate=1970-01-01&gender=female,other&name=mül")
-    # ±1 day: a date search value is read in the search zone (app.fhir_dates.qido_date_range).
+    # ±1 day: a date search value is read in the search zone (app.fhir.dates.qido_date_range).
     assert p.study_keys == {"PatientBirthDate": "19691231-19700102", "PatientSex": "F,O"}
     assert "PatientName" not in p.study_keys
     rows = [

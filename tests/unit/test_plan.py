@@ -1,4 +1,4 @@
-"""app.plan: SearchRequest → QIDO study keys, pre-queries and the exact re-check predicates.
+"""app.planning.plan: SearchRequest → QIDO study keys, pre-queries and the exact re-check predicates.
 
 The PACS is asked for a superset (Orthanc matches case-insensitively, and unsafe characters are sent as
 wildcards); every widened key must come with a predicate that rejects the near misses the PACS lets through.
@@ -11,12 +11,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app import dicom_json as dj
-from app import patient_ids
+from app.dicom import dicom_json as dj
+from app.dicom.qido import QidoQuery
 from app.errors import UnsupportedSearch
-from app.plan import Plan, PlanContext, Prequery, plan
-from app.qido import QidoQuery
-from app.search import SearchContext, SearchRequest, parse_search
+from app.fhir import patient_ids
+from app.fhir.search import SearchContext, SearchRequest, parse_search
+from app.planning.plan import Plan, PlanContext, Prequery, plan
 from tests.unit.helpers import SEARCH_CTX
 
 BERLIN = ZoneInfo("Europe/Berlin")

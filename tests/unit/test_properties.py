@@ -18,9 +18,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from app import patient_ids  # noqa: E402
-from app.fhir_dates import dicom_interval, parse_search_date, qido_date_range  # noqa: E402
-from app.qido import QidoQuery, match_pattern  # noqa: E402
+from app.dicom.qido import QidoQuery, match_pattern  # noqa: E402
+from app.fhir import patient_ids  # noqa: E402
+from app.fhir.dates import dicom_interval, parse_search_date, qido_date_range  # noqa: E402
 from tests.unit.helpers import inside  # noqa: E402
 
 PROFILE = settings(max_examples=400, derandomize=True, database=None, deadline=None)

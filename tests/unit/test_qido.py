@@ -1,10 +1,10 @@
-"""app.qido: QidoQuery as a hashable, sorted value; match_pattern makes values safe for a raw-only PACS."""
+"""app.dicom.qido: QidoQuery as a hashable, sorted value; match_pattern makes values safe for a raw-only PACS."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.qido import INSTANCE_FIELDS, STUDY_FIELDS, QidoQuery, date_range, match_pattern, uid_list
+from app.dicom.qido import INSTANCE_FIELDS, STUDY_FIELDS, QidoQuery, date_range, match_pattern, uid_list
 
 
 class TestQidoQuery:

@@ -22,13 +22,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import bundle, patient_ids
+from app.dicom.terminology import BODY_PARTS
 from app.errors import outcome
+from app.fhir import bundle, patient_ids
 from app.mapping.endpoint import wado_endpoint
 from app.mapping.imaging_study import MappingContext, imaging_study
 from app.mapping.patient import patient
 from app.mapping.r5 import bundle_r5, endpoint_r5, imaging_study_r5, patient_r5, resource_r5
-from app.terminology import BODY_PARTS
 from tests.api.conftest import instance_row, study_row
 from tests.support.fhir_check_r5 import FhirCheckError, check_r5
 

@@ -1,16 +1,17 @@
-"""Pre-query rows screened for IOCM-rejected instances (app.rejections), and where app.studies applies the screen."""
+"""Pre-query rows screened for IOCM-rejected instances (app.dicom.rejections), and where app.usecases.studies applies
+the screen."""
 
 from __future__ import annotations
 
 import asyncio
 
-from app import dicom_json as dj
-from app import rejections
-from app.kos import parse_kos
-from app.plan import Plan, Prequery
-from app.qido import QidoQuery
-from app.studies import Fetch, _candidate_uids
-from app.upstream import QidoResult
+from app.dicom import dicom_json as dj
+from app.dicom import rejections
+from app.dicom.kos import parse_kos
+from app.dicom.qido import QidoQuery
+from app.pacs.upstream import QidoResult
+from app.planning.plan import Plan, Prequery
+from app.usecases.studies import Fetch, _candidate_uids
 
 
 def instance(study: str, series: str, sop: str) -> dj.Dataset:
@@ -106,7 +107,7 @@ def test_rejected_references_come_from_rejection_notes_only():
     assert rejections.rejected_references([parse_kos(teaching)]) == frozenset()
 
 
-# -- app.studies._candidate_uids: where the screen is applied ---------------------------------------------------
+# -- app.usecases.studies._candidate_uids: where the screen is applied ---
 
 
 def prequery(level: str, attribute: str, value: str) -> Prequery:

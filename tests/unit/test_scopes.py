@@ -1,4 +1,4 @@
-"""SMART scopes v1/v2 (app.scopes): what each scope grants, which levels grant it, restricted and odd scopes.
+"""SMART scopes v1/v2 (app.security.scopes): what each scope grants, which levels grant it, restricted and odd scopes.
 
 Property tests (hypothesis) are derandomized with no example database, as in test_properties.
 """
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.scopes import ALL, LETTER, Scope, Scopes, parse_scope
+from app.security.scopes import ALL, LETTER, Scope, Scopes, parse_scope
 
 PROFILE = settings(max_examples=300, derandomize=True, database=None, deadline=None)
 INTERACTIONS = ("create", "read", "update", "delete", "search")

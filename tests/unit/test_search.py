@@ -1,4 +1,4 @@
-"""app.search: FHIR search parameters → SearchRequest (R4 search.html), strict and lenient handling."""
+"""app.fhir.search: FHIR search parameters → SearchRequest (R4 search.html), strict and lenient handling."""
 
 from __future__ import annotations
 
@@ -8,20 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app import patient_ids
 from app.errors import InvalidRequest, UnsupportedSearch
-from app.fhir_dates import DateCriterion, Interval
-from app.search import (
-    Criterion,
-    PatientKey,
-    SearchContext,
-    SearchRequest,
-    Token,
-    is_uid,
-    parse_search,
-    split_or,
-)
-from app.search_params import BY_NAME, IMAGING_STUDY, IMAGING_STUDY_PARAMS, PATIENT
+from app.fhir import patient_ids
+from app.fhir.dates import DateCriterion, Interval
+from app.fhir.search import Criterion, PatientKey, SearchContext, SearchRequest, Token, is_uid, parse_search, split_or
+from app.fhir.search_params import BY_NAME, IMAGING_STUDY, IMAGING_STUDY_PARAMS, PATIENT
 from tests.unit.helpers import BASE, SEARCH_CTX
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -338,7 +329,7 @@ class TestResultParameters:
 
     @pytest.mark.parametrize("fmt", ["json", "application/fhir+json", "xml", "application/fhir+xml"])
     def test_format_is_left_to_content_negotiation(self, fmt):
-        # _format=xml -> 406 is app.fhir_http.negotiate's job (with the Accept header; tests/api cover it);
+        # _format=xml -> 406 is app.http.fhir_http.negotiate's job (with the Accept header; tests/api cover it);
         # the parser only keeps it out of the search and out of the links.
         req = parse(("_format", fmt))
         assert req == parse()
@@ -482,7 +473,7 @@ def test_table_names_are_unique():
 
 
 def test_every_table_parameter_has_a_parser():
-    from app.search_values import PARSERS
+    from app.fhir.search_values import PARSERS
 
     for spec in (IMAGING_STUDY, PATIENT):
         assert set(PARSERS[spec.type]) == set(spec.by_name), spec.type

@@ -1,4 +1,4 @@
-"""app.selection_ids: "group k of KOS <SOP Instance UID>" ↔ a FHIR id, reversibly.
+"""app.fhir.selection_ids: "group k of KOS <SOP Instance UID>" ↔ a FHIR id, reversibly.
 
 Categories:
 - properties (hypothesis): every valid UID (PS3.5 §9.1) and k in 0..999 round-trips into a valid FHIR id; any
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from app.selection_ids import decode, encode
+from app.fhir.selection_ids import decode, encode
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # R4/R5 datatypes.html#id
 ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-."

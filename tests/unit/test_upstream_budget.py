@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.breaker import CircuitBreaker
 from app.errors import UpstreamTimeout, UpstreamUnavailable
-from app.request_scope import UPSTREAM_BUDGET, UpstreamBudget
+from app.pacs.breaker import CircuitBreaker
+from app.pacs.request_scope import UPSTREAM_BUDGET, UpstreamBudget
+from app.pacs.upstream import ResilientSender
 from app.settings import Settings, SettingsError
-from app.upstream import ResilientSender
 
 URL = "http://pacs.test/dicom-web/studies"
 TIMEOUT = httpx.Timeout(20.0, connect=3.0).as_dict()

@@ -1,0 +1,107 @@
+"""IOCM rejection notes applied to ImagingStudy rows (pure; IHE RAD TF-2 Rejection Note, KOS titles 113001,
+113037, 113038, 113039). The PACS keeps the rejected instances (Orthanc does not apply IOCM), so the facade leaves
+them out: from the instance rows, or, when only series rows are known (``_summary=true``), from the counts; and
+from the rows of the series/instance-level pre-queries (app.planning.plan), so that a search cannot find a study
+through an
+instance it does not show (:func:`screen_instances`, :func:`doubtful_series`, :func:`screen_series`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from . import dicom_json as dj
+from .kos import KeyObjectSelection
+
+StudyRows = tuple[dj.Dataset, list[dj.Dataset]]  # a study row and its instance (or series) rows
+
+
+def drop_instances(studies: list[StudyRows], rejected: frozenset[str]) -> list[StudyRows]:
+    """Instance rows whose SOP Instance UID a rejection note rejects are left out."""
+    if not rejected:
+        return studies
+    return [(row, [r for r in rows if dj.text(r, dj.SOP_INSTANCE_UID) not in rejected]) for row, rows in studies]
+
+
+def ko_series(studies: list[StudyRows]) -> list[tuple[str, str]]:
+    """(study, series) UIDs of the KO series among series rows: where rejection notes can be."""
+    return [
+        (study_uid, series_uid)
+        for row, rows in studies
+        if (study_uid := dj.text(row, dj.STUDY_UID))
+        for r in rows
+        if dj.text(r, dj.MODALITY) == "KO" and (series_uid := dj.text(r, dj.SERIES_UID))
+    ]
+
+
+def lower_series_counts(studies: list[StudyRows], docs: Iterable[KeyObjectSelection]) -> list[StudyRows]:
+    """Series rows with NumberOfSeriesRelatedInstances lowered by the instances rejected in them (a series left
+    with none is dropped), and the study rows' series and instance counts lowered to match."""
+    rejected = rejected_references(docs)
+    if not rejected:
+        return studies
+    per_series = Counter(series_uid for series_uid, _ in rejected)
+    out = []
+    for row, rows in studies:
+        kept, dropped_instances, dropped_series = [], 0, 0
+        for r in rows:
+            gone = per_series.get(dj.text(r, dj.SERIES_UID) or "", 0)
+            had = dj.integer(r, dj.NUMBER_OF_SERIES_INSTANCES) or 0
+            dropped_instances += min(gone, had)
+            if gone and had - gone <= 0:
+                dropped_series += 1
+            else:
+                kept.append(r | {dj.NUMBER_OF_SERIES_INSTANCES: (had - gone,)} if gone else r)
+        if dropped_instances or dropped_series:
+            row = row | {
+                dj.NUMBER_OF_SERIES: (max(0, (dj.integer(row, dj.NUMBER_OF_SERIES) or 0) - dropped_series),),
+                dj.NUMBER_OF_STUDY_INSTANCES: (
+                    max(0, (dj.integer(row, dj.NUMBER_OF_STUDY_INSTANCES) or 0) - dropped_instances),
+                ),
+            }
+        out.append((row, kept))
+    return out
+
+
+# -- pre-query rows (instance, dicom-class: instance rows; series, bodysite: series rows) ------------------------
+
+
+def rejected_references(docs: Iterable[KeyObjectSelection]) -> frozenset[tuple[str, str]]:
+    """(Series Instance UID, SOP Instance UID) of every instance the rejection notes among ``docs`` reject (from
+    their evidence, PS3.3 C.17.6.2)."""
+    return frozenset((r.series_uid, r.sop_instance_uid) for d in docs if d.is_rejection for r in d.references)
+
+
+def screen_instances(rows: list[dj.Dataset], rejected: frozenset[tuple[str, str]]) -> list[dj.Dataset]:
+    """Instance rows left once the rejected instances are out (matched on the SOP Instance UID, as
+    :func:`drop_instances` does for ImagingStudy content)."""
+    sops = {sop for _, sop in rejected}
+    return [r for r in rows if dj.text(r, dj.SOP_INSTANCE_UID) not in sops] if sops else rows
+
+
+def doubtful_series(rows: list[dj.Dataset], rejected: frozenset[tuple[str, str]]) -> list[str]:
+    """Series rows whose every instance may be rejected: the notes name at least as many of its instances as the
+    series holds (NumberOfSeriesRelatedInstances), or the row has no count. Counting cannot settle it, since a note
+    may name instances the PACS no longer holds (an archive deletes them, e.g. after 113039 "Data Retention Policy
+    Expired"): these series are to be decided on their instance rows (:func:`screen_series`)."""
+    named = Counter(series for series, _ in rejected)
+    out = []
+    for r in rows:
+        series = dj.text(r, dj.SERIES_UID) or ""
+        held = dj.integer(r, dj.NUMBER_OF_SERIES_INSTANCES)
+        if named.get(series, 0) and (held is None or held <= named[series]):
+            out.append(series)
+    return list(dict.fromkeys(out))
+
+
+def screen_series(
+    rows: list[dj.Dataset],
+    doubtful: Iterable[str],
+    instance_rows: list[dj.Dataset],
+    rejected: frozenset[tuple[str, str]],
+) -> list[dj.Dataset]:
+    """Series rows left: a doubtful series goes when none of its instance rows (``instance_rows``: those of the
+    doubtful series) is left by :func:`screen_instances`; every other series row stays."""
+    alive = {dj.text(r, dj.SERIES_UID) for r in screen_instances(instance_rows, rejected)}
+    gone = set(doubtful) - alive
+    return [r for r in rows if dj.text(r, dj.SERIES_UID) not in gone] if gone else rows

@@ -1,0 +1,1 @@
+"""The ASGI shell: handlers, FHIR HTTP rules, the CapabilityStatement, the landing page, observability."""

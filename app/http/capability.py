@@ -1,0 +1,110 @@
+"""The CapabilityStatement of each FHIR base, generated from the same tables the search parser uses
+(app.fhir.search_params, via app.mapping.versions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..fhir.search_params import ResourceSearch
+from ..mapping.versions import FhirVersion
+from ..security.smart_discovery import capability_security
+from ..settings import Settings
+
+
+def capability_statement(
+    base: str, version: FhirVersion, settings: Settings, *, software_version: str, date: str
+) -> dict[str, Any]:
+    writable = "ImagingSelection" in version.searches and settings.manifests_writable
+    statement: dict[str, Any] = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "publisher": "Imaging FHIR facade",
+        "kind": "instance",
+        "software": {"name": "imaging-fhir-facade", "version": software_version},
+        "implementation": {
+            "description": f"FHIR {version.name} facade over a DICOMweb PACS (QIDO-RS/WADO-RS/STOW-RS)",
+            "url": base,
+        },
+        "fhirVersion": version.fhir_version,
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Searches are answered live from the PACS's QIDO-RS. Paging uses _count (capped, "
+                "never rejected) and _offset in the next/previous links; no Bundle.total is given "
+                "because QIDO-RS reports none, except for _summary=count, which counts every matching study. "
+                "_summary=true gives series without their instances (a series-level QIDO query instead). "
+                "_sort=started|-started and _total=accurate|estimate read every matching study (up to the "
+                "server's prequery_limit; more is refused as too costly), since QIDO-RS can neither sort nor count.",
+                "resource": [
+                    _searchable(
+                        spec, _DOCS[rtype], writable=rtype == "ImagingSelection" and settings.manifests_writable
+                    )
+                    for rtype, spec in version.searches.items()
+                ]
+                + [
+                    {
+                        "type": "Endpoint",
+                        "profile": "http://hl7.org/fhir/StructureDefinition/Endpoint",
+                        "interaction": [{"code": "read"}],
+                        "versioning": "no-version",
+                    },
+                ],
+            }
+        ],
+    }
+    if settings.auth_mode == "smart":  # SMART App Launch: the security element and where tokens come from
+        if settings.smart_token_endpoint:
+            security = capability_security(
+                token_endpoint=settings.smart_token_endpoint,
+                authorization_endpoint=settings.smart_authorization_endpoint,
+                introspection_endpoint=settings.introspection_url,
+            )
+        else:
+            security = {"service": [SMART_SERVICE]}
+        security["description"] = (
+            "Bearer tokens (SMART on FHIR, scopes v1 and v2): patient/, user/ and system/ scopes per resource type; "
+            "a patient-context token sees its patient only (403 when a search names another)."
+        )
+        statement["rest"][0]["security"] = security
+    if writable:  # a transaction Bundle of the ImagingSelections of one manifest (app.planning.manifest_input)
+        statement["rest"][0]["interaction"] = [
+            {"code": "transaction", "documentation": "ImagingSelection creates only"}
+        ]
+    return statement
+
+
+SMART_SERVICE = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]
+}
+_DOCS = {
+    "ImagingStudy": "Sorting with _sort=started|-started only.",
+    "Patient": "Patients are the distinct PatientID + IssuerOfPatientID pairs of the PACS's studies; a search reads "
+    "every matching study (up to prequery_limit) and always gives an exact total.",
+    "ImagingSelection": "Key Object Selection (KOS) documents of the PACS, one resource per selected series; IOCM "
+    "rejection notes are not selections. Create (POST, or a transaction Bundle of the selections of one KOS) "
+    "stores a new KOS with STOW-RS; If-None-Exist on identifier makes a retried create safe.",
+}
+
+
+def _searchable(spec: ResourceSearch, documentation: str, *, writable: bool = False) -> dict[str, Any]:
+    interactions = ["read", "search-type"] + (["create"] if writable else [])
+    return {
+        "type": spec.type,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{spec.type}",
+        "documentation": documentation,
+        "interaction": [{"code": code} for code in interactions],
+        "versioning": "no-version",
+        "readHistory": False,
+        "updateCreate": False,
+        "conditionalCreate": writable,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        **({"searchInclude": list(spec.includes)} if spec.includes else {}),
+        "searchParam": [
+            {"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.documentation}
+            for p in spec.params
+        ],
+    }

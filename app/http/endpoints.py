@@ -1,0 +1,198 @@
+"""Thin async handlers: negotiate → parse → use case → present in the base's FHIR version → FHIRResponse.
+
+Each handler is bound to one FHIR version (and resource type) by app.main with functools.partial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from .. import __version__
+from ..errors import NotFound, outcome
+from ..fhir.search import parse_search
+from ..mapping.versions import VERSIONS, FhirVersion
+from ..pacs.request_scope import CACHE_SCOPE, PACS_TOKEN, STALE_ANSWERS
+from ..security.auth import OPEN, AuthContext, Authorizer
+from ..security.scopes import Interaction
+from ..security.smart_discovery import smart_configuration as build_smart_configuration
+from ..usecases.service import Facade
+from .capability import capability_statement
+from .fhir_http import FHIRResponse, fhir_base, json_body, negotiate, prefers_strict, pretty, search_items, wants_fresh
+from .landing import HEADERS as LANDING_HEADERS
+from .landing import landing_page
+from .observability import audit_fields, record
+
+STARTED = datetime.now(UTC).isoformat(timespec="seconds")
+STALE_OUTCOME = {
+    "resource": {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "warning",
+                "code": "transient",
+                "diagnostics": "The PACS could not be reached; some of these results come from an earlier answer "
+                "and may be out of date.",
+            }
+        ],
+    },
+    "search": {"mode": "outcome"},
+}
+
+
+def _facade(request: Request) -> Facade:
+    facade: Facade = request.app.state.facade
+    return facade
+
+
+def _base(request: Request, version: FhirVersion) -> str:
+    return fhir_base(request, _facade(request).settings.public_url, version.name)
+
+
+@dataclass(frozen=True)
+class Access:
+    patient: str | None  # the token's patient context, when the grant is patient-level (app.security.auth)
+    ctx: AuthContext
+
+
+async def smart_configuration(request: Request) -> Response:
+    """SMART App Launch discovery (.well-known/smart-configuration), from settings; public like /metadata."""
+    s = _facade(request).settings
+    if s.auth_mode != "smart" or not s.smart_token_endpoint:
+        raise NotFound("this server publishes no SMART configuration (auth_mode is not smart, or no token endpoint)")
+    body = build_smart_configuration(
+        authorization_endpoint=s.smart_authorization_endpoint,
+        token_endpoint=s.smart_token_endpoint,
+        issuer=s.token_issuer,
+        jwks_uri=s.jwks_url,
+        introspection_endpoint=s.introspection_url,
+    )
+    return JSONResponse(body)
+
+
+async def metadata(request: Request, version: FhirVersion) -> Response:
+    negotiate(request, version.mime_versions)
+    statement = capability_statement(
+        _base(request, version), version, _facade(request).settings, software_version=__version__, date=STARTED
+    )
+    return FHIRResponse(statement, pretty=pretty(request))
+
+
+async def _authorize(request: Request, resource_type: str, interaction: Interaction) -> Access:
+    """Authenticate (401), check the scopes (403), and scope the PACS cache to what this token may see."""
+    auth: Authorizer = request.app.state.auth
+    ctx = await auth.authenticate(request.headers.get("authorization"))
+    record(request.state, who=ctx.subject or ctx.client_id or ("open" if ctx is OPEN else "unknown"))
+    restriction = ctx.require(resource_type, interaction)
+    forward = _facade(request).settings.pacs_auth == "forward"
+    # Cached PACS answers are shared only by requests that may see the same data (app.security.auth isolation key);
+    # with the
+    # caller's token forwarded, the PACS itself may answer differently per caller.
+    CACHE_SCOPE.set(ctx.private_cache_key if forward else ctx.cache_key)
+    STALE_ANSWERS.set([])
+    if forward and ctx.token:
+        PACS_TOKEN.set(ctx.token)
+    return Access(restriction, ctx)
+
+
+async def search(request: Request, version: FhirVersion, resource_type: str) -> Response:
+    negotiate(request, version.mime_versions)
+    access = await _authorize(request, resource_type, "search")
+    facade = _facade(request)
+    base = _base(request, version)
+    ctx = facade.search_context(base, strict=prefers_strict(request))
+    req = parse_search(await search_items(request), ctx, version.searches[resource_type])
+    if req.include_patient and not access.ctx.scopes.allows("Patient", "read"):
+        req = dataclasses.replace(req, includes=req.includes - {"ImagingStudy:patient"})  # not this token's to see
+    result = await facade.search(resource_type, req, base, fresh=wants_fresh(request), patient=access.patient)
+    record(request.state, interaction="search", type=resource_type, **audit_fields(result))
+    if STALE_ANSWERS.get():  # stale-if-error: say so in the Bundle (search.mode outcome, R4 bundle.html)
+        outcome_entry = {"fullUrl": f"urn:uuid:{uuid.uuid4()}", **STALE_OUTCOME}  # not a resource of this server
+        result = result | {"entry": [*result.get("entry", []), outcome_entry]}
+    return FHIRResponse(version.present(result), pretty=req.pretty)
+
+
+async def read(request: Request, version: FhirVersion, resource_type: str) -> Response:
+    negotiate(request, version.mime_versions)
+    # The Endpoint is no patient data: any token that may read studies may read where their images are.
+    access = await _authorize(request, "ImagingStudy" if resource_type == "Endpoint" else resource_type, "read")
+    facade = _facade(request)
+    resource = await facade.read(
+        resource_type,
+        request.path_params["id"],
+        _base(request, version),
+        fresh=wants_fresh(request),
+        patient=access.patient,
+    )
+    record(request.state, interaction="read", type=resource_type, **audit_fields(resource))
+    # A read has no Bundle to carry an OperationOutcome: RFC 9111 §5.5 (obsolete but understood) Warning 110.
+    stale = {"Warning": '110 - "Response is Stale"'} if STALE_ANSWERS.get() else None
+    return FHIRResponse(version.present(resource), pretty=pretty(request), headers=stale)
+
+
+async def create_selection(request: Request, version: FhirVersion) -> Response:
+    """POST [base]/ImagingSelection: a new manifest (http.html#create; If-None-Exist: http.html#ccreate)."""
+    return await _create(request, version, transaction=False)
+
+
+async def transaction(request: Request, version: FhirVersion) -> Response:
+    """POST [base] with a transaction Bundle whose entries are the ImagingSelections of one manifest."""
+    return await _create(request, version, transaction=True)
+
+
+async def _create(request: Request, version: FhirVersion, *, transaction: bool) -> Response:
+    negotiate(request, version.mime_versions)
+    access = await _authorize(request, "ImagingSelection", "create")
+    payload = await json_body(request)
+    facade = _facade(request)
+    created = await facade.create_manifest(
+        payload,
+        _base(request, version),
+        if_none_exist=request.headers.get("if-none-exist"),
+        transaction=transaction,
+        patient=access.patient,
+    )
+    record(request.state, interaction="create", type="ImagingSelection", **audit_fields(created.body))
+    headers = {"Location": created.location} if created.location else None
+    return FHIRResponse(version.present(created.body), created.status, pretty=pretty(request), headers=headers)
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the PACS answers a minimal QIDO query (uncached) in time and its circuit is not open."""
+    problem = await _facade(request).ready()
+    if problem:
+        return FHIRResponse(outcome("transient", problem), 503, headers={"Retry-After": "5"})
+    return FHIRResponse(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational", "diagnostics": "ready"}],
+        }
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition (requests, upstream calls, cache, circuit breaker)."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def landing(request: Request) -> Response:
+    """``GET /``: what this service is, for a person with a browser (app.http.landing)."""
+    settings = _facade(request).settings
+    root = fhir_base(request, settings.public_url, "").removesuffix("/fhir/")
+    page = landing_page(root, auth_mode=settings.auth_mode, versions=tuple(v.name for v in VERSIONS))
+    return HTMLResponse(page, headers=LANDING_HEADERS)
+
+
+async def healthz(request: Request) -> Response:
+    return FHIRResponse(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational", "diagnostics": "alive"}],
+        }
+    )

@@ -1,0 +1,224 @@
+"""Operations: request ids, Prometheus metrics, JSON logs and the access audit line (no PHI beyond identifiers).
+
+One pure-ASGI middleware (no per-request object churn of BaseHTTPMiddleware) times every request, labels it by
+the route *template* (``/fhir/R4/ImagingStudy/{id}``, never the raw path: bounded label cardinality and no ids in
+metrics), sets ``X-Request-ID`` and the request's upstream time budget (app.pacs.request_scope), and writes one audit
+line per FHIR interaction: who (token subject / client), which patient(s), which resources, outcome. Names and
+birth dates never go into logs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..pacs.request_scope import UPSTREAM_BUDGET, UpstreamBudget
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+audit_log = logging.getLogger("facade.audit")
+
+
+class Metrics:
+    """The app's own registry (not the process-global one), so several apps in one test process do not clash."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "facade_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "facade_http_request_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.upstream = Counter(
+            "facade_upstream_requests", "Requests to the PACS/EHR by kind and outcome", ["kind", "outcome"], registry=r
+        )
+        self.upstream_latency = Histogram(
+            "facade_upstream_request_seconds",
+            "Latency of requests to the PACS/EHR by kind",
+            ["kind"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.cache_hits = Gauge("facade_cache_hits", "QIDO cache hits since start", registry=r)
+        self.cache_misses = Gauge("facade_cache_misses", "QIDO cache misses since start", registry=r)
+        self.cache_bytes = Gauge("facade_cache_bytes", "Bytes of QIDO answers held in the cache", registry=r)
+        self.breaker_open = Gauge(
+            "facade_upstream_breaker_state", "PACS circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
+        )
+
+    def observe_upstream(self, kind: str, outcome: str, seconds: float) -> None:
+        self.upstream.labels(kind, outcome).inc()
+        self.upstream_latency.labels(kind).observe(seconds)
+
+    def bind(self, *, cache: Any = None, breaker_state: Callable[[], str] | None = None) -> None:
+        """Gauges read at scrape time from the objects that own the numbers."""
+        if cache is not None:
+            self.cache_hits.set_function(lambda: float(cache.hits))
+            self.cache_misses.set_function(lambda: float(cache.misses))
+            self.cache_bytes.set_function(lambda: float(cache.size_bytes))
+        if breaker_state is not None:
+            codes = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+            self.breaker_open.set_function(lambda: codes.get(breaker_state(), 0.0))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _SAFE_ID.fullmatch(given) else uuid.uuid4().hex  # a client's id only when harmless in logs
+        token = REQUEST_ID.set(rid)
+        # One upstream time budget per request, shared by all its PACS calls (app.pacs.request_scope,
+        # app.pacs.upstream).
+        budget = UPSTREAM_BUDGET.set(UpstreamBudget())
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            if route.startswith("/fhir/") and not route.endswith("/metadata"):
+                _audit(scope, route, status, elapsed)
+            REQUEST_ID.reset(token)
+            UPSTREAM_BUDGET.reset(budget)
+
+
+def record(request_state: Any, **fields: Any) -> None:
+    """What the endpoint knows for the audit line: who, patients, resource ids (see :func:`audit_fields`)."""
+    current = getattr(request_state, "audit", None) or {}
+    current.update(fields)
+    request_state.audit = current
+
+
+def audit_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """Resource ids and patient references of a response body: identifiers only, never names or dates."""
+    resources = [e["resource"] for e in body.get("entry", [])] if body.get("resourceType") == "Bundle" else [body]
+    ids = [f"{r.get('resourceType')}/{r.get('id')}" for r in resources if r.get("id")]
+    patients = sorted(
+        {
+            ref
+            for r in resources
+            if isinstance(ref := (r.get("subject") or {}).get("reference"), str) and ref.startswith("Patient/")
+        }
+        | {f"Patient/{r['id']}" for r in resources if r.get("resourceType") == "Patient" and r.get("id")}
+    )
+    return {"resources": ids[:100], "n_resources": len(ids), "patients": patients[:20]}
+
+
+def _audit(scope: Scope, route: str, status: int, elapsed: float) -> None:
+    fields = (scope.get("state") or {}).get("audit") or {}
+    audit_log.info(
+        "access",
+        extra={
+            "audit": {
+                "method": scope["method"],
+                "route": route,
+                "status": status,
+                "ms": round(elapsed * 1000, 1),
+                "who": fields.get("who", "anonymous"),
+                **{k: v for k, v in fields.items() if k != "who"},
+            }
+        },
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, and the audit fields if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": REQUEST_ID.get(),
+        }
+        audit = getattr(record, "audit", None)
+        if isinstance(audit, dict):
+            out.update(audit)
+        if record.exc_info and record.levelno >= logging.ERROR:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain text for people: ``time level logger [request id] message``, then the audit fields as ``key=value``
+    (lists and strings with spaces as JSON), so the text audit line says who, what, patients and status too."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        audit = getattr(record, "audit", None)
+        if isinstance(audit, dict):
+            line += "".join(f" {k}={_text_value(v)}" for k, v in audit.items())
+        return line
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def log_config(level: str, fmt: str) -> dict[str, Any]:
+    """uvicorn/logging dictConfig: JSON lines (``fmt="json"``) or plain text, one handler on stderr."""
+    formatter: dict[str, Any] = {
+        "()": "app.http.observability.JsonFormatter" if fmt == "json" else "app.http.observability.TextFormatter"
+    }
+    handler: dict[str, Any] = {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}
+    if fmt != "json":
+        handler["filters"] = ["request_id"]
+    loggers: Iterable[str] = ("uvicorn", "uvicorn.error", "app", "facade.audit")
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "app.http.observability.RequestIdFilter"}},
+        "formatters": {"main": formatter},
+        "handlers": {"main": handler},
+        "loggers": {name: {"handlers": ["main"], "level": level.upper(), "propagate": False} for name in loggers},
+    }
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True

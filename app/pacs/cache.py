@@ -1,0 +1,242 @@
+"""Upstream QIDO answers cached: TTL, single-flight, never errors, stale-if-error; in memory or in Redis.
+
+Keyed on the normalised :class:`~app.dicom.qido.QidoQuery` (plus a context key that separates authorisation contexts: an
+answer stored under one context is never returned for another), never on the raw FHIR query string, so differently
+spelled FHIR searches share entries.
+
+Where answers live is a :class:`CacheBackend`: :class:`MemoryCache` (default: cachetools TTLCache bounded by bytes,
+per process) or :class:`app.pacs.cache_redis.RedisCache` (shared by replicas). Single-flight (concurrent identical
+misses
+make one upstream call) is per process in both cases. Explicit get/put, because ``@cached`` on a coroutine caches the
+coroutine object (tkem/cachetools#92).
+
+Stale-if-error (the idea of RFC 5861 §4): with ``stale_ttl > 0`` every answer is kept ``stale_ttl`` seconds past its
+``ttl``. A search that asks for it (``stale_if_error=True``) and whose upstream call fails with an UpstreamError gets
+the kept answer instead, as a :class:`~app.pacs.upstream.QidoResult` with ``stale=True``, so the caller can say so (an
+OperationOutcome "may be stale"). Errors are never cached; a stale answer is never served without an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cachetools import TTLCache
+
+from ..dicom.qido import QidoQuery
+from ..errors import UpstreamError
+from .request_scope import CACHE_SCOPE, STALE_ANSWERS
+from .upstream import Qido, QidoResult
+
+__all__ = ["CacheBackend", "CacheKey", "CachedQido", "Hit", "MemoryCache"]
+
+# (context, query): the context first, so no lookup can ignore it.
+CacheKey = tuple[Hashable, QidoQuery]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A kept answer: ``fresh`` within its ``ttl``, else within the ``stale_ttl`` after it (only for errors)."""
+
+    result: QidoResult
+    fresh: bool
+
+
+class CacheBackend(Protocol):
+    """Where answers are kept. ``ttl``: seconds an answer is fresh (0: never served without an error);
+    ``stale_ttl``: seconds it is kept after that. A backend never raises for its own faults: a store that fails
+    reads as a miss and writes nothing."""
+
+    ttl: float
+    stale_ttl: float
+
+    async def get(self, key: CacheKey) -> Hit | None: ...
+
+    async def put(self, key: CacheKey, result: QidoResult) -> None: ...
+
+    def clear(self) -> None:
+        """Forget every answer at once for this process's reads (shared stores may finish deleting in the
+        background)."""
+        ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+
+class MemoryCache:
+    """Two cachetools TTLCaches bounded by the answers' byte sizes (LRU past the budget): answers for ``ttl``, and,
+    when ``stale_ttl > 0``, the same answers for ``ttl + stale_ttl`` (a second budget, ``stale_max_bytes``, by
+    default ``max_bytes``). Both hold the same result objects, so the second store only costs memory for answers the
+    first one has dropped: at most ``max_bytes + stale_max_bytes`` in all. Never suspends."""
+
+    def __init__(self, *, ttl: float, max_bytes: int, stale_ttl: float = 0, stale_max_bytes: int | None = None) -> None:
+        if ttl < 0 or stale_ttl < 0:
+            raise ValueError("ttl and stale_ttl must not be negative")
+        self.ttl = ttl
+        self.stale_ttl = stale_ttl
+        self._fresh: TTLCache[CacheKey, QidoResult] | None = None
+        self._stale: TTLCache[CacheKey, QidoResult] | None = None
+        if ttl > 0:
+            self._fresh = TTLCache(maxsize=max_bytes, ttl=ttl, getsizeof=_weight)
+        if stale_ttl > 0:
+            budget = max_bytes if stale_max_bytes is None else stale_max_bytes
+            self._stale = TTLCache(maxsize=budget, ttl=ttl + stale_ttl, getsizeof=_weight)
+
+    async def get(self, key: CacheKey) -> Hit | None:
+        if self._fresh is not None and (result := self._fresh.get(key)) is not None:
+            return Hit(result, True)
+        if self._stale is not None and (result := self._stale.get(key)) is not None:
+            return Hit(result, False)
+        return None
+
+    async def put(self, key: CacheKey, result: QidoResult) -> None:
+        for store in (self._fresh, self._stale):
+            if store is not None and result.nbytes <= store.maxsize:
+                store[key] = result  # an answer larger than the whole budget is served but not kept
+
+    def clear(self) -> None:
+        for store in (self._fresh, self._stale):
+            if store is not None:
+                store.clear()
+
+    def has_fresh(self, key: CacheKey) -> bool:
+        return self._fresh is not None and key in self._fresh
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self._fresh.currsize) if self._fresh is not None else 0
+
+    @property
+    def stale_size_bytes(self) -> int:
+        return int(self._stale.currsize) if self._stale is not None else 0
+
+
+def _weight(result: QidoResult) -> int:
+    return max(result.nbytes, 1)  # an empty answer weighs one byte, so the entry count is bounded too
+
+
+class CachedQido:
+    """The cached QIDO port.
+
+    **Parameters:**
+    * upstream - the :class:`~app.pacs.upstream.Qido` port (``DicomWebUpstream``).
+    * ttl, max_bytes, stale_ttl - the default :class:`MemoryCache` (``ttl=0``: nothing is served from the cache
+      without an error; single-flight still applies).
+    * backend - another :class:`CacheBackend` (e.g. ``RedisCache``), which brings its own ttl/stale_ttl; the three
+      arguments above are then not allowed.
+
+    Counters: ``hits`` (fresh answers and joined in-flight fetches), ``misses`` (upstream calls made),
+    ``stale_served`` (stale answers served after an upstream error).
+    """
+
+    def __init__(
+        self,
+        upstream: Qido,
+        *,
+        ttl: float = 0,
+        max_bytes: int = 0,
+        stale_ttl: float = 0,
+        backend: CacheBackend | None = None,
+    ) -> None:
+        if backend is None:
+            backend = MemoryCache(ttl=ttl, max_bytes=max_bytes, stale_ttl=stale_ttl)
+        elif ttl or max_bytes or stale_ttl:
+            raise TypeError("ttl, max_bytes and stale_ttl configure the in-memory cache; a backend brings its own")
+        self._upstream = upstream
+        self.backend = backend
+        self._inflight: dict[CacheKey, asyncio.Future[QidoResult]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.stale_served = 0
+
+    def clear(self) -> None:
+        """Forget every cached answer (after the facade wrote to the PACS, so the next search sees it)."""
+        self.backend.clear()
+
+    @property
+    def size_bytes(self) -> int:
+        return self.backend.size_bytes
+
+    def cached(self, query: QidoQuery, context: Hashable = None) -> bool:
+        """Whether a fresh answer is in memory now (then :meth:`search` returns it without suspending). Always
+        False for a remote backend, which cannot be asked without I/O."""
+        return isinstance(self.backend, MemoryCache) and self.backend.has_fresh((context, query))
+
+    async def search(
+        self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: bool = False
+    ) -> QidoResult:
+        """``fresh``: the client sent Cache-Control: no-cache, so go to the PACS (and refresh the entry).
+        ``stale_if_error``: if the PACS fails (any UpstreamError, the breaker's CircuitOpen included), answer with a
+        kept answer marked ``stale=True`` rather than the error, when there is one (``fresh`` or not)."""
+        key: CacheKey = (context, query)
+        backend = self.backend
+        hit = None
+        if not fresh and backend.ttl > 0:
+            hit = await backend.get(key)
+            if hit is not None and hit.fresh:
+                self.hits += 1
+                return hit.result
+        # No await from here to the registration below: a concurrent identical miss finds this fetch and joins it.
+        task = None if fresh else self._inflight.get(key)
+        if task is None:
+            self.misses += 1
+            # The fetch runs as its own task so that one caller going away (client disconnect) does not
+            # cancel it for the others waiting on it (single-flight).
+            task = asyncio.ensure_future(self._fetch(key, query))
+            task.add_done_callback(_retrieve)
+            if not fresh:
+                self._inflight[key] = task
+        else:
+            self.hits += 1
+        try:
+            return await asyncio.shield(task)
+        except UpstreamError:
+            if not stale_if_error or backend.stale_ttl <= 0:
+                raise
+            if hit is None:  # not looked up yet (fresh=True, or ttl=0), or another fetch may have kept one since
+                hit = await backend.get(key)
+            if hit is None:
+                raise
+            self.stale_served += 1
+            return dataclasses.replace(hit.result, stale=True)
+
+    async def _fetch(self, key: CacheKey, query: QidoQuery) -> QidoResult:
+        try:
+            result = await self._upstream.search(query)
+            if self.backend.ttl > 0 or self.backend.stale_ttl > 0:
+                await self.backend.put(key, result)  # only successes are stored: an exception skips this
+            return result
+        finally:
+            if self._inflight.get(key) is asyncio.current_task():
+                del self._inflight[key]
+
+
+def _retrieve(task: asyncio.Future[QidoResult]) -> None:
+    """Mark a failed fetch's exception as seen; every waiter has received it already."""
+    if not task.cancelled():
+        task.exception()
+
+
+class CachedFetch:
+    """One request's view of the cached QIDO port: its cache partition (app.pacs.request_scope), no-cache,
+    stale-if-error
+    (noting stale answers for the response), and ``cached`` for callers that can skip concurrency on hits."""
+
+    def __init__(self, qido: CachedQido, *, fresh: bool, stale_ok: bool) -> None:
+        self._qido = qido
+        self._fresh = fresh
+        self._stale_ok = stale_ok
+        self._context = CACHE_SCOPE.get()
+        self._seen = STALE_ANSWERS.get()
+
+    async def __call__(self, query: QidoQuery) -> QidoResult:
+        result = await self._qido.search(query, fresh=self._fresh, context=self._context, stale_if_error=self._stale_ok)
+        if result.stale and self._seen is not None:
+            self._seen.append(query.level)
+        return result
+
+    def cached(self, query: QidoQuery) -> bool:
+        return not self._fresh and self._qido.cached(query, self._context)

@@ -1,0 +1,44 @@
+"""What one request carries down to the PACS calls, as context variables (asyncio tasks copy them).
+
+Set by app.http.endpoints after authorization, read where the PACS is called: which cache partition the request may
+share (app.security.auth isolation key) and, with ``pacs_auth = "forward"``, the caller's own token for the PACS.
+
+Set by the HTTP layer (:class:`app.http.observability.ObservabilityMiddleware`) for every incoming request:
+:data:`UPSTREAM_BUDGET`, the request's one time budget for the PACS, which every upstream call and retry of that
+request must fit into (:class:`app.pacs.upstream.ResilientSender`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Hashable
+
+CACHE_SCOPE: contextvars.ContextVar[Hashable] = contextvars.ContextVar("cache_scope", default=None)
+PACS_TOKEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("pacs_token", default=None)
+# Set to a fresh list per request; a PACS call answered from a stale cache entry (stale-if-error) appends to it.
+STALE_ANSWERS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("stale_answers", default=None)
+
+
+class UpstreamBudget:
+    """One incoming request's deadline for the PACS, on the sender's monotonic clock.
+
+    The HTTP layer sets a fresh one per request, with no deadline; the request's first upstream call fixes it at
+    ``now + upstream_budget``. It is one mutable object, not a value, so that calls made in other tasks of the same
+    request (``asyncio.gather``, the cache's single-flight fetch: tasks copy the context, which holds this object)
+    share one deadline instead of each starting its own.
+    """
+
+    __slots__ = ("deadline",)
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+
+    def start(self, now: float, seconds: float) -> float:
+        """The deadline: set to ``now + seconds`` by the first call, unchanged for the later ones."""
+        if self.deadline is None:
+            self.deadline = now + seconds
+        return self.deadline
+
+
+# None outside a request (scripts, tests that call a client directly): each send then has a budget of its own.
+UPSTREAM_BUDGET: contextvars.ContextVar[UpstreamBudget | None] = contextvars.ContextVar("upstream_budget", default=None)

@@ -1,0 +1,1 @@
+"""Authorization: SMART access tokens (JWT, introspection), scopes, the authorizer, SMART discovery documents."""

@@ -1,0 +1,420 @@
+"""The facade's use cases, wired from the pure core and the cached QIDO port (no HTTP types here)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ..dicom import dicom_json as dj
+from ..dicom import gcpause, rejections
+from ..dicom.qido import QidoQuery, uid_list
+from ..dicom.rejections import StudyRows
+from ..errors import FacadeError, InvalidRequest, MethodNotAllowed, NotFound, TooCostly
+from ..fhir import bundle, patient_ids
+from ..fhir.search import EhrPatient, PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
+from ..fhir.search_params import IMAGING_SELECTION, IMAGING_STUDY, PATIENT
+from ..fhir.subsetting import drop_narrative, subset
+from ..mapping.endpoint import wado_endpoint
+from ..mapping.imaging_study import MappingContext, imaging_study
+from ..mapping.patient import patient
+from ..pacs.cache import CachedFetch, CachedQido
+from ..pacs.dicomweb_write import DicomWebStore
+from ..pacs.ehr import EhrPatients
+from ..planning.patient_plan import distinct_patients, plan_patients
+from ..planning.plan import Plan, PlanContext, Prequery, plan
+from ..security.auth import Forbidden
+from ..settings import Settings
+from .manifest_create import Created, ManifestWriter
+from .manifests import KO_FIELDS, KosDocuments, ManifestLimits, Manifests
+from .studies import (
+    Fetch,
+    Limits,
+    Screen,
+    StudyPage,
+    all_matching,
+    read_study,
+    search_page,
+    sort_by_started,
+    window_page,
+)
+
+
+class Facade:
+    def __init__(self, settings: Settings, qido: CachedQido, ehr: EhrPatients | None = None) -> None:
+        self.settings = settings
+        self.qido = qido
+        self.ehr = ehr
+        self.manifests: Manifests | None = None  # set by attach_manifests
+        self.writer: ManifestWriter | None = None
+        zone = settings.tz
+        self.mapping = MappingContext(
+            endpoint_id=settings.endpoint_id,
+            zone=zone,
+            accession_system=settings.accession_system,
+            patient_system=settings.patient_identifier_system,
+            issuer_prefix=settings.issuer_system_prefix,
+            issuer_systems=settings.issuer_systems,
+        )
+        self.plan_context = PlanContext(settings.accession_system, zone, settings.prequery_limit)
+        self.limits = Limits(settings.uid_batch, settings.instance_limit, settings.prequery_limit)
+
+    def search_context(self, base: str, *, strict: bool) -> SearchContext:
+        s = self.settings
+        return SearchContext(
+            default_count=s.default_count,
+            max_count=s.max_count,
+            search_zone=s.tz or UTC,
+            patient_system=s.patient_identifier_system,
+            issuer_prefix=s.issuer_system_prefix,
+            issuer_systems=s.issuer_systems,
+            base_url=base,
+            strict=strict,
+            endpoint_id=s.endpoint_id,
+            ehr_base=self.ehr.base if self.ehr else None,
+        )
+
+    async def _resolve(self, req: SearchRequest, *, fresh: bool) -> tuple[SearchRequest, dict[PatientKey, str]]:
+        """EHR Patient ids in the criteria → the PACS keys of their MRNs (app.pacs.ehr), and which key came from
+        which EHR id, so the results can point back at the EHR's Patient."""
+        links: dict[PatientKey, str] = {}
+        if self.ehr is None or not any(isinstance(v, EhrPatient) for c in req.criteria for v in c.values):
+            return req, links
+        criteria = []
+        for c in req.criteria:
+            values: list[Any] = []
+            for v in c.values:
+                if isinstance(v, EhrPatient):
+                    keys = await self.ehr.keys(v.id, fresh=fresh)
+                    links.update(dict.fromkeys(keys, v.id))
+                    values += keys
+                else:
+                    values.append(v)
+            criteria.append(dataclasses.replace(c, values=tuple(values)))
+        return dataclasses.replace(req, criteria=tuple(criteria)), links
+
+    def attach_manifests(self, store: DicomWebStore) -> None:
+        """Wire the KOS reader (WADO-RS metadata) and writer (STOW-RS) that share the PACS connection pool."""
+        s = self.settings
+        limits = ManifestLimits(rows=s.prequery_limit)
+        self.manifests = Manifests(
+            self._fetcher,
+            KosDocuments(store.series_metadata, limits, series_ttl=s.cache_ttl),
+            self.mapping,
+            limits,
+            self._studies_for_include,
+            lambda: self.endpoint(""),
+        )
+        self.writer = ManifestWriter(
+            fetch=self._fetcher(True),
+            store=store,
+            manifests=self.manifests,
+            mapping=self.mapping,
+            uid_batch=s.uid_batch,
+            subject_keys=self._subject_keys,
+            conditional_search=self._conditional_search,
+            stored=self.qido.clear,
+            writable=s.manifests_writable,
+        )
+
+    async def create_manifest(
+        self, payload: Any, base: str, *, if_none_exist: str | None, transaction: bool, patient: str | None = None
+    ) -> Created:
+        if self.writer is None:
+            raise MethodNotAllowed("manifests cannot be created here")
+        return await self.writer.create(
+            payload, base, if_none_exist=if_none_exist, transaction=transaction, patient=patient
+        )
+
+    async def _studies_for_include(self, uids: list[str], fresh: bool) -> list[dict[str, Any]]:
+        """The ImagingStudies a page of manifests derives from (2 upstream requests, like a search page)."""
+        page = await search_page(
+            Plan(study_uids=tuple(uids)), self._fetcher(fresh), count=len(uids), offset=0, limits=self.limits
+        )
+        pairs = await self._without_rejected(page.studies)
+        return [imaging_study(row, rows, self.mapping) for row, rows in pairs]
+
+    async def _subject_keys(self, patient_id: str) -> list[PatientKey]:
+        """The PACS keys of a Patient id: ours decodes, an EHR id is looked up (app.pacs.ehr); unknown: none."""
+        req = parse_search([("_id", patient_id)], self.search_context("", strict=False), PATIENT)
+        req, _ = await self._resolve(req, fresh=True)
+        return [k for c in req.criteria for k in c.values if isinstance(k, PatientKey)]
+
+    async def _conditional_search(self, condition: str) -> SearchRequest:
+        """If-None-Exist: a search query string of ImagingSelection (http.html#ccreate)."""
+        items = parse_qsl(condition.removeprefix("ImagingSelection?"), keep_blank_values=True)
+        req = parse_search(items, self.search_context("", strict=True), IMAGING_SELECTION)
+        if not req.criteria:
+            raise InvalidRequest("If-None-Exist must name a search, e.g. identifier=urn:dicom:uid|urn:oid:<uid>")
+        return (await self._resolve(req, fresh=True))[0]
+
+    async def ready(self) -> str | None:
+        """None when the PACS answers a one-row QIDO query within 3 s; else why not (for /readyz)."""
+        try:
+            await asyncio.wait_for(self.qido.search(QidoQuery.build("studies", {}, limit=1), fresh=True), 3.0)
+        except TimeoutError:
+            return "the PACS did not answer within 3 s"
+        except FacadeError as exc:
+            return exc.message
+        return None
+
+    async def search(
+        self, resource_type: str, req: SearchRequest, base: str, *, fresh: bool, patient: str | None = None
+    ) -> dict[str, Any]:
+        """``patient``: the access token's patient context (app.security.auth); the search is confined to it."""
+        if patient is not None:
+            req = await self._confine(resource_type, req, patient, fresh=fresh)
+        if resource_type == "ImagingStudy":
+            return await self.search_studies(req, base, fresh=fresh)
+        if resource_type == "Patient":
+            return await self.search_patients(req, base, fresh=fresh)
+        if resource_type == "ImagingSelection" and self.manifests is not None:
+            req, _ = await self._resolve(req, fresh=fresh)
+            return await self.manifests.search(req, base, fresh=fresh)
+        raise NotFound(f"{resource_type} is not served here")
+
+    async def read(
+        self, resource_type: str, rid: str, base: str, *, fresh: bool, patient: str | None = None
+    ) -> dict[str, Any]:
+        """``patient``: the token's patient context; another patient's resource reads as 404 (SMART Imaging Access:
+        do not confirm that it exists)."""
+        if resource_type == "Endpoint":
+            return self.endpoint(base, rid)
+        if resource_type == "ImagingStudy":
+            resource = await self.read_study(rid, fresh=fresh)
+        elif resource_type == "Patient":
+            resource = await self.read_patient(rid, fresh=fresh)
+        elif resource_type == "ImagingSelection" and self.manifests is not None:
+            resource = await self.manifests.read(rid, fresh=fresh)
+        else:
+            raise NotFound(f"{resource_type} is not served here")
+        if patient is not None:
+            ref = f"Patient/{resource['id']}" if resource_type == "Patient" else resource["subject"]["reference"]
+            if ref != f"Patient/{patient}" and not _covered(
+                await self._subject_keys(ref.removeprefix("Patient/")), await self._subject_keys(patient)
+            ):
+                raise NotFound(f"{resource_type}/{rid[:70]} is not known")
+        return resource
+
+    async def _confine(self, resource_type: str, req: SearchRequest, patient: str, *, fresh: bool) -> SearchRequest:
+        """A patient-context token: naming another patient is 403 (not an empty Bundle, SMART Imaging Access);
+        the token's patient is AND-ed to every search, so no criterion can widen it to anyone else."""
+        names = ("_id", "identifier") if resource_type == "Patient" else ("patient", "subject")
+        spec = {"Patient": PATIENT, "ImagingSelection": IMAGING_SELECTION}.get(resource_type, IMAGING_STUDY)
+        mine = parse_search([(names[0], patient)], self.search_context("", strict=False), spec)
+        resolved, _ = await self._resolve(req, fresh=fresh)
+        allowed = await self._subject_keys(patient)
+        for c in resolved.criteria:
+            if c.name in names and c.modifier != "missing" and not _covered(list(c.values), allowed):
+                raise Forbidden("the search names a patient outside the access token's patient context")
+        return dataclasses.replace(req, criteria=(*req.criteria, *mine.criteria))
+
+    async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
+        def link(offset: int) -> str:
+            return bundle.search_url(base, "ImagingStudy", req.link_params(offset=offset))
+
+        req, links = await self._resolve(req, fresh=fresh)
+        the_plan, fetch = plan(req, self.plan_context), self._fetcher(fresh)
+        summary = req.summary == "true"
+        level = "series" if summary else "instances"
+        screen = self._prequery_screen(fetch)
+        total: int | None = None
+        if req.summary == "count" or req.sort or req.total != "none":
+            # Counting and sorting need every matching study row (QIDO does neither).
+            rows = await all_matching(the_plan, fetch, self.limits, screen=screen)
+            total = len(rows)
+            if req.summary == "count":
+                return bundle.searchset(base, [], self_url=link(req.offset), total=total)
+            if req.sort:
+                rows = sort_by_started(rows, self.plan_context.zone, descending=req.sort.startswith("-"))
+            page = await window_page(rows, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level)
+        else:
+            page = await search_page(
+                the_plan, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level, screen=screen
+            )
+        if summary:
+            page = StudyPage(await self._series_without_rejected(page.studies), page.has_next)
+        else:
+            page = StudyPage(await self._without_rejected(page.studies), page.has_next)
+        with gcpause.paused():  # many small dicts, no cycles (app.dicom.gcpause)
+            studies = [
+                imaging_study(row, None, self.mapping, series_rows=rows)
+                if summary
+                else imaging_study(row, rows, self.mapping)
+                for row, rows in page.studies
+            ]
+        for (row, _), study in zip(page.studies, studies, strict=True):
+            if (ehr_id := _linked(row, links)) is not None:
+                study["subject"]["reference"] = f"Patient/{ehr_id}"
+        studies = subset(studies, req, IMAGING_STUDY.mandatory)
+        included: list[dict[str, Any]] = []
+        if req.include_patient:
+            # The subject's attributes are in the study rows already: no extra upstream request.
+            subjects = {
+                patient_ids.encode(dj.text(r, dj.PATIENT_ID) or "", dj.text(r, dj.ISSUER_OF_PATIENT_ID)): r
+                for r, _ in page.studies
+            }
+            included += [self._patient(row, links) for row in subjects.values()]
+        if req.include_endpoint and studies:
+            included.append(self.endpoint(base))
+        drop_narrative(studies + included, req)
+        return bundle.searchset(
+            base,
+            studies,
+            self_url=link(req.offset),
+            included=included,
+            total=total if req.total != "none" else None,
+            next_url=link(req.offset + req.count) if page.has_next else None,
+            previous_url=link(max(0, req.offset - req.count)) if req.offset and req.count else None,
+        )
+
+    async def read_study(self, study_id: str, *, fresh: bool) -> dict[str, Any]:
+        if not is_uid(study_id):
+            raise NotFound(f"ImagingStudy/{study_id[:70]} is not known")
+
+        found = await read_study(study_id, self._fetcher(fresh), self.limits)
+        if found is None:
+            raise NotFound(f"ImagingStudy/{study_id} is not known")
+        ((row, instances),) = await self._without_rejected([found])
+        return imaging_study(row, instances, self.mapping)
+
+    async def _series_without_rejected(self, studies: list[StudyRows]) -> list[StudyRows]:
+        """The ``_summary=true`` form of :meth:`_without_rejected`: with series rows only, the rejection notes are
+        found through the KO series' metadata (app.dicom.rejections lowers the counts to match)."""
+        if not self.settings.hide_rejected or self.manifests is None:
+            return studies
+        ko = rejections.ko_series(studies)
+        docs = await self.manifests.documents.in_series(ko) if ko else []
+        return rejections.lower_series_counts(studies, docs)
+
+    def _prequery_screen(self, fetch: Fetch) -> Screen | None:
+        """IOCM for the series/instance-level criteria: a study found only through rejected instances is not found
+        (the search must agree with the content, :meth:`_without_rejected`). The rejection notes of the studies the
+        pre-query found are read like a page's: KO instance rows, their content from the cached documents.
+
+        Cost, only when the pre-query found something: one QIDO query per ``uid_batch`` of those studies (cached
+        like any), plus the metadata of KO series not read before (app.usecases.manifests, bounded); for a series row
+        whose
+        instances may all be rejected, one more instance-level query of such series."""
+        if not self.settings.hide_rejected or self.manifests is None:
+            return None
+        documents, s = self.manifests.documents, self.settings
+
+        async def rows_of(key: str, uids: list[str], more: dict[str, str], fields: tuple[str, ...]) -> list[dj.Dataset]:
+            """Instance rows whose ``key`` is one of ``uids`` (one UID list per ``uid_batch``)."""
+            out: list[dj.Dataset] = []
+            for i in range(0, len(uids), s.uid_batch):
+                keys = {key: uid_list(uids[i : i + s.uid_batch])} | more
+                query = QidoQuery.build("instances", keys, fields=fields, limit=s.prequery_limit + 1)
+                rows = (await fetch(query)).rows
+                if len(rows) > s.prequery_limit:
+                    raise TooCostly(
+                        "too many manifests or rejected instances to check in the studies found; narrow the search"
+                    )
+                out += rows
+            return out
+
+        async def screen(pre: Prequery, rows: list[dj.Dataset]) -> list[dj.Dataset]:
+            studies = sorted({uid for r in rows if (uid := dj.text(r, dj.STUDY_UID))})
+            notes = await rows_of("StudyInstanceUID", studies, {"Modality": "KO"}, KO_FIELDS)
+            rejected = rejections.rejected_references(await documents.of_rows(notes))
+            if not rejected:
+                return rows
+            if pre.query.level == "instances":
+                return rejections.screen_instances(rows, rejected)
+            doubtful = rejections.doubtful_series(rows, rejected)
+            instances = await rows_of("SeriesInstanceUID", doubtful, {}, ()) if doubtful else []
+            return rejections.screen_series(rows, doubtful, instances, rejected)
+
+        return screen
+
+    async def _without_rejected(self, studies: list[StudyRows]) -> list[StudyRows]:
+        """IOCM (IHE RAD TF-2 Rejection Note): instances a rejection note rejects are not shown. The notes are KOS
+        instances of the studies, already in the instance rows; only their content costs a (cached) read."""
+        if not self.settings.hide_rejected or self.manifests is None:
+            return studies
+        rejected = await self.manifests.documents.rejected(r for _, rows in studies for r in rows)
+        return rejections.drop_instances(studies, rejected)
+
+    async def search_patients(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
+        """Patients are the distinct (PatientID, issuer) pairs of every matching study row (app.planning.patient_plan);
+        that makes the total exact, so it is always given."""
+
+        def link(offset: int) -> str:
+            return bundle.search_url(base, "Patient", req.link_params(offset=offset))
+
+        req, links = await self._resolve(req, fresh=fresh)
+        rows = await all_matching(
+            plan_patients(req, self.plan_context), self._fetcher(fresh), self.limits, why="folding them into patients"
+        )
+        people = distinct_patients(rows)
+        window = [] if req.summary == "count" else people[req.offset : req.offset + req.count]
+        resources = subset([self._patient(row, links) for row in window], req, PATIENT.mandatory)
+        drop_narrative(resources, req)
+        return bundle.searchset(
+            base,
+            resources,
+            self_url=link(req.offset),
+            total=len(people),
+            next_url=link(req.offset + req.count)
+            if req.summary != "count" and len(people) > req.offset + req.count
+            else None,
+            previous_url=link(max(0, req.offset - req.count)) if req.offset and req.count else None,
+        )
+
+    async def read_patient(self, patient_id: str, *, fresh: bool) -> dict[str, Any]:
+        """Patient/<id>: the id encodes PatientID + issuer; the patient's latest study speaks for them."""
+        if not is_fhir_id(patient_id):
+            raise NotFound(f"Patient/{patient_id[:70]} is not known")
+        ctx = self.search_context("", strict=False)
+        req = parse_search([("_id", patient_id)], ctx, PATIENT)  # ours, the linked EHR's, or nothing
+        req, links = await self._resolve(req, fresh=fresh)
+        people: list[dj.Dataset] = []
+        if not req.matches_nothing:
+            rows = await all_matching(plan_patients(req, self.plan_context), self._fetcher(fresh), self.limits)
+            people = distinct_patients(rows)
+        if not people:
+            raise NotFound(f"Patient/{patient_id[:70]} is not known")
+        return self._patient(people[0], links)
+
+    def _patient(self, row: dj.Dataset, links: dict[PatientKey, str]) -> dict[str, Any]:
+        """The Patient of a study row; under the EHR's id when the search came through it (app.pacs.ehr)."""
+        resource = patient(row, self.mapping)
+        if (ehr_id := _linked(row, links)) is not None:
+            resource["id"] = ehr_id
+        return resource
+
+    def _fetcher(self, fresh: bool) -> Fetch:
+        """The cached QIDO port, bypassing cached answers when the client sent Cache-Control: no-cache."""
+        return CachedFetch(self.qido, fresh=fresh, stale_ok=self.settings.cache_stale_ttl > 0)
+
+    def endpoint(self, base: str, endpoint_id: str | None = None) -> dict[str, Any]:
+        if endpoint_id is not None and endpoint_id != self.settings.endpoint_id:
+            raise NotFound(f"Endpoint/{endpoint_id[:70]} is not known")
+        return wado_endpoint(
+            self.settings.endpoint_id, self.settings.wado_base, requires_token=self.settings.requires_token
+        )
+
+
+def _linked(row: dj.Dataset, links: dict[PatientKey, str]) -> str | None:
+    """The EHR Patient id whose MRN key matches this row, if any."""
+    if not links:
+        return None
+    pid = dj.text(row, dj.PATIENT_ID) or ""
+    issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
+    return next(
+        (ehr_id for k, ehr_id in links.items() if k.patient_id == pid and (k.any_issuer or k.issuer == issuer)), None
+    )
+
+
+def _covered(keys: list[Any], allowed: list[PatientKey]) -> bool:
+    """Every key names a patient among ``allowed`` (same PatientID; the issuer too, unless either side takes any)."""
+    return all(
+        isinstance(k, PatientKey)
+        and any(
+            a.patient_id == k.patient_id and (k.any_issuer or a.any_issuer or a.issuer == k.issuer) for a in allowed
+        )
+        for k in keys
+    )
