@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .security.auth import AuthSettings
+from .security.tokens import AuthSettings
 
 ENV_PREFIX = "FACADE_"
 

@@ -20,17 +20,17 @@ a KOS at all. :func:`by_series` groups the references per series, because one R5
 instances of one series only ("All DICOM SOP Instances referenced in a single ImagingSelection resource shall
 be part of the same DICOM Series").
 
-Pure: no I/O, standard library only.
+Pure: no I/O, standard library only; the generic DICOM JSON and SR content-tree readers are app.dicom.sr.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
-from .dicom_json import as_int
+from . import sr
+from .sr import Code, PersonName, dicom_datetime
 
 __all__ = [
     "KOS_SOP_CLASS_UID",
@@ -90,39 +90,9 @@ _DEVICE_OBSERVER_NAME = ("121013", "DCM")
 # Content Module); TID 2010 allows all three.
 _REFERENCE_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE", "WAVEFORM"})
 
-# TID 2010 puts references directly under the root; we walk deeper to be tolerant, but bound the depth so a
-# pathological (deeply nested) document cannot exhaust the stack.
-_MAX_DEPTH = 32
-
-_DA = re.compile(r"(\d{4})(\d{2})(\d{2})", re.ASCII)
-_TM = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?", re.ASCII)
-_OFFSET = re.compile(r"([+-])(\d{2})(\d{2})", re.ASCII)
-
 
 class NotKeyObjectSelection(ValueError):
     """The input is not the DICOM JSON of one Key Object Selection Document instance."""
-
-
-@dataclass(frozen=True)
-class Code:
-    """A coded concept (PS3.3 8.8 Code Sequence Macro).
-
-    ``value`` is CodeValue, or LongCodeValue / URNCodeValue when CodeValue is absent; ``scheme`` is
-    CodingSchemeDesignator, which PS3.3 8.8 does not require for a URN code.
-    """
-
-    value: str
-    scheme: str | None
-    meaning: str | None
-
-
-@dataclass(frozen=True)
-class PersonName:
-    """A PN value's three component groups (PS3.18 F.2.2), each as sent (``Family^Given^…``), ``None`` if absent."""
-
-    alphabetic: str | None
-    ideographic: str | None = None
-    phonetic: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +164,7 @@ class KeyObjectSelection:
         local time, which only the caller knows (the ``pacs_timezone`` setting), and R5 ImagingSelection.issued
         is an instant, so it must not be guessed here. ``None`` unless both date and time parse.
         """
-        return dicom_datetime(self.content_date, self.content_time, self.timezone_offset)
+        return sr.dicom_datetime(self.content_date, self.content_time, self.timezone_offset)
 
     def series(self) -> tuple[SeriesSelection, ...]:
         """:func:`by_series` of this document's references."""
@@ -213,35 +183,35 @@ def parse_kos(metadata: object) -> KeyObjectSelection:
     SOP Instance UID (there is nothing to identify the selection by). Every other defect reads as ``None`` / empty.
     """
     ds = _single_dataset(metadata)
-    sop_class = _string(ds, _SOP_CLASS_UID)
+    sop_class = sr.string_of(ds, _SOP_CLASS_UID)
     if sop_class is None:
         # A conformant server always sends the Type 1 SOP Class UID; without it, Modality KO (PS3.3 C.17.6.1,
         # Key Object Document Series) is the only other sign of a KOS.
-        if _string(ds, _MODALITY) != "KO":
+        if sr.string_of(ds, _MODALITY) != "KO":
             raise NotKeyObjectSelection("no SOP Class UID and Modality is not KO")
     elif sop_class != KOS_SOP_CLASS_UID:
         raise NotKeyObjectSelection(f"SOP Class UID {sop_class} is not Key Object Selection Document Storage")
-    sop_instance_uid = _string(ds, _SOP_INSTANCE_UID)
+    sop_instance_uid = sr.string_of(ds, _SOP_INSTANCE_UID)
     if sop_instance_uid is None:
         raise NotKeyObjectSelection("no SOP Instance UID")
 
-    titles = _items(ds, _CONCEPT_NAME)
-    content = list(_walk(_items(ds, _CONTENT_SEQUENCE)))
+    titles = sr.items_of(ds, _CONCEPT_NAME)
+    content = list(sr.walk(sr.items_of(ds, _CONTENT_SEQUENCE)))
     references, unresolved = _references(ds, content)
     return KeyObjectSelection(
         sop_instance_uid=sop_instance_uid,
-        study_uid=_string(ds, _STUDY_UID),
-        series_uid=_string(ds, _SERIES_UID),
-        patient_id=_string(ds, _PATIENT_ID),
-        issuer_of_patient_id=_string(ds, _ISSUER_OF_PATIENT_ID),
-        patient_name=_person_name(ds, _PATIENT_NAME),
-        title=_code(titles[0]) if titles else None,
-        description=_first_text(content, _KEY_OBJECT_DESCRIPTION, _TEXT_VALUE),
-        observer_name=_first_person(content, _PERSON_OBSERVER_NAME),
-        device_observer_name=_first_text(content, _DEVICE_OBSERVER_NAME, _TEXT_VALUE),
-        content_date=_string(ds, _CONTENT_DATE),
-        content_time=_string(ds, _CONTENT_TIME),
-        timezone_offset=_string(ds, _TIMEZONE_OFFSET),
+        study_uid=sr.string_of(ds, _STUDY_UID),
+        series_uid=sr.string_of(ds, _SERIES_UID),
+        patient_id=sr.string_of(ds, _PATIENT_ID),
+        issuer_of_patient_id=sr.string_of(ds, _ISSUER_OF_PATIENT_ID),
+        patient_name=sr.person_name_of(ds, _PATIENT_NAME),
+        title=sr.code_of(titles[0]) if titles else None,
+        description=sr.first_text(content, _KEY_OBJECT_DESCRIPTION, _TEXT_VALUE),
+        observer_name=sr.first_person(content, _PERSON_OBSERVER_NAME),
+        device_observer_name=sr.first_text(content, _DEVICE_OBSERVER_NAME, _TEXT_VALUE),
+        content_date=sr.string_of(ds, _CONTENT_DATE),
+        content_time=sr.string_of(ds, _CONTENT_TIME),
+        timezone_offset=sr.string_of(ds, _TIMEZONE_OFFSET),
         references=references,
         unresolved=unresolved,
         identical=_identical(ds),
@@ -251,10 +221,10 @@ def parse_kos(metadata: object) -> KeyObjectSelection:
 def _identical(ds: Mapping[str, object]) -> tuple[str, ...]:
     """The Hierarchical SOP Instance Reference Macro of the Identical Documents Sequence: study → series → SOP."""
     out = []
-    for study in _items(ds, "0040A525"):
-        for series in _items(study, "00081115"):
-            for sop in _items(series, "00081199"):
-                uid = _string(sop, "00081155")
+    for study in sr.items_of(ds, "0040A525"):
+        for series in sr.items_of(study, "00081115"):
+            for sop in sr.items_of(series, "00081199"):
+                uid = sr.string_of(sop, "00081155")
                 if uid:
                     out.append(uid)
     return tuple(dict.fromkeys(out))
@@ -272,51 +242,7 @@ def by_series(references: Iterable[ReferencedInstance]) -> tuple[SeriesSelection
     return tuple(SeriesSelection(study, series, tuple(refs)) for (study, series), refs in groups.items())
 
 
-def dicom_datetime(date: str | None, time: str | None, offset: str | None = None) -> datetime | None:
-    """DA ``YYYYMMDD`` + TM ``HH[MM[SS[.F{1,6}]]]`` (+ ``±HHMM``) → datetime (PS3.5 6.2), else ``None``.
-
-    The offset (TimezoneOffsetFromUTC, PS3.3 C.12.1.1.8) makes the result aware; an unparseable offset is
-    ignored rather than failing the whole value, so the result is then naive.
-    """
-    if date is None or time is None:
-        return None
-    d = _DA.fullmatch(date.strip())
-    t = _TM.fullmatch(time.strip())
-    if d is None or t is None:
-        return None
-    hour, minute, second, fraction = t.groups()
-    try:
-        value = datetime(
-            int(d[1]),
-            int(d[2]),
-            int(d[3]),
-            int(hour),
-            int(minute or 0),
-            # PS3.5 allows a leap second (60); datetime does not, so it is clamped.
-            min(int(second or 0), 59),
-            int((fraction or "0").ljust(6, "0")),
-        )
-    except ValueError:  # month 13, hour 25, ...
-        return None
-    zone = _OFFSET.fullmatch(offset.strip()) if offset is not None else None
-    if zone is not None:
-        sign, hours, minutes = zone.groups()
-        delta = timedelta(hours=int(hours), minutes=int(minutes))
-        if delta < timedelta(hours=24):
-            value = value.replace(tzinfo=timezone(-delta if sign == "-" else delta))
-    return value
-
-
 # -- the content tree and the evidence -------------------------------------------------------------------------
-
-
-def _walk(items: list[Mapping[str, object]], depth: int = 0) -> Iterator[Mapping[str, object]]:
-    """Content items in document order, depth first."""
-    if depth >= _MAX_DEPTH:
-        return
-    for item in items:
-        yield item
-        yield from _walk(_items(item, _CONTENT_SEQUENCE), depth + 1)
 
 
 def _references(
@@ -328,16 +254,16 @@ def _references(
     frames: dict[str, list[int] | None] = {}
     content_classes: dict[str, str] = {}
     for item in content:
-        if _string(item, _VALUE_TYPE) not in _REFERENCE_VALUE_TYPES:
+        if sr.string_of(item, _VALUE_TYPE) not in _REFERENCE_VALUE_TYPES:
             continue
-        for ref in _items(item, _REFERENCED_SOP):
-            uid = _string(ref, _REFERENCED_SOP_INSTANCE_UID)
+        for ref in sr.items_of(item, _REFERENCED_SOP):
+            uid = sr.string_of(ref, _REFERENCED_SOP_INSTANCE_UID)
             if uid is None:
                 continue
-            sop_class = _string(ref, _REFERENCED_SOP_CLASS_UID)
+            sop_class = sr.string_of(ref, _REFERENCED_SOP_CLASS_UID)
             if sop_class is not None:
                 content_classes.setdefault(uid, sop_class)
-            numbers = _frame_numbers(ref)
+            numbers = sr.frame_numbers(ref)
             if uid not in frames:
                 frames[uid] = numbers or None
                 continue
@@ -352,16 +278,16 @@ def _references(
     # Study and series from the evidence (PS3.3 C.17.6.2: it lists every instance of the content tree, of
     # whatever study, since the KOS IOD has no Pertinent Other Evidence Sequence). Its order is kept.
     references: dict[str, ReferencedInstance] = {}
-    for study_item in _items(ds, _EVIDENCE):
-        study_uid = _string(study_item, _STUDY_UID)
+    for study_item in sr.items_of(ds, _EVIDENCE):
+        study_uid = sr.string_of(study_item, _STUDY_UID)
         if study_uid is None:
             continue
-        for series_item in _items(study_item, _REFERENCED_SERIES):
-            series_uid = _string(series_item, _SERIES_UID)
+        for series_item in sr.items_of(study_item, _REFERENCED_SERIES):
+            series_uid = sr.string_of(series_item, _SERIES_UID)
             if series_uid is None:
                 continue
-            for sop_item in _items(series_item, _REFERENCED_SOP):
-                uid = _string(sop_item, _REFERENCED_SOP_INSTANCE_UID)
+            for sop_item in sr.items_of(series_item, _REFERENCED_SOP):
+                uid = sr.string_of(sop_item, _REFERENCED_SOP_INSTANCE_UID)
                 if uid is None or uid in references:
                     continue
                 selected = frames.get(uid)
@@ -369,49 +295,11 @@ def _references(
                     study_uid=study_uid,
                     series_uid=series_uid,
                     sop_instance_uid=uid,
-                    sop_class_uid=_string(sop_item, _REFERENCED_SOP_CLASS_UID) or content_classes.get(uid),
+                    sop_class_uid=sr.string_of(sop_item, _REFERENCED_SOP_CLASS_UID) or content_classes.get(uid),
                     frames=tuple(selected) if selected else (),
                 )
     unresolved = tuple(uid for uid in frames if uid not in references)
     return tuple(references.values()), unresolved
-
-
-def _frame_numbers(ref: Mapping[str, object]) -> list[int]:
-    """ReferencedFrameNumber (IS, 1-n; frames count from 1). JSON numbers per PS3.18 F.2.3, but strings
-    (``"3"``, or a backslash-joined ``"1\\2"`` from a careless encoder) are read too; anything else is dropped."""
-    numbers: list[int] = []
-    for value in _values(ref, _REFERENCED_FRAME_NUMBER):
-        parts: list[object] = list(value.split("\\")) if isinstance(value, str) else [value]
-        for part in parts:
-            number = as_int(part)
-            if number is not None and number >= 1 and number not in numbers:
-                numbers.append(number)
-    return numbers
-
-
-def _first_text(content: list[Mapping[str, object]], concept: tuple[str, str], tag: str) -> str | None:
-    for item in content:
-        if _has_concept(item, concept):
-            # Stripped: trailing spaces are padding (PS3.5 6.2), and FHIR strings should not carry leading ones.
-            text = _string(item, tag)
-            if text is not None and text.strip():
-                return text.strip()
-    return None
-
-
-def _first_person(content: list[Mapping[str, object]], concept: tuple[str, str]) -> PersonName | None:
-    for item in content:
-        if _has_concept(item, concept):
-            name = _person_name(item, _PERSON_NAME)
-            if name is not None:
-                return name
-    return None
-
-
-def _has_concept(item: Mapping[str, object], concept: tuple[str, str]) -> bool:
-    names = _items(item, _CONCEPT_NAME)
-    code = _code(names[0]) if names else None
-    return code is not None and (code.value, code.scheme) == concept
 
 
 # -- DICOM JSON accessors (tolerant) ----------------------------------------------------------------------------
@@ -425,50 +313,3 @@ def _single_dataset(metadata: object) -> Mapping[str, object]:
     if not isinstance(metadata, Mapping):
         raise NotKeyObjectSelection(f"expected a DICOM JSON object, got {type(metadata).__name__}")
     return metadata
-
-
-def _element(ds: Mapping[str, object], tag: str) -> Mapping[str, object] | None:
-    element = ds.get(tag)
-    if element is None:
-        element = ds.get(tag.lower())  # PS3.18 keys are upper-case hex; accept a lower-case server too
-    return element if isinstance(element, Mapping) else None
-
-
-def _values(ds: Mapping[str, object], tag: str) -> list[object]:
-    element = _element(ds, tag)
-    value = element.get("Value") if element is not None else None
-    return value if isinstance(value, list) else []
-
-
-def _items(ds: Mapping[str, object], tag: str) -> list[Mapping[str, object]]:
-    return [item for item in _values(ds, tag) if isinstance(item, Mapping)]
-
-
-def _string(ds: Mapping[str, object], tag: str) -> str | None:
-    """First value as a string; empty reads as None. Stripped of the padding (space, NUL) PS3.5 allows."""
-    values = _values(ds, tag)
-    value = values[0] if values else None
-    if not isinstance(value, str):
-        return None
-    return value.strip(" \x00") or None
-
-
-def _code(item: Mapping[str, object]) -> Code | None:
-    value = _string(item, _CODE_VALUE) or _string(item, _LONG_CODE_VALUE) or _string(item, _URN_CODE_VALUE)
-    if value is None:
-        return None
-    return Code(value=value, scheme=_string(item, _CODING_SCHEME), meaning=_string(item, _CODE_MEANING))
-
-
-def _person_name(ds: Mapping[str, object], tag: str) -> PersonName | None:
-    values = _values(ds, tag)
-    value = values[0] if values else None
-    if isinstance(value, str):  # not PS3.18 F.2.2, but some encoders send PN as a plain string
-        value = {"Alphabetic": value}
-    if not isinstance(value, Mapping):
-        return None
-    groups = [value.get(key) for key in ("Alphabetic", "Ideographic", "Phonetic")]
-    alphabetic, ideographic, phonetic = (g if isinstance(g, str) and g.strip() else None for g in groups)
-    if alphabetic is None and ideographic is None and phonetic is None:
-        return None
-    return PersonName(alphabetic, ideographic, phonetic)

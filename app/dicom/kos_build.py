@@ -52,7 +52,6 @@ import io
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING
 
@@ -61,8 +60,19 @@ from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from . import dicom_json as dj
-from .kos import KOS_SOP_CLASS_UID, REJECTION_TITLES
+from .kos import KOS_SOP_CLASS_UID
+from .kos_inputs import (
+    DocumentRef,
+    Evidence,
+    KosCopy,
+    PatientStudy,
+    Title,
+    check_evidence,
+    check_identical,
+    check_title,
+    check_uid,
+    is_image_sop_class,
+)
 
 if TYPE_CHECKING:
     from highdicom.sr import ObserverContext
@@ -84,124 +94,8 @@ __all__ = [
     "is_image_sop_class",
 ]
 
-Title = tuple[str, str, str]  # (CodeValue, CodingSchemeDesignator, CodeMeaning), from CID 7010
 
-# PS3.5 9.1: components of digits without leading zeros, separated by dots, at most 64 characters.
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _OFFSET = re.compile(r"([+-])([01][0-9]|2[0-3])([0-5][0-9])")
-_ROWS = "00280010"
-_NUMBER_OF_FRAMES = "00280008"
-
-# Image IODs (those with the Image Pixel Module, PS3.3 A.1.4) whose SOP class name lacks the word "Image"; every
-# other image storage class is named "... Image Storage ...". Checked against highdicom's IOD table in the tests.
-_IMAGE_CLASSES_WITHOUT_IMAGE_IN_NAME = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume Storage
-        "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map Storage
-        "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
-        "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
-        "1.2.840.10008.5.1.4.1.1.77.1.5.8",  # Ophthalmic OCT B-scan Volume Analysis Storage
-        "1.2.840.10008.5.1.4.1.1.81.1",  # Ophthalmic Thickness Map Storage
-        "1.2.840.10008.5.1.4.1.1.82.1",  # Corneal Topography Map Storage
-        "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose Storage
-    }
-)
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """One selected instance. ``frames`` (1-based) selects part of a multi-frame image; empty = the whole instance.
-
-    ``image`` picks the content item's value type: IMAGE (an image, PS3.3 10.3 Image SOP Instance Reference Macro,
-    the only one that can carry frame numbers) or COMPOSITE (anything else: SR, KOS, PDF, presentation state,
-    waveform). ``None`` decides from the SOP class (:func:`is_image_sop_class`), or IMAGE when frames are given.
-    """
-
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    frames: tuple[int, ...] = ()
-    image: bool | None = None
-
-    @classmethod
-    def from_qido(cls, row: dj.Dataset, frames: Sequence[int] = ()) -> Evidence:
-        """From a QIDO-RS instance row (full DICOM JSON or :func:`app.dicom.dicom_json.slim`-med). Rows (0028,0010) or
-        NumberOfFrames, which PS3.18 returns for images only, mark an image; otherwise the SOP class decides."""
-        uids = [dj.text(row, tag) for tag in (dj.STUDY_UID, dj.SERIES_UID, dj.SOP_INSTANCE_UID, dj.SOP_CLASS_UID)]
-        study, series, sop, sop_class = uids
-        if study is None or series is None or sop is None or sop_class is None:
-            raise ValueError("a QIDO instance row needs Study, Series and SOP Instance UIDs and the SOP Class UID")
-        image = True if _ROWS in row or _NUMBER_OF_FRAMES in row else None
-        return cls(study, series, sop, sop_class, tuple(frames), image)
-
-    @property
-    def is_image(self) -> bool:
-        if self.image is not None:
-            return self.image
-        return bool(self.frames) or is_image_sop_class(self.sop_class_uid)
-
-
-@dataclass(frozen=True)
-class PatientStudy:
-    """Patient Module and General Study Module attributes of the KOS's own study, copied as the PACS has them.
-
-    ``patient_name`` and ``referring_physician`` are PN strings (``Family^Given``, groups joined by ``=``);
-    dates and times are DA/TM strings. ``timezone_offset`` is the study's TimezoneOffsetFromUTC (``±HHMM``) if the
-    PACS has one: the KOS's dates and times are then written in that zone (see :func:`build_kos`).
-    """
-
-    patient_id: str
-    issuer: str | None
-    patient_name: str | None
-    birth_date: str | None
-    sex: str | None
-    study_uid: str
-    study_date: str | None
-    study_time: str | None
-    accession: str | None
-    study_id: str | None
-    referring_physician: str | None
-    timezone_offset: str | None = None
-
-    @classmethod
-    def from_qido(cls, row: dj.Dataset) -> PatientStudy:
-        """From a QIDO-RS study row. IssuerOfPatientID is only there if asked for (``includefield=00100021``)."""
-        study_uid = dj.text(row, dj.STUDY_UID)
-        if study_uid is None:
-            raise ValueError("a QIDO study row needs a Study Instance UID")
-        return cls(
-            patient_id=_raw(row, dj.PATIENT_ID) or "",
-            issuer=_raw(row, dj.ISSUER_OF_PATIENT_ID),
-            patient_name=_pn(row, dj.PATIENT_NAME),
-            birth_date=_raw(row, dj.PATIENT_BIRTH_DATE),
-            sex=_raw(row, dj.PATIENT_SEX),
-            study_uid=study_uid,
-            study_date=_raw(row, dj.STUDY_DATE),
-            study_time=_raw(row, dj.STUDY_TIME),
-            accession=_raw(row, dj.ACCESSION),
-            study_id=_raw(row, dj.STUDY_ID),
-            referring_physician=_pn(row, dj.REFERRING_PHYSICIAN),
-            timezone_offset=_raw(row, dj.TIMEZONE_OFFSET),
-        )
-
-
-@dataclass(frozen=True)
-class DocumentRef:
-    """Where an identical copy of a KOS lives (one item of the Identical Documents Sequence, PS3.3 C.17.6.2.1)."""
-
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-
-
-@dataclass(frozen=True)
-class KosCopy:
-    """One copy of a cross-study KOS: the study it is stored in, and its own series and SOP Instance UIDs."""
-
-    study: PatientStudy
-    series_uid: str
-    sop_instance_uid: str
 
 
 def build_kos(
@@ -244,13 +138,13 @@ def build_kos(
     Raises ValueError for malformed UIDs, duplicate instances, frames on a non-image, a naive datetime, a missing
     or misplaced copy, or a rejection title.
     """
-    _check_title(title, allow_rejection)
-    _check_evidence(study.study_uid, evidence)
+    check_title(title, allow_rejection)
+    check_evidence(study.study_uid, evidence)
     for uid in (sop_instance_uid, series_uid):
-        _check_uid(uid)
+        check_uid(uid)
     if sop_instance_uid in {e.sop_instance_uid for e in evidence}:
         raise ValueError("the KOS cannot select itself")
-    _check_identical(study.study_uid, evidence, identical)
+    check_identical(study.study_uid, evidence, identical)
     when, offset = _local(content_datetime, study.timezone_offset, zone)
     date, time = when.strftime("%Y%m%d"), _tm(when)
     description = description.strip() if description and description.strip() else None
@@ -366,63 +260,7 @@ def encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def is_image_sop_class(sop_class_uid: str) -> bool:
-    """Whether instances of this storage SOP class are images (IMAGE content items); unknown classes are not."""
-    if sop_class_uid in _IMAGE_CLASSES_WITHOUT_IMAGE_IN_NAME:
-        return True
-    name = UID(sop_class_uid).name  # the UID itself when pydicom does not know it
-    return "Image" in name and name != sop_class_uid
-
-
 # -- checks ---------------------------------------------------------------------------------------------------
-
-
-def _check_uid(uid: str) -> None:
-    if len(uid) > 64 or not _UID.fullmatch(uid):
-        raise ValueError(f"not a DICOM UID: {uid!r}")
-
-
-def _check_title(title: Title, allow_rejection: bool) -> None:
-    if len(title) != 3 or not all(isinstance(part, str) and part.strip() for part in title):
-        raise ValueError("title is (code value, coding scheme, code meaning), none of them empty")
-    if title[1] == "DCM" and title[0] in REJECTION_TITLES and not allow_rejection:
-        raise ValueError(f"{title[0]} is an IOCM rejection title: an archive would withdraw the selected instances")
-
-
-def _check_evidence(home: str, evidence: Sequence[Evidence]) -> None:
-    if not evidence:
-        raise ValueError("a KOS selects at least one instance")
-    _check_uid(home)
-    seen: set[str] = set()
-    for e in evidence:
-        for uid in (e.study_uid, e.series_uid, e.sop_instance_uid, e.sop_class_uid):
-            _check_uid(uid)
-        if e.sop_instance_uid in seen:
-            raise ValueError(f"instance {e.sop_instance_uid} is selected twice; merge its frames into one Evidence")
-        seen.add(e.sop_instance_uid)
-        if e.frames:
-            if not e.is_image:
-                raise ValueError(f"instance {e.sop_instance_uid} is not an image; it has no frames")
-            if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in e.frames):
-                raise ValueError("frame numbers are integers from 1")
-            if len(set(e.frames)) != len(e.frames):
-                raise ValueError(f"frame numbers of {e.sop_instance_uid} repeat")
-    if all(e.study_uid != home for e in evidence):
-        raise ValueError("the KOS's own study must hold at least one selected instance")
-
-
-def _check_identical(home: str, evidence: Sequence[Evidence], identical: Sequence[DocumentRef]) -> None:
-    others = {e.study_uid for e in evidence} - {home}
-    for ref in identical:
-        for uid in (ref.study_uid, ref.series_uid, ref.sop_instance_uid):
-            _check_uid(uid)
-    studies = [ref.study_uid for ref in identical]
-    if len(set(studies)) != len(studies) or set(studies) != others:
-        raise ValueError(
-            "a KOS that selects instances of other studies is duplicated into each of them, and each copy lists "
-            "the others as Identical Documents (PS3.3 C.17.6.2.1): give one DocumentRef per other study "
-            "(build_kos_copies does this)"
-        )
 
 
 # -- building blocks --------------------------------------------------------------------------------------------
@@ -549,16 +387,3 @@ def _add_frames(ds: Dataset, frames: Mapping[str, tuple[int, ...]]) -> None:
             selected = frames.get(str(ref.ReferencedSOPInstanceUID))
             if selected:
                 ref.ReferencedFrameNumber = list(selected)
-
-
-def _raw(row: dj.Dataset, tag: str) -> str | None:
-    value = dj.first(row, tag)
-    return value if isinstance(value, str) and value.strip() else None
-
-
-def _pn(row: dj.Dataset, tag: str) -> str | None:
-    """DICOM JSON PN (F.2.2 component groups) → the PN string ``Alphabetic=Ideographic=Phonetic``."""
-    groups = dj.person_name(row, tag)
-    if groups is None:
-        return None
-    return "=".join(groups.get(key, "") for key in ("Alphabetic", "Ideographic", "Phonetic")).rstrip("=") or None

@@ -19,7 +19,8 @@ from ..errors import NotFound, outcome
 from ..fhir.search import parse_search
 from ..mapping.versions import VERSIONS, FhirVersion
 from ..pacs.request_scope import CACHE_SCOPE, PACS_TOKEN, STALE_ANSWERS
-from ..security.auth import OPEN, AuthContext, Authorizer
+from ..security.auth import Authorizer
+from ..security.context import OPEN, AuthContext
 from ..security.scopes import Interaction
 from ..security.smart_discovery import smart_configuration as build_smart_configuration
 from ..usecases.service import Facade

@@ -26,11 +26,11 @@ from ..mapping.imaging_study import MappingContext
 from ..pacs.dicomweb_write import DicomWebStore
 from ..pacs.upstream import QidoResult
 from ..planning.manifest_input import ManifestInput, from_payload
-from ..security.auth import Forbidden
+from ..security.context import Forbidden
 from .manifests import Manifests, selections_of
 
 if TYPE_CHECKING:  # pydicom (numpy) and highdicom cost ~170 MiB: loaded on the first create, not at start-up
-    from ..dicom.kos_build import Evidence, PatientStudy
+    from ..dicom.kos_inputs import Evidence, PatientStudy
 
 Fetch = Callable[[QidoQuery], Awaitable[QidoResult]]
 Resource = dict[str, Any]
@@ -165,7 +165,7 @@ class ManifestWriter:
         return found
 
     def _evidence(self, manifest: ManifestInput, rows: dict[str, dj.Dataset]) -> list[Evidence]:
-        from ..dicom.kos_build import Evidence
+        from ..dicom.kos_inputs import Evidence
 
         out = []
         for s in manifest.instances:
@@ -191,7 +191,7 @@ class ManifestWriter:
         return out
 
     async def _study(self, study_uid: str) -> PatientStudy:
-        from ..dicom.kos_build import PatientStudy
+        from ..dicom.kos_inputs import PatientStudy
 
         query = QidoQuery.build("studies", {"StudyInstanceUID": study_uid}, fields=("00100021", "00080201"))
         rows = (await self._fetch(query)).rows

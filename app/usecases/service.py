@@ -25,7 +25,7 @@ from ..pacs.dicomweb_write import DicomWebStore
 from ..pacs.ehr import EhrPatients
 from ..planning.patient_plan import distinct_patients, plan_patients
 from ..planning.plan import Plan, PlanContext, Prequery, plan
-from ..security.auth import Forbidden
+from ..security.context import Forbidden
 from ..settings import Settings
 from .manifest_create import Created, ManifestWriter
 from .manifests import KO_FIELDS, KosDocuments, ManifestLimits, Manifests

@@ -26,20 +26,11 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatementRestSecuri
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from app.errors import FacadeError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
-from app.security.auth import (
-    OPEN,
-    AuthContext,
-    Authorizer,
-    AuthSettings,
-    Forbidden,
-    Unauthorized,
-    bearer_token,
-    challenge,
-    confine_patients,
-    parse_jwks,
-)
+from app.security.auth import Authorizer
+from app.security.context import OPEN, AuthContext, Forbidden, Unauthorized, challenge, confine_patients
 from app.security.scopes import Scopes
 from app.security.smart_discovery import capability_security, smart_configuration
+from app.security.tokens import AuthSettings, bearer_token, parse_jwks
 
 NOW = 1_700_000_000.0
 ISS = "https://auth.example.org"
