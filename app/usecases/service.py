@@ -9,10 +9,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ..dicom import dicom_json as dj
-from ..dicom import gcpause, rejections
-from ..dicom.qido import QidoQuery, uid_list
-from ..dicom.rejections import StudyRows
-from ..errors import FacadeError, InvalidRequest, MethodNotAllowed, NotFound, TooCostly
+from ..dicom import gcpause
+from ..dicom.qido import QidoQuery
+from ..errors import FacadeError, InvalidRequest, MethodNotAllowed, NotFound
 from ..fhir import bundle, patient_ids
 from ..fhir.search import EhrPatient, PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
 from ..fhir.search_params import IMAGING_SELECTION, IMAGING_STUDY, PATIENT
@@ -24,15 +23,15 @@ from ..pacs.cache import CachedFetch, CachedQido
 from ..pacs.dicomweb_write import DicomWebStore
 from ..pacs.ehr import EhrPatients
 from ..planning.patient_plan import distinct_patients, plan_patients
-from ..planning.plan import Plan, PlanContext, Prequery, plan
+from ..planning.plan import Plan, PlanContext, plan
 from ..security.context import Forbidden
 from ..settings import Settings
 from .manifest_create import Created, ManifestWriter
-from .manifests import KO_FIELDS, KosDocuments, ManifestLimits, Manifests
+from .manifests import KosDocuments, ManifestLimits, Manifests
+from .rejected import RejectedInstances
 from .studies import (
     Fetch,
     Limits,
-    Screen,
     StudyPage,
     all_matching,
     read_study,
@@ -49,6 +48,7 @@ class Facade:
         self.ehr = ehr
         self.manifests: Manifests | None = None  # set by attach_manifests
         self.writer: ManifestWriter | None = None
+        self.rejected = RejectedInstances(None, uid_batch=settings.uid_batch, row_limit=settings.prequery_limit)
         zone = settings.tz
         self.mapping = MappingContext(
             endpoint_id=settings.endpoint_id,
@@ -118,6 +118,9 @@ class Facade:
             stored=self.qido.clear,
             writable=s.manifests_writable,
         )
+        if s.hide_rejected:
+            documents = self.manifests.documents
+            self.rejected = RejectedInstances(documents, uid_batch=s.uid_batch, row_limit=s.prequery_limit)
 
     async def create_manifest(
         self, payload: Any, base: str, *, if_none_exist: str | None, transaction: bool, patient: str | None = None
@@ -133,7 +136,7 @@ class Facade:
         page = await search_page(
             Plan(study_uids=tuple(uids)), self._fetcher(fresh), count=len(uids), offset=0, limits=self.limits
         )
-        pairs = await self._without_rejected(page.studies)
+        pairs = await self.rejected.hide(page.studies)
         return [imaging_study(row, rows, self.mapping) for row, rows in pairs]
 
     async def _subject_keys(self, patient_id: str) -> list[PatientKey]:
@@ -219,7 +222,7 @@ class Facade:
         the_plan, fetch = plan(req, self.plan_context), self._fetcher(fresh)
         summary = req.summary == "true"
         level = "series" if summary else "instances"
-        screen = self._prequery_screen(fetch)
+        screen = self.rejected.screen(fetch)
         total: int | None = None
         if req.summary == "count" or req.sort or req.total != "none":
             # Counting and sorting need every matching study row (QIDO does neither).
@@ -235,9 +238,9 @@ class Facade:
                 the_plan, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level, screen=screen
             )
         if summary:
-            page = StudyPage(await self._series_without_rejected(page.studies), page.has_next)
+            page = StudyPage(await self.rejected.lower_counts(page.studies), page.has_next)
         else:
-            page = StudyPage(await self._without_rejected(page.studies), page.has_next)
+            page = StudyPage(await self.rejected.hide(page.studies), page.has_next)
         with gcpause.paused():  # many small dicts, no cycles (app.dicom.gcpause)
             studies = [
                 imaging_study(row, None, self.mapping, series_rows=rows)
@@ -277,66 +280,8 @@ class Facade:
         found = await read_study(study_id, self._fetcher(fresh), self.limits)
         if found is None:
             raise NotFound(f"ImagingStudy/{study_id} is not known")
-        ((row, instances),) = await self._without_rejected([found])
+        ((row, instances),) = await self.rejected.hide([found])
         return imaging_study(row, instances, self.mapping)
-
-    async def _series_without_rejected(self, studies: list[StudyRows]) -> list[StudyRows]:
-        """The ``_summary=true`` form of :meth:`_without_rejected`: with series rows only, the rejection notes are
-        found through the KO series' metadata (app.dicom.rejections lowers the counts to match)."""
-        if not self.settings.hide_rejected or self.manifests is None:
-            return studies
-        ko = rejections.ko_series(studies)
-        docs = await self.manifests.documents.in_series(ko) if ko else []
-        return rejections.lower_series_counts(studies, docs)
-
-    def _prequery_screen(self, fetch: Fetch) -> Screen | None:
-        """IOCM for the series/instance-level criteria: a study found only through rejected instances is not found
-        (the search must agree with the content, :meth:`_without_rejected`). The rejection notes of the studies the
-        pre-query found are read like a page's: KO instance rows, their content from the cached documents.
-
-        Cost, only when the pre-query found something: one QIDO query per ``uid_batch`` of those studies (cached
-        like any), plus the metadata of KO series not read before (app.usecases.manifests, bounded); for a series row
-        whose
-        instances may all be rejected, one more instance-level query of such series."""
-        if not self.settings.hide_rejected or self.manifests is None:
-            return None
-        documents, s = self.manifests.documents, self.settings
-
-        async def rows_of(key: str, uids: list[str], more: dict[str, str], fields: tuple[str, ...]) -> list[dj.Dataset]:
-            """Instance rows whose ``key`` is one of ``uids`` (one UID list per ``uid_batch``)."""
-            out: list[dj.Dataset] = []
-            for i in range(0, len(uids), s.uid_batch):
-                keys = {key: uid_list(uids[i : i + s.uid_batch])} | more
-                query = QidoQuery.build("instances", keys, fields=fields, limit=s.prequery_limit + 1)
-                rows = (await fetch(query)).rows
-                if len(rows) > s.prequery_limit:
-                    raise TooCostly(
-                        "too many manifests or rejected instances to check in the studies found; narrow the search"
-                    )
-                out += rows
-            return out
-
-        async def screen(pre: Prequery, rows: list[dj.Dataset]) -> list[dj.Dataset]:
-            studies = sorted({uid for r in rows if (uid := dj.text(r, dj.STUDY_UID))})
-            notes = await rows_of("StudyInstanceUID", studies, {"Modality": "KO"}, KO_FIELDS)
-            rejected = rejections.rejected_references(await documents.of_rows(notes))
-            if not rejected:
-                return rows
-            if pre.query.level == "instances":
-                return rejections.screen_instances(rows, rejected)
-            doubtful = rejections.doubtful_series(rows, rejected)
-            instances = await rows_of("SeriesInstanceUID", doubtful, {}, ()) if doubtful else []
-            return rejections.screen_series(rows, doubtful, instances, rejected)
-
-        return screen
-
-    async def _without_rejected(self, studies: list[StudyRows]) -> list[StudyRows]:
-        """IOCM (IHE RAD TF-2 Rejection Note): instances a rejection note rejects are not shown. The notes are KOS
-        instances of the studies, already in the instance rows; only their content costs a (cached) read."""
-        if not self.settings.hide_rejected or self.manifests is None:
-            return studies
-        rejected = await self.manifests.documents.rejected(r for _, rows in studies for r in rows)
-        return rejections.drop_instances(studies, rejected)
 
     async def search_patients(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
         """Patients are the distinct (PatientID, issuer) pairs of every matching study row (app.planning.patient_plan);

@@ -1,0 +1,84 @@
+"""IOCM rejection notes applied to what ImagingStudy shows and finds (IHE RAD TF-2 Rejection Note; KOS titles 113001,
+113037, 113038, 113039). Orthanc keeps rejected instances (it does not apply IOCM), so the facade leaves them out:
+from a page's instance rows (:meth:`RejectedInstances.hide`), from the counts when only series rows are known
+(``_summary=true``, :meth:`~RejectedInstances.lower_counts`), and from the rows of the series/instance-level
+pre-queries (:meth:`~RejectedInstances.screen`), so that a search cannot find a study through an instance it does
+not show. The pure rules are app.dicom.rejections; this module reads the notes (QIDO, then their cached content).
+"""
+
+from __future__ import annotations
+
+from ..dicom import dicom_json as dj
+from ..dicom import rejections
+from ..dicom.qido import QidoQuery, uid_list
+from ..dicom.rejections import StudyRows
+from ..errors import TooCostly
+from ..planning.plan import Prequery
+from .manifests import KO_FIELDS, KosDocuments
+from .studies import Fetch, Screen
+
+
+class RejectedInstances:
+    """``documents``: the cached KOS reader; None when rejected instances are shown (hide_rejected = false)."""
+
+    def __init__(self, documents: KosDocuments | None, *, uid_batch: int, row_limit: int) -> None:
+        self._documents = documents
+        self._uid_batch = uid_batch
+        self._row_limit = row_limit
+
+    async def hide(self, studies: list[StudyRows]) -> list[StudyRows]:
+        """Instances a rejection note rejects are not shown. The notes are KOS instances of the studies, already in
+        the instance rows; only their content costs a (cached) read."""
+        if self._documents is None:
+            return studies
+        rejected = await self._documents.rejected(r for _, rows in studies for r in rows)
+        return rejections.drop_instances(studies, rejected)
+
+    async def lower_counts(self, studies: list[StudyRows]) -> list[StudyRows]:
+        """The ``_summary=true`` form of :meth:`hide`: with series rows only, the rejection notes are found through
+        the KO series' metadata (app.dicom.rejections lowers the counts to match)."""
+        if self._documents is None:
+            return studies
+        ko = rejections.ko_series(studies)
+        docs = await self._documents.in_series(ko) if ko else []
+        return rejections.lower_series_counts(studies, docs)
+
+    def screen(self, fetch: Fetch) -> Screen | None:
+        """IOCM for the series/instance-level criteria: a study found only through rejected instances is not found
+        (the search must agree with the content, :meth:`hide`). The rejection notes of the studies the pre-query
+        found are read like a page's: KO instance rows, their content from the cached documents.
+
+        Cost, only when the pre-query found something: one QIDO query per ``uid_batch`` of those studies (cached
+        like any), plus the metadata of KO series not read before (app.usecases.manifests, bounded); for a series
+        row whose instances may all be rejected, one more instance-level query of such series."""
+        documents = self._documents
+        if documents is None:
+            return None
+        batch, limit = self._uid_batch, self._row_limit
+
+        async def rows_of(key: str, uids: list[str], more: dict[str, str], fields: tuple[str, ...]) -> list[dj.Dataset]:
+            """Instance rows whose ``key`` is one of ``uids`` (one UID list per ``uid_batch``)."""
+            out: list[dj.Dataset] = []
+            for i in range(0, len(uids), batch):
+                keys = {key: uid_list(uids[i : i + batch])} | more
+                rows = (await fetch(QidoQuery.build("instances", keys, fields=fields, limit=limit + 1))).rows
+                if len(rows) > limit:
+                    raise TooCostly(
+                        "too many manifests or rejected instances to check in the studies found; narrow the search"
+                    )
+                out += rows
+            return out
+
+        async def screen(pre: Prequery, rows: list[dj.Dataset]) -> list[dj.Dataset]:
+            studies = sorted({uid for r in rows if (uid := dj.text(r, dj.STUDY_UID))})
+            notes = await rows_of("StudyInstanceUID", studies, {"Modality": "KO"}, KO_FIELDS)
+            rejected = rejections.rejected_references(await documents.of_rows(notes))
+            if not rejected:
+                return rows
+            if pre.query.level == "instances":
+                return rejections.screen_instances(rows, rejected)
+            doubtful = rejections.doubtful_series(rows, rejected)
+            instances = await rows_of("SeriesInstanceUID", doubtful, {}, ()) if doubtful else []
+            return rejections.screen_series(rows, doubtful, instances, rejected)
+
+        return screen
