@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import HTTP_STATUS_CODES, INTERNAL_ERROR, FacadeError, outcome
-from .http import endpoints
+from .http import endpoints, wado
+from .http.cors import CorsMiddleware
 from .http.fhir_http import FHIRResponse
 from .http.observability import Metrics, ObservabilityMiddleware
 from .mapping.versions import VERSIONS
@@ -28,8 +29,10 @@ from .pacs.cache_redis import RedisCache
 from .pacs.dicomweb_write import DicomWebStore
 from .pacs.ehr import EhrPatients, MrnRule
 from .pacs.upstream import DicomWebUpstream, UpstreamStats
+from .pacs.wado import WadoUpstream
 from .security.auth import Authorizer
 from .settings import Settings
+from .usecases.retrieve import Retrieval
 from .usecases.service import Facade
 
 logger = logging.getLogger(__name__)
@@ -99,6 +102,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             app.state.store = store
             facade.attach_manifests(store)
             app.state.facade = facade
+            # The WADO-RS gateway (issue 12): same pool, credentials, breaker, retries and budget as QIDO.
+            app.state.retrieval = Retrieval(facade, WadoUpstream(pool, settings.dicomweb_url, timeout, **resilience))
             app.state.metrics.bind(cache=qido, breaker_state=(lambda: breaker.state) if breaker else None)
             try:
                 yield
@@ -117,7 +122,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         fhir = f"/fhir/{version.name}"
         routes.append(Route(f"{fhir}/metadata", partial(endpoints.metadata, version=version), methods=["GET"]))
         routes.append(Route(f"{fhir}/.well-known/smart-configuration", endpoints.smart_configuration, methods=["GET"]))
-        for rtype in (*version.searches, "Endpoint"):
+        for rtype in (*version.searches, "Endpoint", *version.reads):
             if rtype in version.searches:
                 handler = partial(endpoints.search, version=version, resource_type=rtype)
                 routes += [
@@ -132,12 +137,16 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 Route(f"{fhir}/ImagingSelection", create, methods=["POST"]),
                 Route(fhir, partial(endpoints.transaction, version=version), methods=["POST"]),
             ]
+    if settings.wado_mode == "gateway":
+        routes += wado.routes()
     handlers = {FacadeError: _facade_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=handlers,
-        middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)],
+        # CORS inside observability: preflights get a request id and are counted; none of it without cors_origins.
+        middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)]
+        + ([Middleware(CorsMiddleware, origins=settings.cors_origins)] if settings.cors_origins else []),
     )
     app.state.metrics = metrics
     return app

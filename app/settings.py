@@ -102,6 +102,18 @@ class Settings:
     # Operations: log lines as JSON objects ("json") or text; seconds uvicorn lets requests finish on SIGTERM.
     log_format: str = "json"
     shutdown_grace: float = 10.0
+    # WADO-RS (issue 12; shared/docs/wado-gateway.md). "gateway": Endpoint.address is the facade's own WADO-RS base
+    # (<public_url or the request's origin>/dicomweb) and the facade proxies to the PACS, which stays private;
+    # "direct": Endpoint.address is wado_url. wado_access (gateway, auth_mode smart): "token", the viewer sends its
+    # bearer token; "capability", each ImagingStudy contains its own Endpoint whose address carries an HMAC-signed
+    # capability for that study (app.security.capability), valid capability_ttl seconds and never past the token's
+    # exp. capability_keys: the first signs, all verify (rotation across replicas; removing one revokes what it
+    # signed). cors_origins: origins (scheme://host[:port]) allowed by CORS on the FHIR API and /dicomweb, or "*".
+    wado_mode: str = "gateway"
+    wado_access: str = "token"
+    capability_keys: tuple[str, ...] = field(default=(), repr=False)
+    capability_ttl: float = 3600.0
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def wado_base(self) -> str:
@@ -125,8 +137,18 @@ class Settings:
 
     @property
     def requires_token(self) -> bool:
-        """Whether a viewer must present its SMART token to the WADO-RS endpoint (SMART Imaging Access)."""
-        return self.wado_requires_token if self.wado_requires_token is not None else self.pacs_auth == "forward"
+        """Whether a viewer must present its SMART token to the WADO-RS endpoint (SMART Imaging Access
+        requires-access-token). Direct: whether the PACS checks it (the facade forwards tokens), unless
+        wado_requires_token says otherwise. Gateway: the gateway checks it, in smart token mode; in open mode it
+        serves everyone, and a capability address carries its permission itself."""
+        if self.wado_mode == "direct":
+            return self.wado_requires_token if self.wado_requires_token is not None else self.pacs_auth == "forward"
+        return self.auth_mode == "smart" and self.wado_access == "token"
+
+    @property
+    def uses_capabilities(self) -> bool:
+        """Each ImagingStudy carries a contained Endpoint with a capability address (gateway, smart, capability)."""
+        return self.wado_mode == "gateway" and self.wado_access == "capability" and self.auth_mode == "smart"
 
     @property
     def tz(self) -> ZoneInfo | None:
@@ -199,6 +221,30 @@ class Settings:
             raise SettingsError("log_format must be json or text")
         if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", self.endpoint_id):
             raise SettingsError("endpoint_id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+        self._check_wado()
+
+    def _check_wado(self) -> None:
+        if self.wado_mode not in ("gateway", "direct"):
+            raise SettingsError("wado_mode must be gateway or direct")
+        if self.wado_access not in ("token", "capability"):
+            raise SettingsError("wado_access must be token or capability")
+        if self.wado_access == "capability" and self.wado_mode != "gateway":
+            # Only the gateway can check a capability: a PACS reached directly would ignore it.
+            raise SettingsError("wado_access = capability needs wado_mode = gateway")
+        # Never echo a key: the messages name the setting and the rule only.
+        if any(len(key) < 32 for key in self.capability_keys):
+            raise SettingsError("every capability_keys entry must be at least 32 characters (random, secret)")
+        if self.uses_capabilities and not self.capability_keys:
+            raise SettingsError("wado_access = capability needs capability_keys (FACADE_CAPABILITY_KEYS)")
+        if not math.isfinite(self.capability_ttl) or self.capability_ttl <= 0:
+            raise SettingsError("capability_ttl must be a finite, positive number")
+        if "*" in self.cors_origins and len(self.cors_origins) > 1:
+            raise SettingsError('cors_origins is either "*" alone or a list of origins')
+        for origin in self.cors_origins:
+            if origin != "*" and not _is_origin(origin):
+                raise SettingsError(
+                    f"cors_origins entries must be origins like https://app.example.org, got {origin[:80]!r}"
+                )
 
     @classmethod
     def load(cls, environ: Mapping[str, str], *, config_file: str | Path | None = None) -> Settings:
@@ -274,9 +320,31 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ValueError(f"{name} must be a table of strings")
         return dict(value)
+    if type_name.startswith("tuple"):
+        # Comma-separated in the environment (and allowed so in TOML), or a TOML array of strings; blanks dropped.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+            raise ValueError(f"{name} must be a comma-separated string or a list of strings")
+        return tuple(v.strip() for v in items if v.strip())
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string")
     return value
+
+
+def _is_origin(value: str) -> bool:
+    """An RFC 6454 origin as browsers send it in ``Origin``: scheme, host and optional port; nothing else."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and not (parts.path or parts.query or parts.fragment)
+        and not value.endswith(("?", "#"))
+    )
 
 
 def _redact(url: str) -> str:

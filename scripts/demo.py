@@ -220,10 +220,19 @@ def _run(facade: FacadeProcess, manifest: Any, datasets: list[Any], *, check: bo
     selection.write_text(json.dumps(_selection(datasets, pid), indent=2) + "\n", encoding="utf-8")
     r5 = base.replace("/fhir/R4", "/fhir/R5")
     print(
-        "# Download one study's images (WADO-RS, at the Endpoint's address):\n"
+        "# Download one study's images (WADO-RS, at the Endpoint's address: the facade's gateway, not the PACS):\n"
         f"curl -s -H 'Accept: multipart/related; type=\"application/dicom\"' "
-        f"'{wado}/studies/{mueller.study_uid}' -o study.multipart\n"
+        f"'{wado}/studies/{mueller.study_uid}' -o study.multipart"
     )
+    if check:
+        study = httpx.get(
+            f"{wado}/studies/{mueller.study_uid}",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+            timeout=60,
+        )
+        print(f"  -> HTTP {study.status_code}, {len(study.content)} bytes (--check)")
+        failed += study.status_code != 200 or b"DICM" not in study.content
+    print()
     print(
         f"# Mark two images for teaching from the EMR (FHIR R5 create; a KOS is stored in the PACS):\n"
         f"curl -s -X POST '{r5}/ImagingSelection' -H 'Content-Type: application/fhir+json' -d @{selection}\n"

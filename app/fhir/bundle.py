@@ -7,6 +7,7 @@ across pages.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -40,6 +41,31 @@ def searchset(
     if entries:
         bundle["entry"] = entries
     return bundle
+
+
+def counted_searchset(
+    base: str,
+    window: list[dict[str, Any]],
+    *,
+    link: Callable[[int], str],
+    offset: int,
+    count: int,
+    total: int,
+    counting: bool = False,
+    included: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A page cut from ``total`` matches known here (counted honestly, so ``Bundle.total`` is given): ``link(o)``
+    is the search URL at offset o; ``counting`` (``_summary=count``) sends no next link."""
+    has_next = not counting and total > offset + count
+    return searchset(
+        base,
+        window,
+        self_url=link(offset),
+        included=included,
+        total=total,
+        next_url=link(offset + count) if has_next else None,
+        previous_url=link(max(0, offset - count)) if offset and count else None,
+    )
 
 
 def _entry(base: str, resource: dict[str, Any], mode: str) -> dict[str, Any]:

@@ -294,6 +294,107 @@ IMAGING_SELECTION = ResourceSearch(
     mandatory=frozenset({"status", "code"}),
 )
 
+# IHE RAD MADO Document Responder (MHD ITI-67 plus MADO's parameters): the KOS manifests as R4 DocumentReferences
+# (app.mapping.document_reference), two per manifest (its DICOM and FHIR forms).
+MADO_SP = "https://profiles.ihe.net/RAD/MADO/SearchParameter/SearchParameterDocumentReference"
+DOCUMENT_REFERENCE_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "_id",
+        "token",
+        SP + "Resource-id",
+        "This server's DocumentReference id (the KOS SOP Instance UID for the DICOM form, `<token>-fhir` for the "
+        "FHIR form).",
+    ),
+    ParamSpec(
+        "identifier",
+        "token",
+        SP + "clinical-identifier",
+        "`urn:dicom:uid|urn:oid:<KOS SOP Instance UID>` (or `urn:ietf:rfc:3986|urn:oid:<uid>`, or `urn:oid:<uid>`): "
+        "both forms of that manifest.",
+    ),
+    ParamSpec(
+        "patient",
+        "reference",
+        SP + "clinical-patient",
+        "`Patient/<id>` (this server's, or the linked EHR's) or `patient.identifier=[system]|PatientID`.",
+        modifiers=frozenset({"Patient", "identifier"}),
+        chains=("identifier",),
+    ),
+    ParamSpec(
+        "subject",
+        "reference",
+        SP + "DocumentReference-subject",
+        "As `patient`.",
+        modifiers=frozenset({"Patient", "identifier"}),
+        chains=("identifier",),
+    ),
+    ParamSpec(
+        "status",
+        "token",
+        SP + "DocumentReference-status",
+        "Manifests in the PACS are `current`; superseded and entered-in-error match nothing.",
+    ),
+    ParamSpec("type", "token", SP + "clinical-type", "LOINC `http://loinc.org|18748-4` (every manifest)."),
+    ParamSpec("category", "token", SP + "DocumentReference-category", "LOINC `http://loinc.org|18748-4`."),
+    ParamSpec(
+        "format",
+        "token",
+        SP + "DocumentReference-format",
+        "`http://dicom.nema.org/resources/ontology/DCMUID|1.2.840.10008.5.1.4.1.1.88.59` (the KOS) or "
+        "`http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode|urn:ihe:rad:MADO:fhir-manifest:2026` "
+        "(the FHIR document Bundle); a bare code matches too.",
+    ),
+    ParamSpec(
+        "date",
+        "date",
+        SP + "DocumentReference-date",
+        "KOS ContentDate/ContentTime, every date prefix (checked on the document, not by the PACS).",
+    ),
+    ParamSpec(
+        "study-instance-uid",
+        "token",
+        MADO_SP + "StudyInstanceUid",
+        "Study Instance UID of a referenced study (`urn:dicom:uid|urn:oid:<uid>`, `urn:oid:<uid>` or bare); finds "
+        "KOS stored in another study of the patient too.",
+    ),
+    ParamSpec(
+        "accession-number",
+        "token",
+        MADO_SP + "AccessionNumber",
+        "`[system]|value`: the accession number of a referenced study (exact, case-sensitive).",
+    ),
+    ParamSpec(
+        "modality",
+        "token",
+        MADO_SP + "Modality",
+        "DICOM modality of a selected series, with or without the DCM system.",
+    ),
+    ParamSpec(
+        "bodysite",
+        "token",
+        MADO_SP + "BodySite",
+        "SNOMED CT code or DICOM BodyPartExamined term of a selected series.",
+    ),
+    ParamSpec(
+        "related",
+        "reference",
+        SP + "DocumentReference-related",
+        "`related:identifier=urn:dicom:uid|urn:oid:<Study UID>` or `[system]|<accession>`, or "
+        "`related=ImagingStudy/<Study UID>`: a referenced study.",
+        modifiers=frozenset({"identifier"}),
+    ),
+)
+DOCUMENT_REFERENCE = ResourceSearch(
+    "DocumentReference",
+    DOCUMENT_REFERENCE_PARAMS,
+    includes=("DocumentReference:subject",),
+    elements=frozenset(
+        {"meta", "text", "extension", "masterIdentifier", "identifier", "status", "type", "category", "subject"}
+        | {"date", "author", "relatesTo", "description", "content", "context"}
+    ),
+    mandatory=frozenset({"status", "content"}),
+)
+
 # Kept for callers that only know the ImagingStudy search.
 BY_NAME = IMAGING_STUDY.by_name
 INCLUDES = IMAGING_STUDY.includes

@@ -284,6 +284,37 @@ def _parse_endpoint(name: str, modifier: str, value: str, ctx: SearchContext) ->
     return [rid for rid in _local_ids(value, "Endpoint", ctx) if rid == ctx.endpoint_id]
 
 
+def _parse_kos_identifier(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    """A manifest's identifier: ``urn:oid:<uid>`` with the DICOM UID system, RFC 3986, or none."""
+    out = []
+    for t in _tokens(value):
+        uid = t.code.removeprefix("urn:oid:")
+        if uid != t.code and t.system in (None, DICOM_UID_SYSTEM, RFC3986_SYSTEM) and is_uid(uid):
+            out.append(uid)
+    return out
+
+
+_DOCUMENT_STATUS = ("current", "superseded", "entered-in-error")
+
+
+def _parse_document_status(name: str, modifier: str, value: str, ctx: SearchContext) -> list[str]:
+    out = []
+    for t in _tokens(value):
+        if t.code not in _DOCUMENT_STATUS:
+            raise InvalidRequest(f"status {t.code[:40]!r} is not a DocumentReference status code")
+        if t.system in (None, "http://hl7.org/fhir/document-reference-status"):
+            out.append(t.code)
+    return out
+
+
+def _parse_related(name: str, modifier: str, value: str, ctx: SearchContext) -> list[Token]:
+    """``related:identifier``: a Study UID (→ Token(DICOM_UID_SYSTEM, uid)) or an accession token;
+    ``related=ImagingStudy/<uid>``: that study."""
+    if modifier == "identifier":
+        return _parse_identifier(name, modifier, value, ctx)
+    return [Token(DICOM_UID_SYSTEM, uid) for uid in _parse_study_refs(name, modifier, value, ctx)]
+
+
 Parser = Callable[[str, str, str, SearchContext], list[Any]]
 
 # Per resource, parameter name → value parser (every parameter of app.fhir.search_params has one; a test checks).
@@ -313,6 +344,22 @@ PARSERS: dict[str, dict[str, Parser]] = {
         "derived-from": _parse_study_refs,
         "issued": _parse_date,
         "bodysite": _parse_bodysite,
+    },
+    "DocumentReference": {
+        "_id": _parse_ids,
+        "identifier": _parse_kos_identifier,
+        "patient": _parse_patient,
+        "subject": _parse_patient,
+        "status": _parse_document_status,
+        "type": _parse_code,
+        "category": _parse_code,
+        "format": _parse_code,
+        "date": _parse_date,
+        "study-instance-uid": _parse_uid_token,
+        "accession-number": _parse_code,
+        "modality": _parse_modality,
+        "bodysite": _parse_bodysite,
+        "related": _parse_related,
     },
     "Patient": {
         "_id": _parse_patient_id,

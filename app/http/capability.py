@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..fhir.search_params import ResourceSearch
+from ..mapping.document_reference import BUNDLE_PROFILE, FHIR_PROFILE, KOS_PROFILE
 from ..mapping.versions import FhirVersion
 from ..security.smart_discovery import capability_security
 from ..settings import Settings
@@ -50,7 +51,8 @@ def capability_statement(
                         "interaction": [{"code": "read"}],
                         "versioning": "no-version",
                     },
-                ],
+                ]
+                + [_read_only(rtype) for rtype in version.reads],
             }
         ],
     }
@@ -82,17 +84,40 @@ _DOCS = {
     "ImagingStudy": "Sorting with _sort=started|-started only.",
     "Patient": "Patients are the distinct PatientID + IssuerOfPatientID pairs of the PACS's studies; a search reads "
     "every matching study (up to prequery_limit) and always gives an exact total.",
+    "DocumentReference": "IHE RAD MADO Document Responder (MHD ITI-67): each KOS manifest of the PACS (IOCM "
+    "rejection notes excluded; a KOS stored as one copy per study is one manifest) as two DocumentReferences, "
+    "MadoDicomKosDocumentReference (the KOS, application/dicom, fetched with WADO-RS) and MadoFhirDocumentReference "
+    "(the FHIR document Bundle, application/fhir+json, read at Bundle/<id>), linked by relatesTo transforms.",
     "ImagingSelection": "Key Object Selection (KOS) documents of the PACS, one resource per selected series; IOCM "
     "rejection notes are not selections. Create (POST, or a transaction Bundle of the selections of one KOS) "
     "stores a new KOS with STOW-RS; If-None-Exist on identifier makes a retried create safe.",
 }
 
 
+def _read_only(rtype: str) -> dict[str, Any]:
+    """A type served by read only: R4's MADO document Bundles (MadoFhirBundle), the FHIR form of a manifest."""
+    return {
+        "type": rtype,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+        "supportedProfile": [BUNDLE_PROFILE],
+        "documentation": "The FHIR form of a key-image manifest: a document Bundle made from the KOS on each read "
+        "(DocumentReference.content.attachment.url of the MadoFhirDocumentReference); needs DocumentReference read.",
+        "interaction": [{"code": "read"}],
+        "versioning": "no-version",
+    }
+
+
+# Profiles the resources of a type conform to (CapabilityStatement.rest.resource.supportedProfile).
+_SUPPORTED_PROFILES = {"DocumentReference": [KOS_PROFILE, FHIR_PROFILE]}
+
+
 def _searchable(spec: ResourceSearch, documentation: str, *, writable: bool = False) -> dict[str, Any]:
     interactions = ["read", "search-type"] + (["create"] if writable else [])
+    supported = _SUPPORTED_PROFILES.get(spec.type)
     return {
         "type": spec.type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{spec.type}",
+        **({"supportedProfile": supported} if supported else {}),
         "documentation": documentation,
         "interaction": [{"code": code} for code in interactions],
         "versioning": "no-version",

@@ -20,10 +20,11 @@ from ..fhir.search import parse_search
 from ..mapping.versions import VERSIONS, FhirVersion
 from ..pacs.request_scope import CACHE_SCOPE, PACS_TOKEN, STALE_ANSWERS
 from ..security.auth import Authorizer
-from ..security.context import OPEN, AuthContext
+from ..security.context import OPEN, AuthContext, Forbidden
 from ..security.scopes import Interaction
 from ..security.smart_discovery import smart_configuration as build_smart_configuration
 from ..usecases.service import Facade
+from ..usecases.wado_links import RetrievalGrant
 from .capability import capability_statement
 from .fhir_http import FHIRResponse, fhir_base, json_body, negotiate, prefers_strict, pretty, search_items, wants_fresh
 from .landing import HEADERS as LANDING_HEADERS
@@ -31,6 +32,7 @@ from .landing import landing_page
 from .observability import audit_fields, record
 
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
+PATIENT_INCLUDES = frozenset({"ImagingStudy:patient", "DocumentReference:subject"})  # need Patient read
 STALE_OUTCOME = {
     "resource": {
         "resourceType": "OperationOutcome",
@@ -60,6 +62,16 @@ def _base(request: Request, version: FhirVersion) -> str:
 class Access:
     patient: str | None  # the token's patient context, when the grant is patient-level (app.security.auth)
     ctx: AuthContext
+
+    @property
+    def retrieval(self) -> RetrievalGrant | None:
+        """What capabilities issued in this answer may grant (capability mode): retrieval is ImagingStudy read,
+        so a token without it gets no capability; otherwise its exp and its read patient context."""
+        try:
+            patient = self.ctx.require("ImagingStudy", "read")
+        except Forbidden:
+            return None
+        return RetrievalGrant(expires_at=self.ctx.expires_at, patient=patient)
 
 
 async def smart_configuration(request: Request) -> Response:
@@ -109,9 +121,11 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     base = _base(request, version)
     ctx = facade.search_context(base, strict=prefers_strict(request))
     req = parse_search(await search_items(request), ctx, version.searches[resource_type])
-    if req.include_patient and not access.ctx.scopes.allows("Patient", "read"):
-        req = dataclasses.replace(req, includes=req.includes - {"ImagingStudy:patient"})  # not this token's to see
-    result = await facade.search(resource_type, req, base, fresh=wants_fresh(request), patient=access.patient)
+    if req.includes & PATIENT_INCLUDES and not access.ctx.scopes.allows("Patient", "read"):
+        req = dataclasses.replace(req, includes=req.includes - PATIENT_INCLUDES)  # not this token's to see
+    result = await facade.search(
+        resource_type, req, base, fresh=wants_fresh(request), patient=access.patient, retrieval=access.retrieval
+    )
     record(request.state, interaction="search", type=resource_type, **audit_fields(result))
     if STALE_ANSWERS.get():  # stale-if-error: say so in the Bundle (search.mode outcome, R4 bundle.html)
         outcome_entry = {"fullUrl": f"urn:uuid:{uuid.uuid4()}", **STALE_OUTCOME}  # not a resource of this server
@@ -121,8 +135,10 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
 
 async def read(request: Request, version: FhirVersion, resource_type: str) -> Response:
     negotiate(request, version.mime_versions)
-    # The Endpoint is no patient data: any token that may read studies may read where their images are.
-    access = await _authorize(request, "ImagingStudy" if resource_type == "Endpoint" else resource_type, "read")
+    # The Endpoint is no patient data: any token that may read studies may read where their images are. A MADO
+    # document Bundle is the content of a DocumentReference: reading it takes DocumentReference read.
+    scope_type = {"Endpoint": "ImagingStudy", "Bundle": "DocumentReference"}.get(resource_type, resource_type)
+    access = await _authorize(request, scope_type, "read")
     facade = _facade(request)
     resource = await facade.read(
         resource_type,
@@ -130,6 +146,7 @@ async def read(request: Request, version: FhirVersion, resource_type: str) -> Re
         _base(request, version),
         fresh=wants_fresh(request),
         patient=access.patient,
+        retrieval=access.retrieval,
     )
     record(request.state, interaction="read", type=resource_type, **audit_fields(resource))
     # A read has no Bundle to carry an OperationOutcome: RFC 9111 §5.5 (obsolete but understood) Warning 110.

@@ -57,6 +57,12 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        # The WADO-RS gateway (app.http.wado), by route template: bytes of body sent, and answers by status and
+        # whether the body went out whole ("complete") or was cut (client hang-up, PACS failure mid-body).
+        self.wado_bytes = Counter("facade_wado_bytes_sent", "WADO-RS body bytes sent", ["route"], registry=r)
+        self.wado_responses = Counter(
+            "facade_wado_responses", "WADO-RS answers by status and end", ["route", "status", "end"], registry=r
+        )
         self.cache_hits = Gauge("facade_cache_hits", "QIDO cache hits since start", registry=r)
         self.cache_misses = Gauge("facade_cache_misses", "QIDO cache misses since start", registry=r)
         self.cache_bytes = Gauge("facade_cache_bytes", "Bytes of QIDO answers held in the cache", registry=r)

@@ -100,7 +100,7 @@ def _common(kos: KeyObjectSelection, ctx: MappingContext) -> dict[str, Any]:
     out: dict[str, Any] = {
         "identifier": [{"system": DICOM_UID_SYSTEM, "value": "urn:oid:" + kos.sop_instance_uid}],
         "status": "available",
-        "subject": subject_reference(_patient_row(kos), ctx),
+        "subject": subject_reference(patient_row(kos), ctx),
     }
     issued = issued_instant(kos, ctx.zone)
     if issued:
@@ -112,20 +112,20 @@ def _common(kos: KeyObjectSelection, ctx: MappingContext) -> dict[str, Any]:
     return out
 
 
-def _patient_row(kos: KeyObjectSelection) -> dj.Dataset:
+def patient_row(kos: KeyObjectSelection) -> dj.Dataset:
     """The KOS's Patient module as a DICOM JSON row, the shape subject_reference reads."""
     row: dj.Dataset = {}
     if kos.patient_id:
         row[dj.PATIENT_ID] = {"vr": "LO", "Value": [kos.patient_id]}
     if kos.issuer_of_patient_id:
         row[dj.ISSUER_OF_PATIENT_ID] = {"vr": "LO", "Value": [kos.issuer_of_patient_id]}
-    pn = _pn(kos.patient_name)
+    pn = person_name_json(kos.patient_name)
     if pn:
         row[dj.PATIENT_NAME] = {"vr": "PN", "Value": [pn]}
     return row
 
 
-def _pn(name: PersonName | None) -> dict[str, str] | None:
+def person_name_json(name: PersonName | None) -> dict[str, str] | None:
     if name is None:
         return None
     groups = {"Alphabetic": name.alphabetic, "Ideographic": name.ideographic, "Phonetic": name.phonetic}
@@ -134,7 +134,7 @@ def _pn(name: PersonName | None) -> dict[str, str] | None:
 
 def _performers(kos: KeyObjectSelection) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    person = names.display(_pn(kos.observer_name))
+    person = names.display(person_name_json(kos.observer_name))
     if person:
         out.append({"actor": {"display": person}})
     if kos.device_observer_name:

@@ -8,7 +8,7 @@ is rendered without series (e.g. when the caller did not ask for them).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
@@ -19,6 +19,7 @@ from ..fhir import patient_ids
 from ..fhir.dates import dicom_interval
 from ..fhir.subsetting import SUBSETTED
 from . import names, narrative
+from .endpoint import CONTAINED_ENDPOINT_ID, wado_endpoint
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
@@ -31,6 +32,11 @@ class MappingContext:
     patient_system: str = "urn:x-imaging-facade:patient-id"
     issuer_prefix: str = "urn:x-imaging-facade:issuer:"
     issuer_systems: Mapping[str, str] = field(default_factory=dict)
+    # Capability mode (WADO-RS gateway, app.security.capability): Study UID → the address of that study's own
+    # Endpoint, with its capability; the use case computes it per request (mapping signs nothing). None → the
+    # address is left out: the study carries no Endpoint at all (e.g. a token that may search but not read).
+    # Unset: every study references the one shared Endpoint/<endpoint_id>.
+    study_endpoint: Callable[[str], str | None] | None = None
 
 
 def imaging_study(
@@ -45,9 +51,15 @@ def imaging_study(
     assert uid, "callers drop rows without a StudyInstanceUID"
     offset = dj.text(study, dj.TIMEZONE_OFFSET)
     endpoint = [{"reference": f"Endpoint/{ctx.endpoint_id}"}]
-    res: dict[str, Any] = {
-        "resourceType": "ImagingStudy",
-        "id": uid,
+    res: dict[str, Any] = {"resourceType": "ImagingStudy", "id": uid}
+    if ctx.study_endpoint is not None:
+        # SMART Imaging Access: a capability URL is specific to this study, so the Endpoint is contained
+        # (R4 references.html#contained) and the study and every series point at it with a local reference.
+        address = ctx.study_endpoint(uid)
+        endpoint = [{"reference": "#" + CONTAINED_ENDPOINT_ID}] if address else []
+        if address:
+            res["contained"] = [wado_endpoint(CONTAINED_ENDPOINT_ID, address, requires_token=False)]
+    res |= {
         "identifier": _identifiers(uid, study, ctx),
         "status": "available",
     }
@@ -61,7 +73,8 @@ def imaging_study(
     referrer = names.display(dj.person_name(study, dj.REFERRING_PHYSICIAN))
     if referrer:
         res["referrer"] = {"display": referrer}
-    res["endpoint"] = endpoint
+    if endpoint:
+        res["endpoint"] = endpoint
     if series_rows is not None:
         # search.html#summary: Σ elements only; the resource SHALL say it is incomplete (SUBSETTED).
         res["meta"] = {"tag": [dict(SUBSETTED)]}
@@ -161,7 +174,8 @@ def _one_series(
     count = len(rows) if rows is not None else dj.integer(head, dj.NUMBER_OF_SERIES_INSTANCES)
     if count is not None and count >= 0:
         series["numberOfInstances"] = count
-    series["endpoint"] = endpoint
+    if endpoint:
+        series["endpoint"] = endpoint
     body = dj.text(head, dj.BODY_PART)
     if body and body.upper() in BODY_PARTS:
         code, meaning = BODY_PARTS[body.upper()]

@@ -49,6 +49,8 @@ def imaging_study_r5(r4: Mapping[str, Any]) -> Resource:
       R5 DiagnosticReport.resultsInterpreter);
     - ``series``: see :func:`_series_r5`.
 
+    ``contained`` resources (the capability-mode Endpoint) go through :func:`resource_r5`.
+
     ``id``, ``meta`` (e.g. the SUBSETTED tag), ``text`` (the generated narrative, which shows the same data),
     identifier, status, subject, started, referrer, endpoint, counts, description, basedOn, encounter, location
     and note are the same in both versions and are shared, not copied.
@@ -59,6 +61,8 @@ def imaging_study_r5(r4: Mapping[str, Any]) -> Resource:
             out["modality"] = [_concept(c) for c in value]
         elif key == "series":
             out["series"] = [_series_r5(s) for s in value]
+        elif key == "contained":  # the capability-mode Endpoint (app.mapping.endpoint) is reshaped like any other
+            out["contained"] = [resource_r5(r) for r in value]
         elif key not in _RESHAPED:
             out[key] = value
     if "procedureReference" in r4:

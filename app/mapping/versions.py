@@ -10,7 +10,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..fhir.search_params import IMAGING_SELECTION, IMAGING_STUDY, IMAGING_STUDY_R5, PATIENT, ResourceSearch
+from ..fhir.search_params import (
+    DOCUMENT_REFERENCE,
+    IMAGING_SELECTION,
+    IMAGING_STUDY,
+    IMAGING_STUDY_R5,
+    PATIENT,
+    ResourceSearch,
+)
 from . import r5
 
 Resource = dict[str, Any]
@@ -23,6 +30,8 @@ class FhirVersion:
     mime_versions: frozenset[str]  # values of the fhirVersion MIME parameter accepted (http.html#version-parameter)
     searches: Mapping[str, ResourceSearch]
     converters: Mapping[str, Callable[[Resource], Resource]]
+    # Types served by read only, besides the Endpoint: R4's MADO document Bundles (the FHIR form of a manifest).
+    reads: tuple[str, ...] = ()
 
     def present(self, body: Resource) -> Resource:
         """This version's shape of an R4-shaped resource or searchset Bundle (input left untouched)."""
@@ -42,8 +51,9 @@ R4 = FhirVersion(
     "R4",
     "4.0.1",
     frozenset({"4.0", "4.0.1"}),
-    {"ImagingStudy": IMAGING_STUDY, "Patient": PATIENT},
+    {"ImagingStudy": IMAGING_STUDY, "Patient": PATIENT, "DocumentReference": DOCUMENT_REFERENCE},
     {},
+    reads=("Bundle",),
 )
 R5 = FhirVersion(
     "R5",

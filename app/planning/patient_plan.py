@@ -13,9 +13,11 @@ the Patient module (Table 10.6.3-3), so a Patient search is a study search whose
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..dicom import dicom_json as dj
 from ..fhir import patient_ids
-from ..fhir.search import SearchRequest
+from ..fhir.search import PatientKey, SearchRequest
 from ..mapping.patient import GENDER
 from .plan import Check, Plan, PlanContext, add_dates, add_patient, missing_check, name_check
 
@@ -93,3 +95,25 @@ def _gender_check(codes: frozenset[str], *, negate: bool = False) -> Check:
 
 def _gender_missing(missing: bool) -> Check:
     return lambda row: (gender_of(row) is None) == missing
+
+
+def linked_ehr_id(row: dj.Dataset, links: dict[PatientKey, str]) -> str | None:
+    """The EHR Patient id whose MRN key matches this row, if any."""
+    if not links:
+        return None
+    pid = dj.text(row, dj.PATIENT_ID) or ""
+    issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
+    return next(
+        (ehr_id for k, ehr_id in links.items() if k.patient_id == pid and (k.any_issuer or k.issuer == issuer)), None
+    )
+
+
+def covered(keys: list[Any], allowed: list[PatientKey]) -> bool:
+    """Every key names a patient among ``allowed`` (same PatientID; the issuer too, unless either side takes any)."""
+    return all(
+        isinstance(k, PatientKey)
+        and any(
+            a.patient_id == k.patient_id and (k.any_issuer or a.any_issuer or a.issuer == k.issuer) for a in allowed
+        )
+        for k in keys
+    )

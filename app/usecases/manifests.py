@@ -127,7 +127,7 @@ class Manifests:
         mapping: MappingContext,
         limits: ManifestLimits,
         include_studies: Callable[[list[str], bool], Awaitable[list[Resource]]],
-        endpoint: Callable[[], Resource],
+        endpoint: Callable[[str], Resource],
     ) -> None:
         self._fetch = fetch
         self.documents = documents
@@ -149,16 +149,16 @@ class Manifests:
         if window and "ImagingSelection:derived-from" in req.includes:
             included += await self._include_studies(sorted({r["studyUid"] for r in window}), fresh)
         if window and "ImagingSelection:endpoint" in req.includes:
-            included.append(self._endpoint())
-        has_next = req.summary != "count" and len(found) > req.offset + req.count
-        return bundle.searchset(
+            included.append(self._endpoint(base))
+        return bundle.counted_searchset(
             base,
             window,
-            self_url=link(req.offset),
-            included=included,
+            link=link,
+            offset=req.offset,
+            count=req.count,
             total=len(found),
-            next_url=link(req.offset + req.count) if has_next else None,
-            previous_url=link(max(0, req.offset - req.count)) if req.offset and req.count else None,
+            counting=req.summary == "count",
+            included=included,
         )
 
     async def read(self, rid: str, *, fresh: bool) -> Resource:
@@ -177,7 +177,7 @@ class Manifests:
         doc_checks: list[Callable[[KeyObjectSelection], bool]] = []
         for c in req.all("patient") + req.all("subject"):
             pkeys: list[PatientKey] = list(c.values)
-            doc_checks.append(_doc_check(patient_check(pkeys)))
+            doc_checks.append(doc_check(patient_check(pkeys)))
             if "PatientID" not in keys:
                 put_pattern(keys, "PatientID", [k.patient_id for k in pkeys])
         sop_uids: set[str] | None = None
@@ -225,6 +225,15 @@ class Manifests:
             selections = [s for s in selections if terms & set(_body_terms(s))]
         return selections
 
+    async def kos_documents(self, keys: dict[str, str], *, fresh: bool) -> list[KeyObjectSelection]:
+        """The KOS documents whose instance rows match these QIDO keys (Modality KO added; bounded like a search),
+        for the other views of the same manifests (app.usecases.documents: R4 DocumentReference)."""
+        return await self._documents(keys, fresh)
+
+    async def patients_of(self, studies: list[str], *, fresh: bool) -> list[str]:
+        """The PatientIDs of these studies (a KOS may be stored in another study of the patient)."""
+        return await self._patients_of(studies, fresh)
+
     async def _documents(self, keys: dict[str, str], fresh: bool) -> list[KeyObjectSelection]:
         query = QidoQuery.build("instances", keys | {"Modality": "KO"}, fields=KO_FIELDS, limit=self._limits.rows + 1)
         rows = (await self._fetch(fresh)(query)).rows
@@ -260,11 +269,13 @@ class Manifests:
         return out
 
 
-def _doc_check(row_check: Callable[[dj.Dataset], bool]) -> Callable[[KeyObjectSelection], bool]:
-    return lambda doc: row_check(_patient_row(doc))
+def doc_check(row_check: Callable[[dj.Dataset], bool]) -> Callable[[KeyObjectSelection], bool]:
+    """A planner's row check (patient keys) applied to a KOS document's own Patient module."""
+    return lambda doc: row_check(kos_patient_keys(doc))
 
 
-def _patient_row(doc: KeyObjectSelection) -> dj.Dataset:
+def kos_patient_keys(doc: KeyObjectSelection) -> dj.Dataset:
+    """PatientID and IssuerOfPatientID of a KOS as a slim row (the shape app.planning checks read)."""
     row: dj.Dataset = {}
     if doc.patient_id:
         row[dj.PATIENT_ID] = (doc.patient_id,)

@@ -34,6 +34,11 @@ class RejectedInstances:
         rejected = await self._documents.rejected(r for _, rows in studies for r in rows)
         return rejections.drop_instances(studies, rejected)
 
+    async def rejected_in(self, rows: list[dj.Dataset]) -> frozenset[str]:
+        """SOP Instance UIDs the rejection notes among these instance rows reject (none when shown): what the
+        WADO-RS gateway must not serve (app.usecases.retrieve)."""
+        return frozenset() if self._documents is None else await self._documents.rejected(rows)
+
     async def lower_counts(self, studies: list[StudyRows]) -> list[StudyRows]:
         """The ``_summary=true`` form of :meth:`hide`: with series rows only, the rejection notes are found through
         the KO series' metadata (app.dicom.rejections lowers the counts to match)."""

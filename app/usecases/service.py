@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from datetime import UTC
 from typing import Any
 from urllib.parse import parse_qsl
 
+from .. import __version__
 from ..dicom import dicom_json as dj
 from ..dicom import gcpause
 from ..dicom.qido import QidoQuery
 from ..errors import FacadeError, InvalidRequest, MethodNotAllowed, NotFound
 from ..fhir import bundle, patient_ids
 from ..fhir.search import EhrPatient, PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
-from ..fhir.search_params import IMAGING_SELECTION, IMAGING_STUDY, PATIENT
+from ..fhir.search_params import DOCUMENT_REFERENCE, IMAGING_SELECTION, IMAGING_STUDY, PATIENT
 from ..fhir.subsetting import drop_narrative, subset
 from ..mapping.endpoint import wado_endpoint
 from ..mapping.imaging_study import MappingContext, imaging_study
@@ -22,10 +24,11 @@ from ..mapping.patient import patient
 from ..pacs.cache import CachedFetch, CachedQido
 from ..pacs.dicomweb_write import DicomWebStore
 from ..pacs.ehr import EhrPatients
-from ..planning.patient_plan import distinct_patients, plan_patients
+from ..planning.patient_plan import covered, distinct_patients, linked_ehr_id, plan_patients
 from ..planning.plan import Plan, PlanContext, plan
 from ..security.context import Forbidden
 from ..settings import Settings
+from .documents import Documents, subject_of
 from .manifest_create import Created, ManifestWriter
 from .manifests import KosDocuments, ManifestLimits, Manifests
 from .rejected import RejectedInstances
@@ -39,14 +42,17 @@ from .studies import (
     sort_by_started,
     window_page,
 )
+from .wado_links import RetrievalGrant, keep_contained, study_mapping, wado_address
 
 
 class Facade:
     def __init__(self, settings: Settings, qido: CachedQido, ehr: EhrPatients | None = None) -> None:
         self.settings = settings
+        self.clock = time.time  # capability issue times (tests replace it)
         self.qido = qido
         self.ehr = ehr
         self.manifests: Manifests | None = None  # set by attach_manifests
+        self.documents: Documents | None = None  # R4 MADO DocumentReference and Bundle, set by attach_manifests
         self.writer: ManifestWriter | None = None
         self.rejected = RejectedInstances(None, uid_batch=settings.uid_batch, row_limit=settings.prequery_limit)
         zone = settings.tz
@@ -105,7 +111,16 @@ class Facade:
             self.mapping,
             limits,
             self._studies_for_include,
-            lambda: self.endpoint(""),
+            self.endpoint,
+        )
+        self.documents = Documents(
+            self.manifests,
+            self._fetcher,
+            self.mapping,
+            uid_batch=s.uid_batch,
+            row_limit=s.prequery_limit,
+            endpoint=self.endpoint,
+            software_version=__version__,
         )
         self.writer = ManifestWriter(
             fetch=self._fetcher(True),
@@ -164,38 +179,58 @@ class Facade:
         return None
 
     async def search(
-        self, resource_type: str, req: SearchRequest, base: str, *, fresh: bool, patient: str | None = None
+        self,
+        resource_type: str,
+        req: SearchRequest,
+        base: str,
+        *,
+        fresh: bool,
+        patient: str | None = None,
+        retrieval: RetrievalGrant | None = None,
     ) -> dict[str, Any]:
-        """``patient``: the access token's patient context (app.security.auth); the search is confined to it."""
+        """``patient``: the access token's patient context (app.security.auth); the search is confined to it.
+        ``retrieval``: what the caller may retrieve (capability mode: no grant, no Endpoint in the studies)."""
         if patient is not None:
             req = await self._confine(resource_type, req, patient, fresh=fresh)
         if resource_type == "ImagingStudy":
-            return await self.search_studies(req, base, fresh=fresh)
+            return await self.search_studies(req, base, fresh=fresh, retrieval=retrieval)
         if resource_type == "Patient":
             return await self.search_patients(req, base, fresh=fresh)
         if resource_type == "ImagingSelection" and self.manifests is not None:
             req, _ = await self._resolve(req, fresh=fresh)
             return await self.manifests.search(req, base, fresh=fresh)
+        if resource_type == "DocumentReference" and self.documents is not None:
+            req, links = await self._resolve(req, fresh=fresh)
+            return await self.documents.search(req, base, fresh=fresh, links=links)
         raise NotFound(f"{resource_type} is not served here")
 
     async def read(
-        self, resource_type: str, rid: str, base: str, *, fresh: bool, patient: str | None = None
+        self,
+        resource_type: str,
+        rid: str,
+        base: str,
+        *,
+        fresh: bool,
+        patient: str | None = None,
+        retrieval: RetrievalGrant | None = None,
     ) -> dict[str, Any]:
         """``patient``: the token's patient context; another patient's resource reads as 404 (SMART Imaging Access:
         do not confirm that it exists)."""
         if resource_type == "Endpoint":
             return self.endpoint(base, rid)
         if resource_type == "ImagingStudy":
-            resource = await self.read_study(rid, fresh=fresh)
+            resource = await self.read_study(rid, fresh=fresh, mapping=self._mapping(base, retrieval))
         elif resource_type == "Patient":
             resource = await self.read_patient(rid, fresh=fresh)
         elif resource_type == "ImagingSelection" and self.manifests is not None:
             resource = await self.manifests.read(rid, fresh=fresh)
+        elif resource_type in ("DocumentReference", "Bundle") and self.documents is not None:
+            resource = await self.documents.read(resource_type, rid, base, fresh=fresh)
         else:
             raise NotFound(f"{resource_type} is not served here")
         if patient is not None:
-            ref = f"Patient/{resource['id']}" if resource_type == "Patient" else resource["subject"]["reference"]
-            if ref != f"Patient/{patient}" and not _covered(
+            ref = f"Patient/{resource['id']}" if resource_type == "Patient" else subject_of(resource)
+            if ref != f"Patient/{patient}" and not covered(
                 await self._subject_keys(ref.removeprefix("Patient/")), await self._subject_keys(patient)
             ):
                 raise NotFound(f"{resource_type}/{rid[:70]} is not known")
@@ -205,16 +240,19 @@ class Facade:
         """A patient-context token: naming another patient is 403 (not an empty Bundle, SMART Imaging Access);
         the token's patient is AND-ed to every search, so no criterion can widen it to anyone else."""
         names = ("_id", "identifier") if resource_type == "Patient" else ("patient", "subject")
-        spec = {"Patient": PATIENT, "ImagingSelection": IMAGING_SELECTION}.get(resource_type, IMAGING_STUDY)
+        specs = {"Patient": PATIENT, "ImagingSelection": IMAGING_SELECTION, "DocumentReference": DOCUMENT_REFERENCE}
+        spec = specs.get(resource_type, IMAGING_STUDY)
         mine = parse_search([(names[0], patient)], self.search_context("", strict=False), spec)
         resolved, _ = await self._resolve(req, fresh=fresh)
         allowed = await self._subject_keys(patient)
         for c in resolved.criteria:
-            if c.name in names and c.modifier != "missing" and not _covered(list(c.values), allowed):
+            if c.name in names and c.modifier != "missing" and not covered(list(c.values), allowed):
                 raise Forbidden("the search names a patient outside the access token's patient context")
         return dataclasses.replace(req, criteria=(*req.criteria, *mine.criteria))
 
-    async def search_studies(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
+    async def search_studies(
+        self, req: SearchRequest, base: str, *, fresh: bool, retrieval: RetrievalGrant | None = None
+    ) -> dict[str, Any]:
         def link(offset: int) -> str:
             return bundle.search_url(base, "ImagingStudy", req.link_params(offset=offset))
 
@@ -241,17 +279,17 @@ class Facade:
             page = StudyPage(await self.rejected.lower_counts(page.studies), page.has_next)
         else:
             page = StudyPage(await self.rejected.hide(page.studies), page.has_next)
+        mapping = self._mapping(base, retrieval)
         with gcpause.paused():  # many small dicts, no cycles (app.dicom.gcpause)
             studies = [
-                imaging_study(row, None, self.mapping, series_rows=rows)
-                if summary
-                else imaging_study(row, rows, self.mapping)
+                imaging_study(row, None, mapping, series_rows=rows) if summary else imaging_study(row, rows, mapping)
                 for row, rows in page.studies
             ]
         for (row, _), study in zip(page.studies, studies, strict=True):
-            if (ehr_id := _linked(row, links)) is not None:
+            if (ehr_id := linked_ehr_id(row, links)) is not None:
                 study["subject"]["reference"] = f"Patient/{ehr_id}"
-        studies = subset(studies, req, IMAGING_STUDY.mandatory)
+        kept = subset(studies, req, IMAGING_STUDY.mandatory)
+        studies = [keep_contained(full, k) for full, k in zip(studies, kept, strict=True)]
         included: list[dict[str, Any]] = []
         if req.include_patient:
             # The subject's attributes are in the study rows already: no extra upstream request.
@@ -260,8 +298,8 @@ class Facade:
                 for r, _ in page.studies
             }
             included += [self._patient(row, links) for row in subjects.values()]
-        if req.include_endpoint and studies:
-            included.append(self.endpoint(base))
+        if req.include_endpoint and studies and not self.settings.uses_capabilities:
+            included.append(self.endpoint(base))  # capability mode: each study contains its own
         drop_narrative(studies + included, req)
         return bundle.searchset(
             base,
@@ -273,7 +311,7 @@ class Facade:
             previous_url=link(max(0, req.offset - req.count)) if req.offset and req.count else None,
         )
 
-    async def read_study(self, study_id: str, *, fresh: bool) -> dict[str, Any]:
+    async def read_study(self, study_id: str, *, fresh: bool, mapping: MappingContext | None = None) -> dict[str, Any]:
         if not is_uid(study_id):
             raise NotFound(f"ImagingStudy/{study_id[:70]} is not known")
 
@@ -281,7 +319,22 @@ class Facade:
         if found is None:
             raise NotFound(f"ImagingStudy/{study_id} is not known")
         ((row, instances),) = await self.rejected.hide([found])
-        return imaging_study(row, instances, self.mapping)
+        return imaging_study(row, instances, mapping or self.mapping)
+
+    async def retrievable(
+        self, study_uid: str, *, patient: str | None
+    ) -> tuple[dj.Dataset, list[dj.Dataset], frozenset[str]]:
+        """What the WADO-RS gateway may serve of a study (app.usecases.retrieve): its row, its instance rows and the
+        SOP Instance UIDs IOCM notes reject. 404 as :meth:`read`: not a UID, unknown, or another patient's."""
+        found = await read_study(study_uid, self._fetcher(False), self.limits) if is_uid(study_uid) else None
+        if found is None:
+            raise NotFound(f"ImagingStudy/{study_uid[:70]} is not known")
+        row, instances = found
+        if patient is not None:
+            ref = patient_ids.encode(dj.text(row, dj.PATIENT_ID) or "", dj.text(row, dj.ISSUER_OF_PATIENT_ID))
+            if ref != patient and not covered(await self._subject_keys(ref), await self._subject_keys(patient)):
+                raise NotFound(f"ImagingStudy/{study_uid} is not known")
+        return row, instances, await self.rejected.rejected_in(instances)
 
     async def search_patients(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
         """Patients are the distinct (PatientID, issuer) pairs of every matching study row (app.planning.patient_plan);
@@ -327,39 +380,22 @@ class Facade:
     def _patient(self, row: dj.Dataset, links: dict[PatientKey, str]) -> dict[str, Any]:
         """The Patient of a study row; under the EHR's id when the search came through it (app.pacs.ehr)."""
         resource = patient(row, self.mapping)
-        if (ehr_id := _linked(row, links)) is not None:
+        if (ehr_id := linked_ehr_id(row, links)) is not None:
             resource["id"] = ehr_id
         return resource
+
+    def _mapping(self, base: str, retrieval: RetrievalGrant | None) -> MappingContext:
+        return study_mapping(self.settings, self.mapping, base, retrieval, self.clock())
 
     def _fetcher(self, fresh: bool) -> Fetch:
         """The cached QIDO port, bypassing cached answers when the client sent Cache-Control: no-cache."""
         return CachedFetch(self.qido, fresh=fresh, stale_ok=self.settings.cache_stale_ttl > 0)
 
     def endpoint(self, base: str, endpoint_id: str | None = None) -> dict[str, Any]:
+        """The shared Endpoint. In capability mode studies contain their own; this one (still what ImagingSelection
+        and Endpoint reads name) is the gateway's token route, so a viewer must present its token there."""
         if endpoint_id is not None and endpoint_id != self.settings.endpoint_id:
             raise NotFound(f"Endpoint/{endpoint_id[:70]} is not known")
-        return wado_endpoint(
-            self.settings.endpoint_id, self.settings.wado_base, requires_token=self.settings.requires_token
-        )
-
-
-def _linked(row: dj.Dataset, links: dict[PatientKey, str]) -> str | None:
-    """The EHR Patient id whose MRN key matches this row, if any."""
-    if not links:
-        return None
-    pid = dj.text(row, dj.PATIENT_ID) or ""
-    issuer = dj.text(row, dj.ISSUER_OF_PATIENT_ID)
-    return next(
-        (ehr_id for k, ehr_id in links.items() if k.patient_id == pid and (k.any_issuer or k.issuer == issuer)), None
-    )
-
-
-def _covered(keys: list[Any], allowed: list[PatientKey]) -> bool:
-    """Every key names a patient among ``allowed`` (same PatientID; the issuer too, unless either side takes any)."""
-    return all(
-        isinstance(k, PatientKey)
-        and any(
-            a.patient_id == k.patient_id and (k.any_issuer or a.any_issuer or a.issuer == k.issuer) for a in allowed
-        )
-        for k in keys
-    )
+        s = self.settings
+        requires = s.requires_token or s.uses_capabilities
+        return wado_endpoint(s.endpoint_id, wado_address(s, base), requires_token=requires)

@@ -145,9 +145,14 @@ def test_discovery_and_metadata_are_public(smart):
 
 def test_endpoint_says_whether_the_token_goes_to_the_pacs(pacs, make_client, smart):
     ext = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
+    # The gateway (default) checks the token the viewer presents; open mode serves everyone.
     r = smart.get("/fhir/R4/Endpoint/wado-rs", headers=KEYS.headers("patient/ImagingStudy.rs", A))
-    assert r.json()["extension"] == [{"url": ext, "valueBoolean": False}]
-    forward = make_client(pacs_auth="forward")
+    assert r.json()["extension"] == [{"url": ext, "valueBoolean": True}]
+    assert make_client().get("/fhir/R4/Endpoint/wado-rs").json()["extension"] == [{"url": ext, "valueBoolean": False}]
+    # Direct: the PACS checks a token only when the facade forwards it.
+    direct = make_client(wado_mode="direct")
+    assert direct.get("/fhir/R4/Endpoint/wado-rs").json()["extension"] == [{"url": ext, "valueBoolean": False}]
+    forward = make_client(pacs_auth="forward", wado_mode="direct")
     assert forward.get("/fhir/R4/Endpoint/wado-rs").json()["extension"] == [{"url": ext, "valueBoolean": True}]
 
 

@@ -67,8 +67,10 @@ class TestUpstreamFaults:
         request = route.calls[0].request
         assert request.headers["authorization"] == "Basic c3ZjLXVzZXI6czNjcjN0"  # svc-user:s3cr3t
         assert "s3cr3t" not in str(request.url)
-        endpoint = make_client(dicomweb_url=SECRET_PACS).get("/fhir/R4/Endpoint/wado-rs").json()
-        assert endpoint["address"] == "http://pacs.internal:8042/dicom-web"
+        direct = make_client(dicomweb_url=SECRET_PACS, wado_mode="direct")
+        assert direct.get("/fhir/R4/Endpoint/wado-rs").json()["address"] == "http://pacs.internal:8042/dicom-web"
+        gateway = make_client(dicomweb_url=SECRET_PACS).get("/fhir/R4/Endpoint/wado-rs").json()
+        assert gateway["address"] == "http://testserver/dicomweb"
 
     def test_stale_keep_alive_is_retried_once(self, pacs, client):
         route = pacs.get(url__regex=rf"^{PACS}/studies").mock(

@@ -144,7 +144,7 @@ class TestLinks:
         modes = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in body["entry"]]
         assert modes == [("ImagingStudy", "match"), ("ImagingStudy", "match"), ("Endpoint", "include")]
         endpoint = body["entry"][-1]["resource"]
-        assert endpoint["address"] == PACS
+        assert endpoint["address"] == "http://testserver/dicomweb"  # the gateway (wado_mode default), not the PACS
         assert body["entry"][0]["resource"]["endpoint"] == [{"reference": "Endpoint/wado-rs"}]
 
 

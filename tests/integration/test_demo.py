@@ -28,13 +28,14 @@ def test_demo_runs_its_example_queries(tmp_path):
     )
     out = done.stdout
     assert done.returncode == 0, out[-2000:] + done.stderr[-2000:]
-    assert out.count("-> HTTP 200") == 11
+    assert out.count("-> HTTP 200") == 12  # 11 examples and the study download
     # Progress a person can follow, in order, and what to open at the end.
     steps = ["Starting a private Orthanc", "Orthanc is up", "Loading 13 studies", "Starting the facade", "Ready"]
     positions = [out.index(step) for step in steps]
     assert positions == sorted(positions)
     assert f"Open in a browser: http://127.0.0.1:{port}/" in out
-    assert "multipart/related" in out and "/studies/" in out  # the WADO-RS download line
+    assert f"'http://127.0.0.1:{port}/dicomweb/studies/" in out  # the WADO-RS download line, through the gateway
+    assert "bytes (--check)" in out
     # No machine log lines (JSON) among the human output.
     assert not [line for line in (out + done.stderr).splitlines() if line.lstrip().startswith('{"')]
     # selection.json is a manifest of the demo data, and the demo POSTed it (201) in --check mode.

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -293,14 +292,15 @@ class TestEndpointAndPost:
         body = search(facade, f"_id={truth.study_uid}&_include=ImagingStudy:endpoint")
         endpoint = next(e["resource"] for e in body["entry"] if e["resource"]["resourceType"] == "Endpoint")
         assert endpoint == facade.get("/fhir/R4/Endpoint/wado-rs").json()
-        # The Endpoint really leads a viewer to the images: WADO-RS metadata and one instance.
+        # The Endpoint really leads a viewer to the images: WADO-RS metadata and one instance, through the gateway
+        # (wado_mode = gateway, the default: the address is the facade's own /dicomweb).
+        assert endpoint["address"] == "http://testserver/dicomweb"
         series = truth.series[0]
-        base = f"{endpoint['address']}/studies/{truth.study_uid}/series/{series.uid}"
-        meta = httpx.get(f"{base}/metadata", timeout=10)
+        base = f"/dicomweb/studies/{truth.study_uid}/series/{series.uid}"
+        meta = facade.get(f"{base}/metadata")
         assert meta.status_code == 200 and len(meta.json()) == len(series.instances)
-        inst = httpx.get(
+        inst = facade.get(
             f"{base}/instances/{series.instances[0].uid}",
-            timeout=10,
             headers={"Accept": 'multipart/related; type="application/dicom"'},
         )
         assert inst.status_code == 200 and b"DICM" in inst.content

@@ -41,10 +41,10 @@ def chromium() -> str:
     return found
 
 
-def dump_dom(url: str) -> str:
+def dump_dom(url: str, *extra: str) -> str:
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
-            [chromium(), *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+            [chromium(), *FLAGS, *extra, f"--user-data-dir={profile}", "--dump-dom", url],
             capture_output=True,
             text=True,
             timeout=90,

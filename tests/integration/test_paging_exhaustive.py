@@ -32,6 +32,7 @@ from starlette.testclient import TestClient
 from app.dicom.terminology import BODY_PARTS, body_parts_for_snomed
 from app.fhir import patient_ids, selection_ids
 from app.main import create_app
+from app.mapping.document_reference import fhir_document_id, kos_document_id
 from app.settings import Settings
 from tests.support.dataset import InstanceTruth, Manifest, SeriesTruth, StudyTruth, build_dataset, make_uid
 from tests.support.kos import (
@@ -350,6 +351,78 @@ def cases(w: World) -> list[Case]:
         ),
         Case("ImagingSelection", "issued", "issued=ge2024-03-08", selections(lambda k: k.content_date >= "20240308")),
         Case("ImagingSelection", "body-site", "body-site=CHEST", selections(lambda k: k.series.body_part == "CHEST")),
+    ]
+
+    # DocumentReference (R4, IHE MADO): two per KOS, its DICOM form (id = KOS UID) and its FHIR form
+    def documents(pred: Callable[[KosTruth], bool], forms: tuple[str, ...] = ("kos", "fhir")) -> frozenset[str]:
+        ids = {"kos": kos_document_id, "fhir": fhir_document_id}
+        return frozenset(ids[f](k.uid) for k in w.kos if pred(k) for f in forms)
+
+    accession_of = ("mueller-ct", "doe-cr", "davis-ct")
+    accession_values = sorted(a for k in accession_of if (a := key(k).accession))
+    out += [
+        Case(
+            "DocumentReference",
+            "_id",
+            "_id=" + ",".join(kos_document_id(k.uid) for k in w.kos[:4]),
+            documents(lambda k: k in w.kos[:4], ("kos",)),
+        ),
+        Case(
+            "DocumentReference",
+            "identifier",
+            "identifier=" + ",".join(f"urn:oid:{u}" for u in kos_uids),
+            documents(lambda k: k.uid in kos_uids),
+        ),
+        Case(
+            "DocumentReference",
+            "patient",
+            "patient=" + refs("mueller-ct", "doe-cr"),
+            documents(lambda k: (k.study.patient_id, k.study.issuer) in patients_of("mueller-ct", "doe-cr")),
+        ),
+        Case(
+            "DocumentReference",
+            "subject",
+            "subject=" + refs("yamada-us", "gomez-cr", "smith-mr-knee"),
+            documents(
+                lambda k: (k.study.patient_id, k.study.issuer) in patients_of("yamada-us", "gomez-cr", "smith-mr-knee")
+            ),
+        ),
+        Case("DocumentReference", "status", "status=current", documents(lambda k: True)),
+        Case("DocumentReference", "type", "type=http://loinc.org|18748-4", documents(lambda k: True)),
+        Case("DocumentReference", "category", "category=18748-4", documents(lambda k: True)),
+        Case(
+            "DocumentReference",
+            "format",
+            "format=urn:ihe:rad:MADO:fhir-manifest:2026",
+            documents(lambda k: True, ("fhir",)),
+        ),
+        Case(
+            "DocumentReference",
+            "format",
+            "format=http://dicom.nema.org/resources/ontology/DCMUID|1.2.840.10008.5.1.4.1.1.88.59",
+            documents(lambda k: True, ("kos",)),
+        ),
+        Case("DocumentReference", "date", "date=ge2024-03-08", documents(lambda k: k.content_date >= "20240308")),
+        Case(
+            "DocumentReference",
+            "study-instance-uid",
+            "study-instance-uid=" + ",".join(sorted(uids(*selected_by_study))),
+            documents(lambda k: k.study.study_uid in uids(*selected_by_study)),
+        ),
+        Case(
+            "DocumentReference",
+            "accession-number",
+            "accession-number=" + ",".join(accession_values),
+            documents(lambda k: k.study.accession in accession_values),
+        ),
+        Case("DocumentReference", "modality", "modality=CT", documents(lambda k: k.series.modality == "CT")),
+        Case("DocumentReference", "bodysite", "bodysite=CHEST", documents(lambda k: k.series.body_part == "CHEST")),
+        Case(
+            "DocumentReference",
+            "related",
+            "related=" + ",".join(f"ImagingStudy/{u}" for u in sorted(uids(*derived_from))),
+            documents(lambda k: k.study.study_uid in uids(*derived_from)),
+        ),
     ]
     for name in ("bodysite", "body-site"):  # R4's name and R5's for the same ImagingStudy parameter
         out += [

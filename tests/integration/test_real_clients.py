@@ -46,7 +46,7 @@ class TestFhirpy:
         assert study["identifier"][0]["value"] == f"urn:oid:{uid}"
         bundle = studies.search(_id=uid).include("ImagingStudy", "endpoint").fetch_raw()
         endpoint = next(e.resource for e in bundle.entry if e.resource.resourceType == "Endpoint")
-        assert endpoint["address"] == orthanc.dicomweb_url
+        assert endpoint["address"] == base.removesuffix("/fhir/R4") + "/dicomweb"  # the gateway, not the PACS
         patient = client.reference("Patient", mueller).to_resource()
         assert patient["name"][0]["family"] == "Müller"
 

@@ -124,7 +124,9 @@ def _bindings(res: dict[str, Any]) -> None:
         for entry in res.get("entry", []):
             # An outcome entry (search.mode outcome) is no resource of this server: a urn:uuid names it.
             outcome = entry.get("search", {}).get("mode") == "outcome"
-            schemes = ("http://", "https://", "urn:uuid:") if outcome else ("http://", "https://")
+            # A document's own resources (not on this server) are urn:uuid-named (bundle.html#document).
+            local = outcome or res["type"] == "document"
+            schemes = ("http://", "https://", "urn:uuid:") if local else ("http://", "https://")
             _expect(entry["fullUrl"].startswith(schemes), "Bundle.entry.fullUrl not absolute")
             if "search" in entry:
                 _expect(entry["search"]["mode"] in SEARCH_MODES, "Bundle.entry.search.mode")
@@ -143,6 +145,13 @@ def _bindings(res: dict[str, Any]) -> None:
             _date_time(series.get("started"), "series.started")
             for inst in series.get("instance", []):
                 _expect(inst["sopClass"]["code"].startswith("urn:oid:"), "instance.sopClass urn:oid:")
+    elif rtype == "DocumentReference":
+        _expect(res["status"] in {"current", "superseded", "entered-in-error"}, "DocumentReference.status")
+        for rel in res.get("relatesTo", []):
+            _expect(rel["code"] in {"replaces", "transforms", "signs", "appends"}, "relatesTo.code")
+        _date_time(res.get("date"), "DocumentReference.date")
+    elif rtype == "Composition":
+        _expect(res["status"] in {"preliminary", "final", "amended", "entered-in-error"}, "Composition.status")
     elif rtype == "Endpoint":
         _expect(res["status"] in ENDPOINT_STATUS, f"Endpoint.status {res['status']!r}")
         ct = res["connectionType"]

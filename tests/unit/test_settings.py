@@ -280,3 +280,72 @@ class TestErrors:
             error({"FACADE_DICOMWEB_URL": URL, "FACADE_CACHE_TTL": "nan"}, toml(""))
         else:
             error({}, toml(f'[facade]\ndicomweb_url = "{URL}"\ncache_ttl = true\n'))
+
+
+class TestWado:
+    """Issue 12 settings: wado_mode, wado_access, capability_keys (secret), capability_ttl, cors_origins."""
+
+    KEY = "k" * 32
+
+    def test_defaults(self, empty):
+        s = load({"FACADE_DICOMWEB_URL": URL}, empty)
+        assert (s.wado_mode, s.wado_access, s.capability_keys, s.capability_ttl, s.cors_origins) == (
+            "gateway",
+            "token",
+            (),
+            3600.0,
+            (),
+        )
+
+    def test_keys_from_the_environment_and_toml(self, empty, toml):
+        env = {"FACADE_DICOMWEB_URL": URL, "FACADE_CAPABILITY_KEYS": f"{self.KEY}, {'j' * 40} ,"}
+        assert load(env, empty).capability_keys == (self.KEY, "j" * 40)
+        path = toml(f'[facade]\ndicomweb_url = "{URL}"\ncapability_keys = ["{self.KEY}"]\ncors_origins = "*"\n')
+        s = load({}, path)
+        assert s.capability_keys == (self.KEY,) and s.cors_origins == ("*",)
+
+    def test_keys_are_hidden_from_repr_and_messages(self, empty):
+        s = load({"FACADE_DICOMWEB_URL": URL, "FACADE_CAPABILITY_KEYS": self.KEY}, empty)
+        assert self.KEY not in repr(s)
+        message = error({"FACADE_DICOMWEB_URL": URL, "FACADE_CAPABILITY_KEYS": f"{self.KEY},short-secret"}, empty)
+        assert "32" in message and "short-secret" not in message
+
+    def test_capability_mode_needs_keys_in_smart_mode(self, empty, tmp_path):
+        jwks = tmp_path / "jwks.json"
+        jwks.write_text('{"keys": []}', encoding="utf-8")
+        smart = {"FACADE_DICOMWEB_URL": URL, "FACADE_AUTH_MODE": "smart", "FACADE_JWKS_FILE": str(jwks)}
+        smart |= {"FACADE_TOKEN_ISSUER": "https://a", "FACADE_TOKEN_AUDIENCE": "https://b"}
+        smart |= {"FACADE_WADO_ACCESS": "capability"}
+        with pytest.raises(SettingsError, match="capability_keys"):
+            Settings.load(smart, config_file=empty)
+        s = Settings.load(smart | {"FACADE_CAPABILITY_KEYS": self.KEY}, config_file=empty)
+        assert s.uses_capabilities and not s.requires_token
+        # Open mode: the gateway serves everyone, no capability is issued, so no key is needed.
+        assert not load({"FACADE_DICOMWEB_URL": URL, "FACADE_WADO_ACCESS": "capability"}, empty).uses_capabilities
+
+    @pytest.mark.parametrize(
+        ("env", "needle"),
+        [
+            ({"FACADE_WADO_MODE": "proxy"}, "wado_mode"),
+            ({"FACADE_WADO_ACCESS": "cookie"}, "wado_access"),
+            ({"FACADE_WADO_ACCESS": "capability", "FACADE_WADO_MODE": "direct"}, "gateway"),
+            ({"FACADE_CAPABILITY_TTL": "0"}, "capability_ttl"),
+            ({"FACADE_CAPABILITY_TTL": "nan"}, "capability_ttl"),
+            ({"FACADE_CORS_ORIGINS": "https://a.example.org/path"}, "cors_origins"),
+            ({"FACADE_CORS_ORIGINS": "*,https://a.example.org"}, "cors_origins"),
+        ],
+    )
+    def test_bad_values(self, empty, env, needle):
+        assert needle in error({"FACADE_DICOMWEB_URL": URL} | env, empty)
+
+    def test_bad_list_in_toml(self, toml):
+        path = toml(f'[facade]\ndicomweb_url = "{URL}"\ncors_origins = [1, 2]\n')
+        assert "cors_origins" in error({}, path)
+
+    def test_requires_token(self, empty):
+        base = {"FACADE_DICOMWEB_URL": URL}
+        assert not load(base, empty).requires_token  # open gateway
+        assert not load(base | {"FACADE_WADO_MODE": "direct"}, empty).requires_token
+        assert load(base | {"FACADE_WADO_MODE": "direct", "FACADE_PACS_AUTH": "forward"}, empty).requires_token
+        direct_said = base | {"FACADE_WADO_MODE": "direct", "FACADE_WADO_REQUIRES_TOKEN": "true"}
+        assert load(direct_said, empty).requires_token

@@ -1,0 +1,280 @@
+"""WADO-RS retrieval through the gateway (issue 12): which study may be served, what the PACS is asked, and how its
+answer is re-wrapped before it reaches the client (shared/docs/wado-gateway.md).
+
+    retrieval = Retrieval(facade, wado)
+    study = await retrieval.study("1.2.3", patient=None)                      # 404: unknown, another patient's
+    body = await retrieval.body(parse_wado_path(...), study, accept=..., query="", public_base=address)
+    async for chunk in body.chunks: ...                                       # aclose() closes the PACS answer
+
+Rules (issue 12):
+
+* **Authorization of the study** (Rule 1): the study must exist in the PACS (its QIDO row, from the facade's cache)
+  and, under a patient context, be that patient's — the same test as an ImagingStudy read, so a study the FHIR API
+  answers 404 is 404 here. A series or instance that is not among the study's instance rows is 404 without asking
+  the PACS; the PACS is asked only the full ``studies/{s}/series/{se}/...`` path built from validated UIDs
+  (:class:`app.dicom.wado_rewrite.WadoPath`), so nothing outside the authorized study is reachable.
+* **Streaming** (Rule 2): multipart answers are re-wrapped part by part (app.dicom.multipart), never held whole;
+  their length is then unknown, so no Content-Length is passed on. Rendered images pass unchanged, with the
+  PACS's Content-Length. JSON answers (metadata, QIDO inside a study) are read whole, bounded by
+  :data:`MAX_JSON_BYTES`, because every BulkDataURI / RetrieveURL in them must be rewritten (Orthanc builds them
+  in memory too, §3).
+* **Nothing points at the PACS** (Rule 3): BulkDataURI, RetrieveURL and part Content-Location are rewritten by path
+  to ``public_base`` (app.dicom.wado_rewrite), or left out; only content headers of parts are kept.
+* **IOCM** (Rule 4): a rejected instance's own routes are 404; metadata and QIDO answers leave rejected instances
+  out; a study or series retrieve that would include one is made of the series that hold none (one request each)
+  and, for the series that do, of their other instances one by one, all under one new boundary. Study and series
+  ``rendered`` then render the first instance that is not rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, replace
+from urllib.parse import unquote
+
+import orjson
+
+from ..dicom import dicom_json as dj
+from ..dicom import multipart as mp
+from ..dicom.wado_rewrite import WadoPath, drop_instances, rewrite_dicom_json, rewrite_part_headers
+from ..errors import NotFound, UpstreamBadResponse
+from ..fhir import patient_ids
+from ..pacs.wado import WadoAnswer, WadoUpstream
+from .service import Facade
+
+__all__ = ["MAX_JSON_BYTES", "AuthorizedStudy", "Body", "Retrieval"]
+
+logger = logging.getLogger(__name__)
+
+MAX_JSON_BYTES = 256 * 1024 * 1024  # metadata of a 2,000-instance CT study is ~10 MB
+DICOM_JSON = "application/dicom+json"
+# QIDO keys that could name another study or series than the path's (Orthanc may let a query key override it).
+_SCOPE_KEYS = frozenset({"studyinstanceuid", "0020000d", "seriesinstanceuid", "0020000e"})
+
+
+@dataclass(frozen=True)
+class AuthorizedStudy:
+    """A study the caller may retrieve: its UID, its subject's Patient id (for the audit line), the instance rows
+    the facade knows (QIDO, instance level) and the SOP Instance UIDs that IOCM rejection notes reject."""
+
+    uid: str
+    patient: str
+    instances: tuple[dj.Dataset, ...]
+    rejected: frozenset[str]
+
+    def series_instances(self, series: str) -> list[dj.Dataset]:
+        return [r for r in self.instances if dj.text(r, dj.SERIES_UID) == series]
+
+    def check(self, target: WadoPath) -> None:
+        """404 for a series or instance that is not in this study, and for a rejected instance's own routes."""
+        if target.series is not None:
+            rows = self.series_instances(target.series)
+            if not rows:
+                raise NotFound("no such series in this study")
+            if target.instance is not None:
+                if target.instance in self.rejected:
+                    raise NotFound("no such instance in this series")
+                if not any(dj.text(r, dj.SOP_INSTANCE_UID) == target.instance for r in rows):
+                    raise NotFound("no such instance in this series")
+
+    def rejected_in(self, series: str | None) -> bool:
+        """Whether the study (or one series of it) holds an instance that must not be served."""
+        if not self.rejected:
+            return False
+        rows = self.instances if series is None else self.series_instances(series)
+        return any(dj.text(r, dj.SOP_INSTANCE_UID) in self.rejected for r in rows)
+
+
+@dataclass
+class Body:
+    """What the gateway answers: status, Content-Type, a length only for bytes passed unchanged, and the chunks
+    (an async generator: ``aclose()`` closes the PACS answer behind it, whatever state it is in)."""
+
+    status: int
+    content_type: str | None
+    chunks: AsyncGenerator[bytes, None]
+    length: str | None = None
+    rewritten: bool = True
+
+
+class Retrieval:
+    """The gateway's use case over the facade (study rows, patient check, IOCM) and the streaming WADO-RS client."""
+
+    def __init__(self, facade: Facade, wado: WadoUpstream, *, max_json_bytes: int = MAX_JSON_BYTES) -> None:
+        self.facade = facade
+        self.wado = wado
+        self.max_json_bytes = max_json_bytes
+
+    async def study(self, uid: str, *, patient: str | None) -> AuthorizedStudy:
+        """The study if this caller may retrieve it (module docstring, Rule 1); NotFound otherwise."""
+        row, instances, rejected = await self.facade.retrievable(uid, patient=patient)
+        subject = patient_ids.encode(dj.text(row, dj.PATIENT_ID) or "", dj.text(row, dj.ISSUER_OF_PATIENT_ID))
+        return AuthorizedStudy(uid, subject, tuple(instances), rejected)
+
+    async def body(
+        self, target: WadoPath, study: AuthorizedStudy, *, accept: str | None, query: str, public_base: str
+    ) -> Body:
+        """The answer for ``target`` (already parsed and validated) within ``study``; the PACS's errors raise
+        before anything is sent (app.pacs.wado.refusal)."""
+        if target.study != study.uid:
+            raise NotFound("no such study")
+        study.check(target)
+        resource = target.resource
+        if resource in ("metadata", "series", "instances"):
+            return await self._json(target, study, query=query if resource != "metadata" else "", base=public_base)
+        if resource == "rendered" or target.rendered:
+            if target.instance is None and study.rejected_in(target.series):
+                target = self._first_kept(target, study)
+            return await self._passed(target.path, accept=accept, query=query)
+        if resource in ("frames", "bulk"):
+            return await self._rewrapped([target.path], accept=accept, base=public_base)
+        # A retrieve: study, series or instance.
+        if target.instance is None and study.rejected_in(target.series):
+            return await self._rewrapped(self._units(target, study), accept=accept, base=public_base)
+        return await self._rewrapped([target.path], accept=accept, base=public_base)
+
+    # -- the kinds of answer
+
+    async def _passed(self, path: str, *, accept: str | None, query: str) -> Body:
+        """Bytes passed unchanged (rendered images): status, type and length as the PACS sent them."""
+        answer = await self.wado.open(path, accept=accept, query=query)
+        answer.raise_for_status()
+        return Body(answer.status, answer.content_type, _chunks(answer), answer.content_length, rewritten=False)
+
+    async def _json(self, target: WadoPath, study: AuthorizedStudy, *, query: str, base: str) -> Body:
+        """Metadata or QIDO rows inside the study: read, rejected instances left out, URLs rewritten."""
+        answer = await self.wado.open(target.path, accept=DICOM_JSON, query=_scoped_query(query))
+        if answer.status == 204:  # QIDO: no match (PS3.18 §8.3.4.4)
+            await answer.aclose()
+            datasets: list[dj.Dataset] = []
+        else:
+            answer.raise_for_status()
+            raw = await answer.read(self.max_json_bytes)
+            datasets = _datasets(raw)
+        if target.resource == "series":  # series rows of this study only, and only series with a kept instance
+            kept = {dj.text(r, dj.SERIES_UID) for r in study.instances if _kept(r, study)}
+            datasets = [d for d in datasets if _in(d, dj.STUDY_UID, study.uid) and dj.text(d, dj.SERIES_UID) in kept]
+        else:
+            datasets = [d for d in datasets if _in(d, dj.STUDY_UID, study.uid)]
+            if target.series is not None:
+                datasets = [d for d in datasets if _in(d, dj.SERIES_UID, target.series)]
+            datasets = drop_instances(datasets, study.rejected)
+        body = orjson.dumps(rewrite_dicom_json(datasets, base))
+        return Body(200, DICOM_JSON, _one(body), str(len(body)))
+
+    async def _rewrapped(self, paths: list[str], *, accept: str | None, base: str) -> Body:
+        """The multipart answers to ``paths``, in order, as one multipart body under a new boundary, part headers
+        rewritten. The first answer's headers decide the status and type; a later one that is gone (404, deleted
+        since the QIDO rows were read) is skipped, any other failure cuts the body (no close delimiter)."""
+        first = await self.wado.open(paths[0], accept=accept)
+        first.raise_for_status()
+        boundary = mp.boundary_of(first.content_type or "")
+        if boundary is None:
+            if len(paths) == 1:  # a single-part answer (a PACS may send one for an instance or a frame): unchanged
+                return Body(first.status, first.content_type, _chunks(first), first.content_length, rewritten=False)
+            await first.aclose()
+            raise UpstreamBadResponse("the PACS sent a retrieval answer that is not multipart")
+        writer = mp.MultipartWriter()
+        content_type = mp.with_boundary(first.content_type or "", writer.boundary)
+
+        def rewrite(headers: mp.Headers) -> list[tuple[str, str]]:
+            return rewrite_part_headers(headers, base)
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            answer: WadoAnswer | None = first
+            upstream_boundary: str | None = boundary
+            try:
+                for i, path in enumerate(paths):
+                    if i:
+                        # Each further request gets a budget of its own: the request's budget bounds the wait for
+                        # the first headers, and a long study outlives it by design (app.pacs.wado).
+                        answer = await self.wado.open(path, accept=accept, own_budget=True)
+                        if answer.status == 404:
+                            await answer.aclose()
+                            continue
+                        answer.raise_for_status()
+                        upstream_boundary = mp.boundary_of(answer.content_type or "")
+                        if upstream_boundary is None:
+                            raise UpstreamBadResponse("the PACS sent a retrieval answer that is not multipart")
+                    assert answer is not None and upstream_boundary is not None
+                    async for piece in mp.rewrap(answer.chunks(), upstream_boundary, writer, rewrite, close=False):
+                        yield piece
+                    await answer.aclose()
+                yield writer.close()
+            finally:
+                if answer is not None:
+                    await answer.aclose()
+
+        return Body(first.status, content_type, chunks())
+
+    # -- IOCM
+
+    def _units(self, target: WadoPath, study: AuthorizedStudy) -> list[str]:
+        """The requests that make up a study or series retrieve without its rejected instances (module doc)."""
+        series = [target.series] if target.series else list(dict.fromkeys(_series_order(study)))
+        paths: list[str] = []
+        for uid in series:
+            rows = study.series_instances(uid)
+            if not any(dj.text(r, dj.SOP_INSTANCE_UID) in study.rejected for r in rows):
+                paths.append(replace(target, series=uid, instance=None).path)
+                continue
+            for r in rows:
+                sop = dj.text(r, dj.SOP_INSTANCE_UID)
+                if sop and sop not in study.rejected:
+                    paths.append(WadoPath(study.uid, uid, sop).path)
+        if not paths:
+            raise NotFound("every instance here is rejected (IOCM)")
+        return paths
+
+    def _first_kept(self, target: WadoPath, study: AuthorizedStudy) -> WadoPath:
+        rows = study.series_instances(target.series) if target.series else list(study.instances)
+        for r in sorted(rows, key=lambda r: (dj.text(r, dj.SERIES_UID) or "", dj.integer(r, dj.INSTANCE_NUMBER) or 0)):
+            sop = dj.text(r, dj.SOP_INSTANCE_UID)
+            if sop and sop not in study.rejected:
+                return WadoPath(study.uid, dj.text(r, dj.SERIES_UID), sop, "rendered")
+        raise NotFound("every instance here is rejected (IOCM)")
+
+
+def _series_order(study: AuthorizedStudy) -> list[str]:
+    return [uid for r in study.instances if (uid := dj.text(r, dj.SERIES_UID))]
+
+
+def _kept(row: dj.Dataset, study: AuthorizedStudy) -> bool:
+    return dj.text(row, dj.SOP_INSTANCE_UID) not in study.rejected
+
+
+def _in(ds: dj.Dataset, tag: str, uid: str) -> bool:
+    """The dataset does not name another study/series than ``uid`` (a row without the attribute is kept)."""
+    value = dj.text(ds, tag)
+    return value is None or value == uid
+
+
+def _scoped_query(query: str) -> str:
+    """The client's QIDO query string without keys that could widen it past the path's study or series."""
+    items = [item for item in query.split("&") if item]
+    return "&".join(i for i in items if unquote(i.partition("=")[0]).strip().lower() not in _SCOPE_KEYS)
+
+
+def _datasets(raw: bytes) -> list[dj.Dataset]:
+    try:
+        data = orjson.loads(raw) if raw.strip() else []
+    except orjson.JSONDecodeError:
+        raise UpstreamBadResponse("the PACS sent a response that is not JSON") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise UpstreamBadResponse("the PACS sent JSON that is not DICOM JSON")
+    return [d for d in data if isinstance(d, dict)]
+
+
+async def _chunks(answer: WadoAnswer) -> AsyncGenerator[bytes, None]:
+    try:
+        async for chunk in answer.chunks():
+            yield chunk
+    finally:
+        await answer.aclose()
+
+
+async def _one(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
