@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from .errors import HTTP_STATUS_CODES, INTERNAL_ERROR, FacadeError, outcome
 from .http import endpoints, wado
+from .http.answers import answer_cache
 from .http.cors import CorsMiddleware
 from .http.fhir_http import FHIRResponse
 from .http.observability import Metrics, ObservabilityMiddleware
@@ -102,6 +103,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             app.state.store = store
             facade.attach_manifests(store)
             app.state.facade = facade
+            app.state.answers = answer_cache(settings, qido, ehr=ehr is not None)  # issue 14: finished answers
             # The WADO-RS gateway (issue 12): same pool, credentials, breaker, retries and budget as QIDO.
             app.state.retrieval = Retrieval(facade, WadoUpstream(pool, settings.dicomweb_url, timeout, **resilience))
             app.state.metrics.bind(cache=qido, breaker_state=(lambda: breaker.state) if breaker else None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +26,7 @@ from ..security.scopes import Interaction
 from ..security.smart_discovery import smart_configuration as build_smart_configuration
 from ..usecases.service import Facade
 from ..usecases.wado_links import RetrievalGrant
+from .answers import Answer, AnswerCache
 from .capability import capability_statement
 from .fhir_http import FHIRResponse, fhir_base, json_body, negotiate, prefers_strict, pretty, search_items, wants_fresh
 from .landing import HEADERS as LANDING_HEADERS
@@ -119,18 +121,54 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     access = await _authorize(request, resource_type, "search")
     facade = _facade(request)
     base = _base(request, version)
-    ctx = facade.search_context(base, strict=prefers_strict(request))
+    strict, fresh = prefers_strict(request), wants_fresh(request)
+    patient_read = access.ctx.scopes.allows("Patient", "read")
+    # A GET seen before is found by its query string as sent (no parsing); else by the parsed request.
+    answers, alias = _answer_key(request, access, version, resource_type, "GET", request.url.query, base, strict)
+    if request.method != "GET" or answers is None:
+        alias = None
+    elif not fresh and (hit := answers.lookup((alias, patient_read))) is not None:
+        record(request.state, interaction="search", type=resource_type, **hit.audit)
+        return Response(hit.body, media_type=FHIRResponse.media_type)
+    ctx = facade.search_context(base, strict=strict)
     req = parse_search(await search_items(request), ctx, version.searches[resource_type])
-    if req.includes & PATIENT_INCLUDES and not access.ctx.scopes.allows("Patient", "read"):
+    if req.includes & PATIENT_INCLUDES and not patient_read:
         req = dataclasses.replace(req, includes=req.includes - PATIENT_INCLUDES)  # not this token's to see
+    answers, key = _answer_key(request, access, version, resource_type, "search", req, base, strict)
+    if answers is not None and not fresh and (hit := answers.get(key)) is not None:
+        if alias is not None:
+            answers.alias((alias, patient_read), key)  # not put(): that would restart the answer's TTL
+        record(request.state, interaction="search", type=resource_type, **hit.audit)
+        return Response(hit.body, media_type=FHIRResponse.media_type)
     result = await facade.search(
-        resource_type, req, base, fresh=wants_fresh(request), patient=access.patient, retrieval=access.retrieval
+        resource_type, req, base, fresh=fresh, patient=access.patient, retrieval=access.retrieval
     )
-    record(request.state, interaction="search", type=resource_type, **audit_fields(result))
+    audit = audit_fields(result)
+    record(request.state, interaction="search", type=resource_type, **audit)
     if STALE_ANSWERS.get():  # stale-if-error: say so in the Bundle (search.mode outcome, R4 bundle.html)
         outcome_entry = {"fullUrl": f"urn:uuid:{uuid.uuid4()}", **STALE_OUTCOME}  # not a resource of this server
         result = result | {"entry": [*result.get("entry", []), outcome_entry]}
-    return FHIRResponse(version.present(result), pretty=req.pretty)
+    response = FHIRResponse(version.present(result), pretty=req.pretty)
+    if answers is not None and not STALE_ANSWERS.get():  # never an answer that carries a stale-if-error warning
+        answers.put(key, Answer(bytes(response.body), audit), alias=None if alias is None else (alias, patient_read))
+    return response
+
+
+def _answer_key(
+    request: Request, access: Access, version: FhirVersion, resource_type: str, *parts: Hashable
+) -> tuple[AnswerCache | None, Hashable]:
+    """The finished-answer cache (app.http.answers) and this request's key in it; (None, None) when not cached.
+    The partition (CACHE_SCOPE, set by _authorize) comes first, then the patient restriction; ``parts`` carry the
+    canonical request, the base URL of the links and the rendering options."""
+    answers: AnswerCache | None = getattr(request.app.state, "answers", None)
+    if answers is None or resource_type != "ImagingStudy":
+        return None, None
+    key = (CACHE_SCOPE.get(), access.patient, version.name, resource_type, *parts)
+    try:
+        hash(key)
+    except TypeError:  # a criterion value that is not hashable: not cached rather than wrong
+        return None, None
+    return answers, key
 
 
 async def read(request: Request, version: FhirVersion, resource_type: str) -> Response:
@@ -140,18 +178,23 @@ async def read(request: Request, version: FhirVersion, resource_type: str) -> Re
     scope_type = {"Endpoint": "ImagingStudy", "Bundle": "DocumentReference"}.get(resource_type, resource_type)
     access = await _authorize(request, scope_type, "read")
     facade = _facade(request)
+    base, fresh, indent = _base(request, version), wants_fresh(request), pretty(request)
+    rid = request.path_params["id"]
+    answers, key = _answer_key(request, access, version, resource_type, "read", rid, base, indent)
+    if answers is not None and not fresh and (hit := answers.get(key)) is not None:
+        record(request.state, interaction="read", type=resource_type, **hit.audit)
+        return Response(hit.body, media_type=FHIRResponse.media_type)
     resource = await facade.read(
-        resource_type,
-        request.path_params["id"],
-        _base(request, version),
-        fresh=wants_fresh(request),
-        patient=access.patient,
-        retrieval=access.retrieval,
+        resource_type, rid, base, fresh=fresh, patient=access.patient, retrieval=access.retrieval
     )
-    record(request.state, interaction="read", type=resource_type, **audit_fields(resource))
+    audit = audit_fields(resource)
+    record(request.state, interaction="read", type=resource_type, **audit)
     # A read has no Bundle to carry an OperationOutcome: RFC 9111 §5.5 (obsolete but understood) Warning 110.
     stale = {"Warning": '110 - "Response is Stale"'} if STALE_ANSWERS.get() else None
-    return FHIRResponse(version.present(resource), pretty=pretty(request), headers=stale)
+    response = FHIRResponse(version.present(resource), pretty=indent, headers=stale)
+    if answers is not None and stale is None:
+        answers.put(key, Answer(bytes(response.body), audit))
+    return response
 
 
 async def create_selection(request: Request, version: FhirVersion) -> Response:

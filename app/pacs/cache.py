@@ -151,10 +151,12 @@ class CachedQido:
         self.hits = 0
         self.misses = 0
         self.stale_served = 0
+        self.generation = 0  # counts clear() calls: caches built on these answers (app.http.answers) follow it
 
     def clear(self) -> None:
         """Forget every cached answer (after the facade wrote to the PACS, so the next search sees it)."""
         self.backend.clear()
+        self.generation += 1
 
     @property
     def size_bytes(self) -> int:

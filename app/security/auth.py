@@ -76,6 +76,7 @@ logger = logging.getLogger(__name__)
 
 JWKS_MIN_REFETCH: Final = 10.0  # seconds between unknown-kid refetches of the JWK Set
 INTROSPECTION_CACHE_SIZE: Final = 10000
+VERIFIED_CACHE_SIZE: Final = 10000  # verified JWTs kept by SHA-256 (issue 14: a signature check per request)
 
 
 # ---------------------------------------------------------------------------------------------------- I/O shell
@@ -106,6 +107,12 @@ class Authorizer:
             maxsize=INTROSPECTION_CACHE_SIZE, ttl=ttl, timer=clock
         )
         self._inflight: dict[bytes, asyncio.Future[AuthContext | str]] = {}
+        # A verified JWT's context, by the token's SHA-256, until its exp (with the same skew verify_jwt allows);
+        # never longer than the JWK Set is kept, so a key removed from the set stops working as soon as it would
+        # without this cache. Only successes are kept.
+        self._verified: TTLCache[bytes, AuthContext] = TTLCache(
+            maxsize=VERIFIED_CACHE_SIZE, ttl=settings.jwks_cache_ttl, timer=clock
+        )
         self.jwks_loads = 0  # counters, for tests and metrics
         self.introspections = 0
 
@@ -123,6 +130,17 @@ class Authorizer:
     # -- JWT
 
     async def _verify(self, token: str) -> AuthContext:
+        digest = hashlib.sha256(token.encode()).digest()
+        kept = self._verified.get(digest)
+        skew = self._settings.clock_skew
+        if kept is not None and kept.expires_at is not None and self._clock() < kept.expires_at + skew:
+            return kept
+        ctx = await self._verify_signed(token)
+        if ctx.expires_at is not None:
+            self._verified[digest] = ctx
+        return ctx
+
+    async def _verify_signed(self, token: str) -> AuthContext:
         kid = _header(token).get("kid")
         keys = await self._key_set(refresh=False)
         if kid is not None and not any(k.kid == kid for k in keys):  # rotated keys: look again, rate-limited

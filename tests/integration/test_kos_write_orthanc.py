@@ -389,6 +389,12 @@ class TestCreateKeepsTheStudyStart:
         assert r.status_code == 201, r.text
         created = r.json()
         assert self.started(facade, study_uid) == before
+        # The cached answers of before the POST (QIDO rows and finished answers alike) are gone: without no-cache,
+        # the study's read and search show the new KO series at once.
+        kos_series = {s["uid"] for s in facade.get(f"/fhir/R4/ImagingStudy/{study_uid}").json()["series"]}
+        (found,) = facade.get(f"/fhir/R4/ImagingStudy?_id={study_uid}").json()["entry"]
+        assert {s["uid"] for s in found["resource"]["series"]} == kos_series
+        assert any(s["modality"]["code"] == "KO" for s in found["resource"]["series"])
         # The KOS is in the PACS, in the study, with the study's own offset or none.
         kos_uid = created["identifier"][0]["value"].removeprefix("urn:oid:")
         (row,) = qido(pacs.url, f"/instances?SOPInstanceUID={kos_uid}&includefield=00080201")

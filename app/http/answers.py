@@ -1,0 +1,116 @@
+"""Finished answers cached: the serialised bytes of an ImagingStudy search or read, per authorization partition.
+
+A warm request spent most of its time mapping the (cached) QIDO rows to FHIR again and serialising the same JSON
+again (issue 14: py-spy, 36 % mapping, 15 % token checking, 5 % rendering). This cache keeps the bytes a handler
+sent, so a repeat is one dict lookup. It keeps every rule of the QIDO cache (app.pacs.cache) it sits on:
+
+* **Key = everything that decides the bytes**: the cache partition first (app.pacs.request_scope.CACHE_SCOPE, set by
+  the handler's authorization: the AuthContext isolation key, narrowed to the caller when its token is forwarded),
+  the token's patient restriction, the FHIR version, the resource type, the canonical request (the parsed
+  :class:`~app.fhir.search.SearchRequest`, so differently spelled searches share an entry; or the read id), the FHIR
+  base URL used in the links (public_url or the request's origin), ``_pretty``, and the Prefer handling.
+* **TTL and byte budget**: ``cache_ttl`` and ``cache_max_bytes`` (a cachetools TTLCache weighed by body length, LRU
+  past the budget), like the QIDO MemoryCache. An answer is never older than the QIDO rows it was made from would be.
+* ``Cache-Control: no-cache`` (R4 http.html#cache-control; RFC 9111 §5.2.1.4): not looked up, and the new answer
+  replaces the kept one.
+* **Cleared with the QIDO cache** (:attr:`app.pacs.cache.CachedQido.generation`): after a manifest is created the
+  next search sees it.
+* **Never errors, never stale-if-error answers** (those carry a warning about this moment only): the handler stores
+  only a 200 built without a stale QIDO answer.
+
+Only the in-memory QIDO cache is layered on: with a shared Redis cache another replica may clear it, which this
+process would not see. Not used either when answers carry time-limited capabilities (``uses_capabilities``) or with
+an EHR (whose Patient links are looked up and cached on their own schedule). Never suspends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TTLCache
+
+from ..pacs.cache import CachedQido, MemoryCache
+from ..settings import Settings
+
+__all__ = ["Answer", "AnswerCache", "answer_cache"]
+
+ALIASES = 100_000  # raw query strings remembered per canonical key (a few hundred bytes each at most)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A finished 200 answer: its body bytes and the audit fields its first request recorded."""
+
+    body: bytes
+    audit: Mapping[str, Any]
+
+
+class AnswerCache:
+    """Finished answers by key (the partition first), for ``ttl`` seconds, at most ``max_bytes`` of bodies."""
+
+    def __init__(
+        self, qido: CachedQido, *, ttl: float, max_bytes: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._qido = qido
+        self._generation = qido.generation
+        self._store: TTLCache[Hashable, Answer] = TTLCache(
+            maxsize=max_bytes, ttl=ttl, timer=clock, getsizeof=lambda a: len(a.body) + 1
+        )
+        # The raw request (query string as sent, with the partition and all that parsing depends on) → the
+        # canonical key its parse gave: a repeat is found without parsing again. Parsing is a pure function of
+        # those inputs, so an alias can only point where a new parse would.
+        self._aliases: TTLCache[Hashable, Hashable] = TTLCache(maxsize=ALIASES, ttl=ttl, timer=clock)
+        self.hits = 0
+        self.misses = 0
+
+    def _sync(self) -> None:
+        if self._qido.generation != self._generation:  # the QIDO cache was cleared (a manifest was stored)
+            self.clear()
+            self._generation = self._qido.generation
+
+    def lookup(self, alias: Hashable) -> Answer | None:
+        """The answer for a raw request seen before (:meth:`put` with ``alias``), without counting a miss."""
+        self._sync()
+        key = self._aliases.get(alias)
+        answer = None if key is None else self._store.get(key)
+        if answer is not None:
+            self.hits += 1
+        return answer
+
+    def get(self, key: Hashable) -> Answer | None:
+        self._sync()
+        answer = self._store.get(key)
+        if answer is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return answer
+
+    def put(self, key: Hashable, answer: Answer, alias: Hashable = None) -> None:
+        self._sync()
+        if len(answer.body) < self._store.maxsize:  # larger than the whole budget: served, not kept
+            self._store[key] = answer
+            if alias is not None:
+                self._aliases[alias] = key
+
+    def alias(self, alias: Hashable, key: Hashable) -> None:
+        """Remember that ``alias`` parses to ``key``, without touching the answer's own expiry."""
+        self._aliases[alias] = key
+
+    def clear(self) -> None:
+        self._store.clear()
+        self._aliases.clear()
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self._store.currsize)
+
+
+def answer_cache(settings: Settings, qido: CachedQido, *, ehr: bool) -> AnswerCache | None:
+    """The answer cache these settings allow, or None (see the module docstring for when it is off)."""
+    if settings.cache_ttl <= 0 or not isinstance(qido.backend, MemoryCache) or settings.uses_capabilities or ehr:
+        return None
+    return AnswerCache(qido, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes)
