@@ -128,8 +128,7 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     if request.method != "GET" or answers is None:
         alias = None
     elif not fresh and (hit := answers.lookup((alias, patient_read))) is not None:
-        record(request.state, interaction="search", type=resource_type, **hit.audit)
-        return Response(hit.body, media_type=FHIRResponse.media_type)
+        return _replay(request, "search", resource_type, hit)
     ctx = facade.search_context(base, strict=strict)
     req = parse_search(await search_items(request), ctx, version.searches[resource_type])
     if req.includes & PATIENT_INCLUDES and not patient_read:
@@ -138,8 +137,7 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     if answers is not None and not fresh and (hit := answers.get(key)) is not None:
         if alias is not None:
             answers.alias((alias, patient_read), key)  # not put(): that would restart the answer's TTL
-        record(request.state, interaction="search", type=resource_type, **hit.audit)
-        return Response(hit.body, media_type=FHIRResponse.media_type)
+        return _replay(request, "search", resource_type, hit)
     result = await facade.search(
         resource_type, req, base, fresh=fresh, patient=access.patient, retrieval=access.retrieval
     )
@@ -152,6 +150,12 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     if answers is not None and not STALE_ANSWERS.get():  # never an answer that carries a stale-if-error warning
         answers.put(key, Answer(bytes(response.body), audit), alias=None if alias is None else (alias, patient_read))
     return response
+
+
+def _replay(request: Request, interaction: str, resource_type: str, hit: Answer) -> Response:
+    """A finished answer from the cache: the same bytes, and the same audit line as when it was made."""
+    record(request.state, interaction=interaction, type=resource_type, **hit.audit)
+    return Response(hit.body, media_type=FHIRResponse.media_type)
 
 
 def _answer_key(
@@ -182,8 +186,7 @@ async def read(request: Request, version: FhirVersion, resource_type: str) -> Re
     rid = request.path_params["id"]
     answers, key = _answer_key(request, access, version, resource_type, "read", rid, base, indent)
     if answers is not None and not fresh and (hit := answers.get(key)) is not None:
-        record(request.state, interaction="read", type=resource_type, **hit.audit)
-        return Response(hit.body, media_type=FHIRResponse.media_type)
+        return _replay(request, "read", resource_type, hit)
     resource = await facade.read(
         resource_type, rid, base, fresh=fresh, patient=access.patient, retrieval=access.retrieval
     )

@@ -37,6 +37,7 @@ import orjson
 
 from ..dicom import dicom_json as dj
 from ..dicom import multipart as mp
+from ..dicom.media_type import boundary_of, with_boundary
 from ..dicom.wado_rewrite import WadoPath, drop_instances, rewrite_dicom_json, rewrite_part_headers
 from ..errors import NotFound, UpstreamBadResponse
 from ..fhir import patient_ids
@@ -169,14 +170,14 @@ class Retrieval:
         since the QIDO rows were read) is skipped, any other failure cuts the body (no close delimiter)."""
         first = await self.wado.open(paths[0], accept=accept)
         first.raise_for_status()
-        boundary = mp.boundary_of(first.content_type or "")
+        boundary = boundary_of(first.content_type or "")
         if boundary is None:
             if len(paths) == 1:  # a single-part answer (a PACS may send one for an instance or a frame): unchanged
                 return Body(first.status, first.content_type, _chunks(first), first.content_length, rewritten=False)
             await first.aclose()
             raise UpstreamBadResponse("the PACS sent a retrieval answer that is not multipart")
         writer = mp.MultipartWriter()
-        content_type = mp.with_boundary(first.content_type or "", writer.boundary)
+        content_type = with_boundary(first.content_type or "", writer.boundary)
 
         def rewrite(headers: mp.Headers) -> list[tuple[str, str]]:
             return rewrite_part_headers(headers, base)
@@ -194,7 +195,7 @@ class Retrieval:
                             await answer.aclose()
                             continue
                         answer.raise_for_status()
-                        upstream_boundary = mp.boundary_of(answer.content_type or "")
+                        upstream_boundary = boundary_of(answer.content_type or "")
                         if upstream_boundary is None:
                             raise UpstreamBadResponse("the PACS sent a retrieval answer that is not multipart")
                     assert answer is not None and upstream_boundary is not None

@@ -351,15 +351,14 @@ class Facade:
         window = [] if req.summary == "count" else people[req.offset : req.offset + req.count]
         resources = subset([self._patient(row, links) for row in window], req, PATIENT.mandatory)
         drop_narrative(resources, req)
-        return bundle.searchset(
+        return bundle.counted_searchset(
             base,
             resources,
-            self_url=link(req.offset),
+            link=link,
+            offset=req.offset,
+            count=req.count,
             total=len(people),
-            next_url=link(req.offset + req.count)
-            if req.summary != "count" and len(people) > req.offset + req.count
-            else None,
-            previous_url=link(max(0, req.offset - req.count)) if req.offset and req.count else None,
+            counting=req.summary == "count",
         )
 
     async def read_patient(self, patient_id: str, *, fresh: bool) -> dict[str, Any]:

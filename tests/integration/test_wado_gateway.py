@@ -26,6 +26,7 @@ from pydicom import Dataset
 from requests import HTTPError
 
 from app.dicom import multipart as mp
+from app.dicom.media_type import boundary_of
 from app.fhir import patient_ids
 from app.main import create_app
 from app.security import capability
@@ -133,7 +134,7 @@ def capability_mode(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def parts(r: httpx.Response) -> list[bytes]:
     """The data of every part of a multipart answer (the boundary and part headers aside)."""
-    boundary = mp.boundary_of(r.headers["content-type"])
+    boundary = boundary_of(r.headers["content-type"])
     assert boundary is not None, r.headers["content-type"]
     parser = mp.MultipartParser(boundary)
     out: list[bytes] = []

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from app.dicom.media_type import boundary_of, format_media_type, parse_media_type, with_boundary
 from app.dicom.multipart import (
     End,
     Event,
@@ -19,12 +20,8 @@ from app.dicom.multipart import (
     PartEnd,
     PartStart,
     TruncatedMultipart,
-    boundary_of,
-    format_media_type,
     header,
-    parse_media_type,
     rewrap,
-    with_boundary,
 )
 
 hypothesis = pytest.importorskip("hypothesis")

@@ -1,0 +1,105 @@
+"""Content-Type values of WADO-RS answers (pure; stdlib only): media type and parameters read and written
+(RFC 7231 §3.1.1.1), and the ``boundary`` of a multipart body (RFC 2046 §5.1.1), for app.dicom.multipart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+__all__ = ["boundary_of", "format_media_type", "is_boundary", "parse_media_type", "with_boundary"]
+
+# RFC 2046 §5.1.1: boundary := 0*69<bchars> bcharsnospace, bchars = DIGIT / ALPHA / "'()+_,-./:=? " and space.
+_BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+# RFC 7230 §3.2.6 token characters: a parameter value made only of these needs no quotes.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
+    """``type/subtype`` (lower case) and its parameters (names lower case, values unquoted; the first of a
+    repeated name wins) from a Content-Type value (RFC 7231 §3.1.1.1: quoted-string with backslash escapes).
+
+    Tolerant: a parameter that cannot be read is skipped, never an error. A ``;`` inside quotes is part of the
+    value (Orthanc's frames ``type="application/octet-stream; transfer-syntax=..."``).
+    """
+    n = len(value)
+    i = value.find(";")
+    if i == -1:
+        i = n
+    media = value[:i].strip().lower()
+    params: dict[str, str] = {}
+    while i < n:
+        i += 1  # past ';'
+        j = i
+        while j < n and value[j] not in "=;":
+            j += 1
+        name = value[i:j].strip().lower()
+        if j >= n or value[j] == ";":  # a name without '=': skipped
+            i = j
+            continue
+        j += 1  # past '='
+        while j < n and value[j] in " \t":
+            j += 1
+        if j < n and value[j] == '"':
+            out: list[str] = []
+            j += 1
+            while j < n and value[j] != '"':
+                if value[j] == "\\" and j + 1 < n:
+                    j += 1
+                out.append(value[j])
+                j += 1
+            text = "".join(out)
+            j += 1  # past the closing quote (or the end)
+            while j < n and value[j] != ";":  # anything after the quoted string is ignored
+                j += 1
+        else:
+            k = value.find(";", j)
+            k = n if k == -1 else k
+            text = value[j:k].strip()
+            j = k
+        if name and name not in params:
+            params[name] = text
+        i = j
+    return media, params
+
+
+def is_boundary(text: str) -> bool:
+    """RFC 2046 §5.1.1: 1 to 70 bchars, not ending in a space."""
+    return _BOUNDARY_RE.fullmatch(text) is not None
+
+
+def boundary_of(content_type: str) -> str | None:
+    """The ``boundary`` parameter of a ``multipart/*`` Content-Type (quoted or not), None when the type is not
+    multipart or the boundary is missing or not a valid RFC 2046 boundary."""
+    media, params = parse_media_type(content_type)
+    boundary = params.get("boundary")
+    if not media.startswith("multipart/") or boundary is None or not is_boundary(boundary):
+        return None
+    return boundary
+
+
+def _param(value: str) -> str:
+    """A parameter value as a token when it is one, else a quoted-string (RFC 7231 §3.1.1.1)."""
+    if _TOKEN_RE.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_media_type(media: str, params: Sequence[tuple[str, str]]) -> str:
+    """``media; name=value; ...`` with values quoted where needed; ``type`` is always quoted, as PS3.18 §8.7.3.1
+    (and every DICOMweb client) writes it."""
+    out = [media]
+    for name, value in params:
+        if "\r" in value or "\n" in value:
+            raise ValueError("a media type parameter cannot contain CR or LF")
+        quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' if name.lower() == "type" else None
+        out.append(f"{name}={quoted or _param(value)}")
+    return "; ".join(out)
+
+
+def with_boundary(content_type: str, boundary: str) -> str:
+    """The same Content-Type (media type and every other parameter, in order) with ``boundary`` replaced: the
+    re-wrapped body keeps the PACS's ``type`` and ``transfer-syntax`` whichever way they were written."""
+    media, params = parse_media_type(content_type)
+    kept = [(k, v) for k, v in params.items() if k != "boundary"]
+    return format_media_type(media or "multipart/related", [*kept, ("boundary", boundary)])
