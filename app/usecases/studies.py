@@ -2,13 +2,11 @@
 
 Cost per page of k ≤ uid_batch studies: one study-level query, then one instance-level query for the k studies
 (StudyInstanceUID list), which also carries every series attribute: 2 upstream requests. When the study UIDs are
-known before asking (a read, ``_id``, a Study UID identifier, or after a pre-query) the instance query alone answers:
-its rows carry the study-level attributes too, and the study row is put together from them (app.dicom.study_rows),
-so such a page or read costs 1 request. Series/instance-level criteria add one pre-query each (app.planning.plan),
-and what the caller's ``screen`` of its rows costs (app.usecases.service: a KO query of the studies found, to leave
-IOCM-rejected instances out). The instance query is paged only past ``instance_limit`` rows. A global modality page
-at offset o reads o + count + 1 study rows, because Orthanc 1.10 cannot page a ModalitiesInStudy match
-(:data:`OFFSET_BROKEN_BY`).
+known before asking (a read, ``_id``, a Study UID identifier, or after a pre-query) the two go out concurrently.
+Series/instance-level criteria add one pre-query each (app.planning.plan), and what the caller's ``screen`` of its rows
+costs (app.usecases.service: a KO query of the studies found, to leave IOCM-rejected instances out). The instance query
+is paged only past ``instance_limit`` rows. A global modality page at offset o reads o + count + 1 study rows,
+because Orthanc 1.10 cannot page a ModalitiesInStudy match (:data:`OFFSET_BROKEN_BY`).
 """
 
 from __future__ import annotations
@@ -19,8 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
 from ..dicom import dicom_json as dj
-from ..dicom import study_rows
-from ..dicom.qido import INSTANCE_FIELDS, SERIES_FIELDS, STUDY_FIELDS, STUDY_ROW_FIELDS, QidoQuery, uid_list
+from ..dicom.qido import INSTANCE_FIELDS, SERIES_FIELDS, STUDY_FIELDS, QidoQuery, uid_list
 from ..errors import TooCostly
 from ..fhir.dates import dicom_interval
 from ..fhir.search import is_uid
@@ -61,20 +58,15 @@ async def search_page(
     if plan.nothing or count == 0:
         return StudyPage([], has_next=False)
     if plan.prequeries or plan.study_uids is not None:
-        # The candidate UIDs are known up front: page over them here. The window's instance rows carry its study
-        # rows; with series rows only (_summary=true) the study rows are asked for at the same time.
+        # The candidate UIDs are known up front: page over them here, and ask for the window's studies and
+        # their instances at the same time (neither request needs the other's answer).
         order = await _candidate_uids(plan, fetch, limits.prequery, screen)
         window = order[offset : offset + count]
-        has_next = len(order) > offset + count
-        if level == "instances":
-            # Every study key of the plan has its check (app.planning.plan), so the rows need no PACS-side match.
-            found = [pair for pair in await studies_of(window, fetch, limits) if plan.accepts(pair[0])]
-            return StudyPage(found, has_next)
         rows, instances = await asyncio.gather(
             _studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch),
             instances_of(window, fetch, limits, level=level),
         )
-        return _page([r for r in rows if plan.accepts(r)], instances, has_next=has_next)
+        return _page([r for r in rows if plan.accepts(r)], instances, has_next=len(order) > offset + count)
     # One row more than asked tells whether a next page exists (QIDO gives no total, PS3.18 §8.3.4.4).
     rows = (await fetch(_page_query(plan.study_keys, count=count, offset=offset, limits=limits))).rows
     if OFFSET_BROKEN_BY in plan.study_keys:
@@ -114,20 +106,17 @@ def _page(rows: list[dj.Dataset], instances: dict[str, list[dj.Dataset]], *, has
 
 
 async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset, list[dj.Dataset]] | None:
-    """The study and its instance rows, from one instance-level query (None: no instance of that study)."""
-    found = await studies_of([uid], fetch, limits)
-    return found[0] if found else None
-
-
-async def studies_of(uids: list[str], fetch: Fetch, limits: Limits) -> list[tuple[dj.Dataset, list[dj.Dataset]]]:
-    """(study row, instance rows) of each of these studies the PACS has instances of, in this order.
-
-    The study rows are put together from the instance rows (app.dicom.study_rows): a study the PACS knows without
-    any instance cannot be shown (it has nothing to retrieve), and a UID that is no UID (a PACS's odd row) is left
-    out, as :func:`_dedupe` does.
-    """
-    instances = await instances_of([u for u in uids if is_uid(u)], fetch, limits)
-    return [(study_rows.study_row(rows), rows) for uid in uids if (rows := instances.get(uid))]
+    cached = getattr(fetch, "cached", None)
+    if cached is not None and cached(_study_query([uid], {})) and cached(_instance_query([uid], "instances", limits)):
+        # Both answers are in memory: awaited in turn they never suspend, whereas gathering them would queue the
+        # request twice behind every other ready task on a busy event loop (bench/README.md, load run).
+        rows = await _studies_by_uid([uid], {}, fetch, limits.uid_batch)
+        instances = await instances_of([uid], fetch, limits)
+    else:
+        rows, instances = await asyncio.gather(
+            _studies_by_uid([uid], {}, fetch, limits.uid_batch), instances_of([uid], fetch, limits)
+        )
+    return (rows[0], instances.get(uid, [])) if rows else None
 
 
 async def all_matching(
@@ -212,8 +201,7 @@ def _study_query(uids: list[str], keys: dict[str, str]) -> QidoQuery:
 
 
 def _instance_query(uids: list[str], level: str, limits: Limits, page: int = 0) -> QidoQuery:
-    # Instance rows also carry the study-level attributes the study row needs (app.dicom.study_rows).
-    fields = INSTANCE_FIELDS + STUDY_ROW_FIELDS if level == "instances" else SERIES_FIELDS
+    fields = INSTANCE_FIELDS if level == "instances" else SERIES_FIELDS
     keys = {"StudyInstanceUID": uid_list(sorted(uids))}
     return QidoQuery.build(level, keys, fields=fields, limit=limits.instances, offset=page * limits.instances)
 

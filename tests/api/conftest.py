@@ -60,12 +60,8 @@ def instance_row(
     series_number: int = 1,
     body_part: str | None = "CHEST",
     laterality: str | None = None,
-    of: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``of``: the study's row (:func:`study_row`), whose study-level attributes an instance row carries on a real
-    PACS (PS3.18 Table 10.6.3-5; the facade reads a study from its instance rows, app.dicom.study_rows)."""
-    row: dict[str, Any] = {k: v for k, v in (of or {}).items() if k not in STUDY_COMPUTED}
-    row |= {
+    row: dict[str, Any] = {
         "0020000D": {"vr": "UI", "Value": [study]},
         "0020000E": {"vr": "UI", "Value": [series]},
         "00080018": {"vr": "UI", "Value": [sop]},
@@ -79,10 +75,6 @@ def instance_row(
     if laterality:
         row["00200060"] = {"vr": "CS", "Value": [laterality]}
     return row
-
-
-# Attributes only a study-level query answers (the facade counts them from the instance rows).
-STUDY_COMPUTED = frozenset({"00080061", "00201206", "00201208"})
 
 
 def settings(**overrides: Any) -> Settings:

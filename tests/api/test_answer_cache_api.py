@@ -20,10 +20,11 @@ READ = "/fhir/R4/ImagingStudy/1.2.3"
 
 
 def _serve(pacs, accession="ACCOLD"):
-    study = study_row("1.2.3", accession=accession)
-    s = pacs.get(url__regex=rf"^{PACS}/studies").mock(return_value=httpx.Response(200, json=[study]))
+    s = pacs.get(url__regex=rf"^{PACS}/studies").mock(
+        return_value=httpx.Response(200, json=[study_row("1.2.3", accession=accession)])
+    )
     i = pacs.get(url__regex=rf"^{PACS}/instances").mock(
-        return_value=httpx.Response(200, json=[instance_row("1.2.3", "1.2.3.1", "1.2.3.1.1", of=study)])
+        return_value=httpx.Response(200, json=[instance_row("1.2.3", "1.2.3.1", "1.2.3.1.1")])
     )
     return s, i
 

@@ -43,9 +43,7 @@ def _pacs(pacs):
 
     def instances(request: httpx.Request) -> httpx.Response:
         query = unquote(str(request.url))
-        return httpx.Response(
-            200, json=[instance_row(u, u + ".1", u + ".1.1", of=r) for u, r in rows.items() if u in query]
-        )
+        return httpx.Response(200, json=[instance_row(u, u + ".1", u + ".1.1") for u in rows if u in query])
 
     s = pacs.get(url__regex=rf"^{PACS}/studies").mock(side_effect=studies)
     i = pacs.get(url__regex=rf"^{PACS}/instances").mock(side_effect=instances)
@@ -113,7 +111,7 @@ def test_cache_is_never_shared_across_authorization_contexts(pacs, smart):
     assert smart.get("/fhir/R4/ImagingStudy/1.2.3", headers=a).status_code == 200
     assert len(studies.calls) + len(instances.calls) == before  # A's repeat: from A's cache
     assert smart.get("/fhir/R4/ImagingStudy/1.2.3", headers=b).status_code == 404
-    assert len(studies.calls) + len(instances.calls) == before + 1  # B: its own request, none of A's answers
+    assert len(studies.calls) + len(instances.calls) == before + 2  # B: its own requests, none of A's answers
     user1 = KEYS.headers("user/ImagingStudy.rs")
     user2 = KEYS.headers("user/ImagingStudy.rs user/Patient.rs")
     smart.get("/fhir/R4/ImagingStudy?modality=CT", headers=user1)

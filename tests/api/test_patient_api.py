@@ -7,7 +7,7 @@ from urllib.parse import unquote
 import httpx
 
 from app.fhir import patient_ids
-from tests.api.conftest import PACS, instance_row, study_row
+from tests.api.conftest import PACS, study_row
 
 
 def _serve(pacs, rows):
@@ -66,10 +66,8 @@ def test_unknown_or_foreign_ids_are_404_without_asking_for_foreign_ones(pacs, cl
 
 
 def test_study_subject_resolves_to_the_patient(pacs, client):
-    row = study_row("1.2.3.1", patient_id="MRN1")
-    _serve(pacs, [row])
-    instances = [instance_row("1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1", of=row)]
-    pacs.get(url__regex=rf"^{PACS}/instances").mock(return_value=httpx.Response(200, json=instances))
+    _serve(pacs, [study_row("1.2.3.1", patient_id="MRN1")])
+    pacs.get(url__regex=rf"^{PACS}/instances").mock(return_value=httpx.Response(200, json=[]))
     study = client.get("/fhir/R4/ImagingStudy/1.2.3.1").json()
     patient = client.get(f"/fhir/R4/{study['subject']['reference']}").json()
     assert patient["resourceType"] == "Patient"

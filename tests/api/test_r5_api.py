@@ -9,7 +9,7 @@ import pytest
 
 from app.dicom.kos import KOS_SOP_CLASS_UID
 from app.fhir.search_params import IMAGING_SELECTION_PARAMS
-from tests.api.conftest import PACS, STUDY_COMPUTED, instance_row, study_row
+from tests.api.conftest import PACS, instance_row, study_row
 
 hypothesis = pytest.importorskip("hypothesis")
 st = pytest.importorskip("hypothesis.strategies")
@@ -111,10 +111,8 @@ def _manifest_pacs(pacs) -> tuple[dict[str, str], dict[str, str]]:
     knee, other = make_study(7, "api-bs", patient_id="MRN1", patient_name="Doe^Jane", series_sizes=(1, 1))
     kos = make_kos([knee, other], title=FOR_TEACHING, description="Key images", observer_name="Roe^Rick", seed=7)
     study, series = str(kos.StudyInstanceUID), str(kos.SeriesInstanceUID)
-    srow = study_row(study)
-    study_level = {k: v for k, v in srow.items() if k not in STUDY_COMPUTED}  # what a real PACS puts in each row
     pacs.get(url__regex=rf"^{PACS}/instances").mock(
-        return_value=httpx.Response(200, json=[study_level | ko_row(study, series, str(kos.SOPInstanceUID))])
+        return_value=httpx.Response(200, json=[ko_row(study, series, str(kos.SOPInstanceUID))])
     )
     pacs.get(url__regex=rf"^{PACS}/studies/{study}/series/{series}/metadata").mock(
         return_value=httpx.Response(200, json=[kos_json(kos)])
@@ -125,7 +123,7 @@ def _manifest_pacs(pacs) -> tuple[dict[str, str], dict[str, str]]:
             200, json=[instance_row(study, uid, "9.9", body_part=part) for part, uid in parts.items()]
         )
     )
-    pacs.get(url__regex=rf"^{PACS}/studies").mock(return_value=httpx.Response(200, json=[srow]))
+    pacs.get(url__regex=rf"^{PACS}/studies").mock(return_value=httpx.Response(200, json=[study_row(study)]))
     return parts, {"study": study, "series": series}
 
 

@@ -124,7 +124,7 @@ def test_forward_mode_sends_the_callers_token_to_the_pacs(pacs, make_client, tmp
 
 def test_upstream_calls_are_counted_in_metrics(pacs, client):
     _ok(pacs)
-    client.get("/fhir/R4/ImagingStudy/1.2.3")  # one instance-level query (its rows carry the study row)
+    client.get("/fhir/R4/ImagingStudy/1.2.3")
     text = client.get("/metrics").text
-    assert 'facade_upstream_requests_total{kind="qido",outcome="ok"} 1.0' in text
-    assert 'facade_upstream_request_seconds_count{kind="qido"} 1.0' in text
+    assert 'facade_upstream_requests_total{kind="qido",outcome="ok"} 2.0' in text
+    assert 'facade_upstream_request_seconds_count{kind="qido"} 2.0' in text

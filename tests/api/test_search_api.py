@@ -82,8 +82,8 @@ class TestQidoTranslation:
         client.get("/fhir/R4/ImagingStudy?identifier=urn:dicom:uid|urn:oid:1.2.3")
         client.get("/fhir/R4/ImagingStudy?identifier=A%2CB%5C%2CC")  # value "A,B\,C": two tokens, one with a comma
         *uid_queries, acc_query = _paths(pacs)
-        # A known Study UID: its instance rows answer for the study too (app.dicom.study_rows), one request.
-        assert [q.split("?")[0] for q in uid_queries] == ["instances"]
+        # A known Study UID: the study and its instances are asked for at the same time.
+        assert sorted(q.split("?")[0] for q in uid_queries) == ["instances", "studies"]
         assert all("StudyInstanceUID=1.2.3&" in q for q in uid_queries)
         assert "AccessionNumber" not in acc_query  # a list with an inexpressible value is not sent upstream
 
@@ -163,8 +163,7 @@ class TestPostSearch:
 
 class TestRead:
     def test_read_by_study_uid(self, pacs, client):
-        row = study_row("1.2.3.1", offset="+0200")
-        _serve(pacs, [row], [instance_row("1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1", of=row)])
+        _serve(pacs, [study_row("1.2.3.1", offset="+0200")], [instance_row("1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1")])
         r = client.get("/fhir/R4/ImagingStudy/1.2.3.1")
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+json")
         study = r.json()
@@ -207,19 +206,13 @@ class TestOddPacsData:
 class TestLimits:
     def test_uid_lists_are_split_into_batches(self, pacs, make_client):
         uids = [f"1.2.3.{i}" for i in range(5)]
-        rows = {u: study_row(u) for u in uids}
-
-        def instances(request):
-            asked = unquote(str(request.url)).split("StudyInstanceUID=")[1].split("&")[0].split(",")
-            return httpx.Response(200, json=[instance_row(u, u + ".1", u + ".1.1", of=rows[u]) for u in asked])
-
-        pacs.get(url__regex=rf"^{PACS}/instances").mock(side_effect=instances)
+        _serve(pacs, [study_row(u) for u in uids], [])
         client = make_client(uid_batch=2)
         body = client.get(f"/fhir/R4/ImagingStudy?_id={','.join(uids)}&_count=5").json()
         assert {e["resource"]["id"] for e in body["entry"]} == set(uids)
         lists = [q.split("StudyInstanceUID=")[1].split("&")[0] for q in _paths(pacs)]
         assert all(len(x.split(",")) <= 2 for x in lists)
-        assert sorted(",".join(lists).split(",")) == sorted(uids)  # each UID once, in an instance query
+        assert sorted(",".join(lists).split(",")) == sorted(uids * 2)  # each UID once in studies, once in instances
 
     def test_instance_rows_are_paged_past_instance_limit(self, pacs, make_client):
         rows = [instance_row("1.2.3.1", "1.2.3.1.1", f"1.2.3.1.1.{j}", number=j) for j in range(1, 6)]

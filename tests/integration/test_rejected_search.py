@@ -156,10 +156,10 @@ def test_screening_costs_one_ko_query_and_nothing_without_a_match(facade: TestCl
         assert r.status_code == 200, r.text
         return int(calls["qido", "ok"] - before)
 
-    # pre-query + KO screen + the page's instance rows (which carry the study rows, app.dicom.study_rows)
-    assert qido_calls(f"instance={pacs.a[1].SOPInstanceUID}") == 3
+    # pre-query + KO screen + study rows + instance rows (the last two go out together)
+    assert qido_calls(f"instance={pacs.a[1].SOPInstanceUID}") == 4
     assert qido_calls("instance=1.2.3.4.5.6.7.8.9") == 1  # the pre-query found nothing: nothing else asked
-    assert qido_calls(f"series={pacs.a[0].SeriesInstanceUID}") == 3  # one of two rejected: the count settles it
+    assert qido_calls(f"series={pacs.a[0].SeriesInstanceUID}") == 4  # one of two rejected: the count settles it
     # Every instance may be rejected: the series' instances are asked for too (C keeps one, A's series 2 none).
-    assert qido_calls(f"series={pacs.c[0].SeriesInstanceUID}") == 4
+    assert qido_calls(f"series={pacs.c[0].SeriesInstanceUID}") == 5
     assert qido_calls(f"series={pacs.a[2].SeriesInstanceUID}") == 3

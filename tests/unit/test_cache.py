@@ -381,22 +381,23 @@ def test_cached_says_whether_search_will_answer_from_memory():
     assert not CachedQido(upstream, ttl=0).cached(query)
 
 
-def test_a_read_is_one_instance_query_and_never_gathers(monkeypatch):
-    # A cached read must not queue behind other ready tasks (bench/README.md, load run), and since issue 14 a read
-    # is one instance-level query whose rows carry the study row (app.dicom.study_rows): nothing to gather.
+def test_a_read_of_two_cached_answers_never_gathers(monkeypatch):
     from app.usecases import studies
     from app.usecases.studies import Limits, read_study
 
-    asked: list[QidoQuery] = []
+    class Fetch:
+        def __init__(self, hit: bool) -> None:
+            self.hit = hit
 
-    async def fetch(query: QidoQuery) -> QidoResult:
-        asked.append(query)
-        return QidoResult([{"0020000D": ("1.2.3",), "0020000E": ("1.2.3.4",), "00080060": ("CT",)}], 10)
+        async def __call__(self, query: QidoQuery) -> QidoResult:
+            return QidoResult([{"0020000D": ("1.2.3",)}], 10)
+
+        def cached(self, query: QidoQuery) -> bool:
+            return self.hit
 
     gathered = []
     real = asyncio.gather
     monkeypatch.setattr(studies.asyncio, "gather", lambda *a, **k: gathered.append(1) or real(*a, **k))
     limits = Limits(uid_batch=100, instances=1000, prequery=100)
-    study, rows = asyncio.run(read_study("1.2.3", fetch, limits)) or ({}, [])
-    assert [q.level for q in asked] == ["instances"] and gathered == []
-    assert study["00080061"] == ("CT",) and study["00201206"] == (1,) and study["00201208"] == (1,) and len(rows) == 1
+    assert asyncio.run(read_study("1.2.3", Fetch(True), limits)) is not None and gathered == []
+    assert asyncio.run(read_study("1.2.3", Fetch(False), limits)) is not None and gathered == [1]  # misses overlap
