@@ -83,6 +83,16 @@ def scenarios(manifest: Any, big_uid: str, seed: int) -> dict[str, tuple[str, li
     }
 
 
+def build_data(args: argparse.Namespace) -> tuple[list[Any], Any, str]:
+    """The small studies, plus the large one under a patient of its own (build_bulk numbers every data set's
+    patients from BULK000001, so without the new PatientID the large study would join that patient's search)."""
+    datasets, manifest = build_bulk(args.patients, args.studies_per_patient, 3, 4, seed=args.seed)
+    big, big_manifest = build_bulk(1, 1, args.big_series, args.big_instances, seed=args.seed + 1000)
+    for ds in big:
+        ds.PatientID = "BULKBIG001"
+    return [*datasets, *big], manifest, big_manifest.studies[0].study_uid
+
+
 def capture(origin: str, paths: list[str], headers: dict[str, str]) -> dict[str, tuple[str, str]]:
     table: dict[str, tuple[str, str]] = {}
     with httpx.Client(base_url=origin, timeout=120, trust_env=False) as client:
@@ -157,16 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not shutil.which("wrk"):
         raise BenchError("wrk is not installed (apt-get install wrk)")
-    datasets, manifest = build_bulk(args.patients, args.studies_per_patient, 3, 4, seed=args.seed)
-    big, big_manifest = build_bulk(1, 1, args.big_series, args.big_instances, seed=args.seed + 1000)
-    chosen = scenarios(manifest, big_manifest.studies[0].study_uid, args.seed)
+    datasets, manifest, big_uid = build_data(args)
+    chosen = scenarios(manifest, big_uid, args.seed)
     keys = [k for k in args.scenarios.split(",") if k]
     rows: list[dict[str, Any]] = []
     workdir = Path(tempfile.mkdtemp(prefix="facade-bare-"))
     try:
         with OrthancServer() as pacs:
-            print(f"storing {len(datasets) + len(big)} instances", file=sys.stderr)
-            store(pacs.dicomweb_url, [*datasets, *big], batch=50, workers=2)
+            print(f"storing {len(datasets)} instances", file=sys.stderr)
+            store(pacs.dicomweb_url, datasets, batch=50, workers=2)
             for auth in args.auth.split(","):
                 env = {"FACADE_CACHE_TTL": "86400"}
                 headers = dict(ACCEPT)
