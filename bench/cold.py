@@ -11,7 +11,7 @@ order (one keep-alive connection each):
 * **chain**: the QIDO-RS calls a DICOMweb client needs for the same content, made as such a client must make them:
   the study query first, then one instance query for the StudyInstanceUIDs the first answer gave (concurrent
   only when the UIDs are known up front: the UID lookup and the read). These are exactly the upstream calls the
-  facade made before issue 14 (the script checks that against a recording when ``--check-chain`` is given). The
+  facade made at c610b7f (``--check-chain`` prints the facade's recorded calls, to compare). The
   issue's target: cold ≤ 1.00 x chain for the patient search and the range, ≤ 1.05 x for the UID lookup and the
   read.
 * **replay**: the facade's own upstream calls now (recorded in-process, as bench/run.py does), replayed to
