@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 
@@ -43,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app.dicom.qido import INSTANCE_FIELDS, STUDY_FIELDS, QidoQuery, uid_list  # noqa: E402
+from app.fhir import patient_ids  # noqa: E402
 from bench.bare import build_data, scenarios  # noqa: E402
 from bench.run import (  # noqa: E402
     COLD_HEADERS,
@@ -67,6 +69,11 @@ def _url(base: str, query: QidoQuery) -> str:
     return f"{base}/{query.path}"
 
 
+def _instances(uids: list[str]) -> QidoQuery:
+    keys = {"StudyInstanceUID": uid_list(sorted(uids))}
+    return QidoQuery.build("instances", keys, fields=INSTANCE_FIELDS, limit=INSTANCE_LIMIT)
+
+
 def _study_uids(rows: list[dict[str, Any]]) -> list[str]:
     return [r["0020000D"]["Value"][0] for r in rows if r.get("0020000D", {}).get("Value")]
 
@@ -74,13 +81,10 @@ def _study_uids(rows: list[dict[str, Any]]) -> list[str]:
 async def chain(client: httpx.AsyncClient, base: str, path: str, count: int) -> int:
     """The calls a DICOMweb client makes for the content of one facade answer; returns the number of calls."""
     keys, known = _chain_keys(path)
-    instances = lambda uids: QidoQuery.build(  # noqa: E731
-        "instances", {"StudyInstanceUID": uid_list(sorted(uids))}, fields=INSTANCE_FIELDS, limit=INSTANCE_LIMIT
-    )
     if known is not None:
         study = QidoQuery.build("studies", {"StudyInstanceUID": uid_list(known)}, fields=STUDY_FIELDS)
         await asyncio.gather(
-            get(client, _url(base, study), DICOM_JSON), get(client, _url(base, instances(known)), DICOM_JSON)
+            get(client, _url(base, study), DICOM_JSON), get(client, _url(base, _instances(known)), DICOM_JSON)
         )
         return 2
     study = QidoQuery.build("studies", keys, fields=STUDY_FIELDS, limit=count + 1)
@@ -88,16 +92,12 @@ async def chain(client: httpx.AsyncClient, base: str, path: str, count: int) -> 
     uids = _study_uids(rows)[:count]
     if not uids:
         return 1
-    await get(client, _url(base, instances(uids)), DICOM_JSON)
+    await get(client, _url(base, _instances(uids)), DICOM_JSON)
     return 2
 
 
 def _chain_keys(path: str) -> tuple[dict[str, str], list[str] | None]:
     """The QIDO keys of the scenario's facade path (bench/bare.py's four shapes only)."""
-    from urllib.parse import parse_qsl, unquote, urlsplit
-
-    from app.fhir import patient_ids
-
     parts = urlsplit(path)
     if "/ImagingStudy/" in parts.path:
         return {}, [unquote(parts.path.rsplit("/", 1)[1])]
@@ -169,7 +169,7 @@ async def measure(
     }
 
 
-def check_chain(sc: Scenario, base: str, count: int) -> None:
+def check_chain(sc: Scenario, base: str) -> None:
     """Before issue 14 item 2 the facade's calls were the chain; say where they differ now."""
     for path in dict.fromkeys(sc.paths):
         calls: list[Call] = sc.calls[path]
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             with FacadeProcess(pacs.dicomweb_url, env=env, log=workdir / "facade.log") as facade:
                 for sc in plans:
                     if args.check_chain:
-                        check_chain(sc, pacs.dicomweb_url, 20)
+                        check_chain(sc, pacs.dicomweb_url)
                     asyncio.run(wait_quiet([facade.pid, pacs.pid], args.quiet_wait))
                     row = asyncio.run(
                         measure(
