@@ -20,7 +20,28 @@ def drop_instances(studies: list[StudyRows], rejected: frozenset[str]) -> list[S
     """Instance rows whose SOP Instance UID a rejection note rejects are left out."""
     if not rejected:
         return studies
-    return [(row, [r for r in rows if dj.text(r, dj.SOP_INSTANCE_UID) not in rejected]) for row, rows in studies]
+    out = []
+    for row, rows in studies:
+        kept = [r for r in rows if dj.text(r, dj.SOP_INSTANCE_UID) not in rejected]
+        out.append((narrow_modalities(row, kept) if len(kept) < len(rows) else row, kept))
+    return out
+
+
+def narrow_modalities(row: dj.Dataset, shown: list[dj.Dataset]) -> dj.Dataset:
+    """The study row with ModalitiesInStudy (0008,0061) cut to the modalities of the rows still shown.
+
+    ModalitiesInStudy sums up the study's series (PS3.4 C.6.2.1.1); with a modality's only instances rejected, the
+    ImagingStudy would name a modality (and match a ``modality`` search) that none of its series has. Orthanc
+    computes the attribute from everything it stores, rejected or not."""
+    had = dj.texts(row, dj.MODALITIES_IN_STUDY)
+    present = {dj.text(r, dj.MODALITY) for r in shown}
+    if None in present:  # a PACS that leaves Modality out of its rows: what is shown cannot be told
+        return row
+    left = tuple(m for m in had if m in present)
+    if len(left) == len(had):
+        return row
+    out = {k: v for k, v in row.items() if k != dj.MODALITIES_IN_STUDY}
+    return out | {dj.MODALITIES_IN_STUDY: left} if left else out
 
 
 def ko_series(studies: list[StudyRows]) -> list[tuple[str, str]]:
@@ -59,6 +80,7 @@ def lower_series_counts(studies: list[StudyRows], docs: Iterable[KeyObjectSelect
                     max(0, (dj.integer(row, dj.NUMBER_OF_STUDY_INSTANCES) or 0) - dropped_instances),
                 ),
             }
+            row = narrow_modalities(row, kept)
         out.append((row, kept))
     return out
 

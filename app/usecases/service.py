@@ -275,10 +275,10 @@ class Facade:
             page = await search_page(
                 the_plan, fetch, count=req.count, offset=req.offset, limits=self.limits, level=level, screen=screen
             )
-        if summary:
-            page = StudyPage(await self.rejected.lower_counts(page.studies), page.has_next)
-        else:
-            page = StudyPage(await self.rejected.hide(page.studies), page.has_next)
+        shown = await (self.rejected.lower_counts if summary else self.rejected.hide)(page.studies)
+        # Asked again of what is shown: a study found by a modality whose every instance is rejected is not found
+        # (app.dicom.rejections.narrow_modalities). A counted total can still include it.
+        page = StudyPage([(row, rows) for row, rows in shown if the_plan.accepts(row)], page.has_next)
         mapping = self._mapping(base, retrieval)
         with gcpause.paused():  # many small dicts, no cycles (app.dicom.gcpause)
             studies = [

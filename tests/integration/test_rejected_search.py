@@ -10,6 +10,8 @@ through them either, in R4 and R5, for a page and for every form that counts or 
     study B  b0, b1; a teaching file (not a rejection)   instance=b0 → B
     study C  series of 3, c2 never stored; a 113039      series=C's → C (c1 is kept: counting the rejected
              note rejects c0 and c2                      references against the series' size would lose C)
+    study D  (another patient) a CT series, and an MR    modality=MR → nothing; modality=CT → D, which names
+             series whose only instance is rejected      CT only (ModalitiesInStudy from Orthanc says CT\\MR)
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Pacs:
     cine: Dataset
     b: list[Dataset]
     c: list[Dataset]
+    d: list[Dataset]
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +69,17 @@ def pacs() -> Iterator[Pacs]:
     cine = make_multiframe(a[0], frames=2, seed=41)
     b = make_study(41, "b", **who, modality="CT", series_sizes=(2,), study_date="20240201")
     c = make_study(41, "c", **who, modality="CT", series_sizes=(3,), study_date="20240301")
+    d = make_study(41, "d", patient_id="REJ0002", patient_name="Reject^Rolf", series_sizes=(1, 1))
+    d[1].Modality = "MR"
     notes = [
         make_kos([a[0], a[2], a[3], cine], title=REJECTED_FOR_QUALITY, seed=41),
         make_kos([b[0]], title=FOR_TEACHING, seed=41),
         make_kos([c[0], c[2]], title=DATA_RETENTION_POLICY_EXPIRED, seed=41),
+        make_kos([d[1]], title=REJECTED_FOR_QUALITY, seed=42),
     ]
     with OrthancServer() as server:
-        store(server.dicomweb_url, [*a, cine, *b, c[0], c[1], *notes])  # c[2]: deleted after its rejection
-        yield Pacs(server, a, cine, b, c)
+        store(server.dicomweb_url, [*a, cine, *b, c[0], c[1], *d, *notes])  # c[2]: deleted after its rejection
+        yield Pacs(server, a, cine, b, c, d)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +132,42 @@ def test_rejected_instances_find_no_study(facade: TestClient, pacs: Pacs, base: 
             assert uids == want, query + form
             if form == "&_total=accurate":
                 assert total == len(want), query + form
+
+
+@pytest.mark.parametrize("form", (*FORMS, "&_summary=true"))
+@pytest.mark.parametrize("base", BASES)
+def test_a_modality_whose_instances_are_all_rejected_is_neither_shown_nor_found(
+    facade: TestClient, pacs: Pacs, base: str, form: str
+) -> None:
+    """ModalitiesInStudy is the PACS's (CT\\MR: Orthanc counts the rejected MR instance); the ImagingStudy shows
+    the CT series only, so it must not say MR, and a modality=MR search must not find it. A counted total
+    (``_summary=count``, ``_total=accurate``) is the PACS's and still counts it: known, stated in the README."""
+    d = pacs.d[0].StudyInstanceUID
+    patient = patient_ids.encode("REJ0002", None)
+    r = facade.get(f"{base}/ImagingStudy?patient={patient}&modality=MR{form}")
+    assert r.status_code == 200, r.text
+    assert [e["resource"]["id"] for e in r.json().get("entry", [])] == []
+    r = facade.get(f"{base}/ImagingStudy?patient={patient}&modality=CT{form}")
+    entries = [e["resource"] for e in r.json().get("entry", [])]
+    if form in ("&_summary=count", "&_count=0"):
+        assert (entries, r.json()["total"]) == ([], 1)
+        return
+    assert [s["id"] for s in entries] == [d]
+    codes = [c["code"] for c in entries[0]["modality"]] if base.endswith("R4") else None
+    if codes is not None:
+        assert codes == ["CT"]
+    else:
+        assert [cc["code"] for m in entries[0]["modality"] for cc in m["coding"]] == ["CT"]
+    series = entries[0].get("series", [])
+    shown = sorted(s["modality"]["code"] if base.endswith("R4") else s["modality"]["coding"][0]["code"] for s in series)
+    assert shown == ["CT", "KO"]  # the rejection note is an instance of the study
+
+
+def test_a_read_names_the_modalities_shown(facade: TestClient, pacs: Pacs) -> None:
+    r = facade.get(f"/fhir/R4/ImagingStudy/{pacs.d[0].StudyInstanceUID}")
+    assert r.status_code == 200, r.text
+    assert [c["code"] for c in r.json()["modality"]] == ["CT"]
+    assert r.json()["numberOfSeries"] == 2  # the CT series and the rejection note's KO series
 
 
 def test_without_hide_rejected_the_same_searches_find_the_study(pacs: Pacs) -> None:

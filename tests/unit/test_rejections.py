@@ -34,6 +34,23 @@ def test_rejected_instance_rows_are_left_out():
     assert rejections.screen_instances(rows, frozenset()) == rows
 
 
+def test_modalities_in_study_keep_only_what_is_still_shown():
+    study = {dj.STUDY_UID: ("1",), dj.MODALITIES_IN_STUDY: ("CT", "MR", "KO")}
+    ct, mr, ko = ({dj.SOP_INSTANCE_UID: (f"1.{m}",), dj.MODALITY: (m,)} for m in ("CT", "MR", "KO"))
+    ((row, rows),) = rejections.drop_instances([(study, [ct, mr, ko])], frozenset({"1.MR"}))
+    assert (row[dj.MODALITIES_IN_STUDY], rows) == (("CT", "KO"), [ct, ko])
+    assert study[dj.MODALITIES_IN_STUDY] == ("CT", "MR", "KO")  # the cached row is not changed
+    # Nothing rejected in the study: the PACS's value stands, even if it names more than the rows.
+    assert rejections.drop_instances([(study, [ct])], frozenset({"9"})) == [(study, [ct])]
+    # Every modality gone: the attribute goes (an empty tuple is no DICOM value).
+    ((row, _),) = rejections.drop_instances([({dj.MODALITIES_IN_STUDY: ("MR",)}, [mr])], frozenset({"1.MR"}))
+    assert dj.MODALITIES_IN_STUDY not in row
+    # Rows without Modality cannot tell what is shown: the PACS's value stands.
+    bare = {dj.SOP_INSTANCE_UID: ("1.x",)}
+    ((row, _),) = rejections.drop_instances([(study, [bare, mr])], frozenset({"1.MR"}))
+    assert row is study
+
+
 def test_a_series_is_doubtful_when_the_notes_name_as_many_instances_as_it_holds():
     rows = [
         series_row("1", "1.1", 2),  # one of two rejected: kept without asking
