@@ -106,7 +106,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             app.state.answers = answer_cache(settings, qido, ehr=ehr is not None)  # issue 14: finished answers
             # The WADO-RS gateway (issue 12): same pool, credentials, breaker, retries and budget as QIDO.
             app.state.retrieval = Retrieval(facade, WadoUpstream(pool, settings.dicomweb_url, timeout, **resilience))
-            app.state.metrics.bind(cache=qido, breaker_state=(lambda: breaker.state) if breaker else None)
+            app.state.metrics.bind(
+                cache=qido, answers=app.state.answers, breaker_state=(lambda: breaker.state) if breaker else None
+            )
             try:
                 yield
             finally:

@@ -66,6 +66,10 @@ class Metrics:
         self.cache_hits = Gauge("facade_cache_hits", "QIDO cache hits since start", registry=r)
         self.cache_misses = Gauge("facade_cache_misses", "QIDO cache misses since start", registry=r)
         self.cache_bytes = Gauge("facade_cache_bytes", "Bytes of QIDO answers held in the cache", registry=r)
+        # Finished answers (app.http.answers): a hit there skips the QIDO cache, so its hits are not counted above.
+        self.answer_hits = Gauge("facade_answer_cache_hits", "Finished-answer cache hits since start", registry=r)
+        self.answer_misses = Gauge("facade_answer_cache_misses", "Finished-answer cache misses since start", registry=r)
+        self.answer_bytes = Gauge("facade_answer_cache_bytes", "Bytes of finished answers held", registry=r)
         self.breaker_open = Gauge(
             "facade_upstream_breaker_state", "PACS circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
         )
@@ -74,18 +78,24 @@ class Metrics:
         self.upstream.labels(kind, outcome).inc()
         self.upstream_latency.labels(kind).observe(seconds)
 
-    def bind(self, *, cache: Any = None, breaker_state: Callable[[], str] | None = None) -> None:
+    def bind(self, *, cache: Any = None, answers: Any = None, breaker_state: Callable[[], str] | None = None) -> None:
         """Gauges read at scrape time from the objects that own the numbers."""
         if cache is not None:
-            self.cache_hits.set_function(lambda: float(cache.hits))
-            self.cache_misses.set_function(lambda: float(cache.misses))
-            self.cache_bytes.set_function(lambda: float(cache.size_bytes))
+            _read_counts(cache, self.cache_hits, self.cache_misses, self.cache_bytes)
+        if answers is not None:
+            _read_counts(answers, self.answer_hits, self.answer_misses, self.answer_bytes)
         if breaker_state is not None:
             codes = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
             self.breaker_open.set_function(lambda: codes.get(breaker_state(), 0.0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _read_counts(owner: Any, hits: Gauge, misses: Gauge, size: Gauge) -> None:
+    hits.set_function(lambda: float(owner.hits))
+    misses.set_function(lambda: float(owner.misses))
+    size.set_function(lambda: float(owner.size_bytes))
 
 
 class ObservabilityMiddleware:

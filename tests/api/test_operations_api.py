@@ -41,6 +41,23 @@ def test_metrics_by_route_template_with_cache_series(pacs, client):
     assert "facade_http_request_seconds_bucket" in text
 
 
+def _gauge(text: str, name: str) -> float:
+    (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+def test_metrics_count_finished_answer_hits_apart_from_qido_hits(pacs, client):
+    """A repeat served from the answer cache never reaches the QIDO cache: /metrics must still show it."""
+    _pacs(pacs)
+    for _ in range(3):
+        assert client.get("/fhir/R4/ImagingStudy/1.2.3").status_code == 200
+    text = client.get("/metrics").text
+    assert (_gauge(text, "facade_answer_cache_hits"), _gauge(text, "facade_answer_cache_misses")) == (2.0, 1.0)
+    assert _gauge(text, "facade_answer_cache_bytes") > 0
+    client.get("/fhir/R4/ImagingStudy/1.2.3", headers={"Cache-Control": "no-cache"})
+    assert _gauge(client.get("/metrics").text, "facade_answer_cache_hits") == 2.0
+
+
 def test_audit_line_names_resources_and_patients_but_no_names_or_dates(pacs, client, caplog):
     _pacs(pacs)
     with caplog.at_level(logging.INFO, logger="facade.audit"):
