@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import HTTP_STATUS_CODES, INTERNAL_ERROR, FacadeError, outcome
-from .http import endpoints, wado
+from .http import endpoints, viewer, wado
 from .http.answers import answer_cache
 from .http.cors import CorsMiddleware
 from .http.fhir_http import FHIRResponse
@@ -118,6 +118,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     metrics = Metrics()
     routes = [
         Route("/", endpoints.landing, methods=["GET"]),
+        Route("/viewer", viewer.viewer, methods=["GET"]),
+        Route("/viewer.js", viewer.viewer_script, methods=["GET"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/metrics", endpoints.metrics, methods=["GET"]),

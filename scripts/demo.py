@@ -253,6 +253,16 @@ def _run(facade: FacadeProcess, manifest: Any, datasets: list[Any], *, check: bo
         print(f"demo: {failed} example requests failed; the facade's log: {facade.log_path}", file=sys.stderr)
         return 1
     print(f"Open in a browser: {root}/   (FHIR R4 base {base}, R5 base {r5}; open mode, no token needed)\nLogs: {logs}")
+    viewer = f"{root}/viewer?patient={pid}&open=first"
+    if check:
+        page = httpx.get(viewer, timeout=30)
+        failed += page.status_code != 200
+        print(f"Viewer: {viewer}  -> HTTP {page.status_code} (--check)")
+    else:
+        print(f"Viewer (a patient's studies and thumbnails): {viewer}")
+    if failed:
+        print(f"demo: the viewer page failed; the facade's log: {facade.log_path}", file=sys.stderr)
+        return 1
     if check:
         return 0
     print("Both keep running; Ctrl-C stops them.", flush=True)

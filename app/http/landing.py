@@ -69,6 +69,9 @@ downloads the images. It keeps no data of its own.</p>
 <ul>{bases}</ul>
 <h2>Example searches</h2>
 <ul>{examples}</ul>
+<h2>Viewer</h2>
+<p><a href="/viewer">/viewer</a> — a patient's studies and a thumbnail per series, through the FHIR API and the
+WADO-RS gateway (the demo's viewer; with a token in smart mode)</p>
 <h2>Operations</h2>
 <ul>
 <li><a href="/healthz">/healthz</a> — the process is alive</li>
