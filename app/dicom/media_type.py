@@ -7,7 +7,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["boundary_of", "format_media_type", "is_boundary", "parse_media_type", "with_boundary"]
+__all__ = [
+    "RENDERED_TYPES",
+    "boundary_of",
+    "format_media_type",
+    "is_boundary",
+    "parse_media_type",
+    "rendered_accept",
+    "with_boundary",
+]
 
 # RFC 2046 §5.1.1: boundary := 0*69<bchars> bcharsnospace, bchars = DIGIT / ALPHA / "'()+_,-./:=? " and space.
 _BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
@@ -103,3 +111,54 @@ def with_boundary(content_type: str, boundary: str) -> str:
     media, params = parse_media_type(content_type)
     kept = [(k, v) for k, v in params.items() if k != "boundary"]
     return format_media_type(media or "multipart/related", [*kept, ("boundary", boundary)])
+
+
+# PS3.18 §8.7.4 (Table 8.7.4-2), rendered single-frame media types; image/jpeg is the one every origin server
+# supports and the default when the client accepts any image.
+RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif", "image/jp2")
+
+
+def rendered_accept(accept: str | None) -> str | None:
+    """One media type for a ``rendered`` request: the client's most preferred (RFC 9110 §12.5.1, ``q``) of
+    :data:`RENDERED_TYPES`, ``image/jpeg`` for ``*/*`` or ``image/*``; the header as sent when it names none of them.
+
+    A browser or viewer may send several (``image/jpeg, image/png;q=0.9``), which is legal, but Orthanc 1.10 answers
+    such a list with 400, so the gateway asks the PACS for the one type the client prefers.
+    """
+    if not accept:
+        return accept
+    ranked: list[tuple[float, int, str]] = []
+    for position, part in enumerate(_split_list(accept)):
+        media, params = parse_media_type(part)
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 1.0
+        if q <= 0:
+            continue
+        if media in ("*/*", "image/*"):
+            media = RENDERED_TYPES[0]
+        if media in RENDERED_TYPES:
+            ranked.append((-q, position, media))
+    return min(ranked)[2] if ranked else accept
+
+
+def _split_list(value: str) -> list[str]:
+    """A comma-separated header list, commas inside quoted strings kept (RFC 9110 §5.6.1, §5.6.4)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]

@@ -37,7 +37,7 @@ import orjson
 
 from ..dicom import dicom_json as dj
 from ..dicom import multipart as mp
-from ..dicom.media_type import boundary_of, with_boundary
+from ..dicom.media_type import boundary_of, rendered_accept, with_boundary
 from ..dicom.wado_rewrite import WadoPath, drop_instances, rewrite_dicom_json, rewrite_part_headers
 from ..errors import NotFound, UpstreamBadResponse
 from ..fhir import patient_ids
@@ -127,7 +127,8 @@ class Retrieval:
         if resource == "rendered" or target.rendered:
             if target.instance is None and study.rejected_in(target.series):
                 target = self._first_kept(target, study)
-            return await self._passed(target.path, accept=accept, query=query)
+            # One image type to the PACS, however many the client listed (app.dicom.media_type.rendered_accept).
+            return await self._passed(target.path, accept=rendered_accept(accept), query=query)
         if resource in ("frames", "bulk"):
             return await self._rewrapped([target.path], accept=accept, base=public_base)
         # A retrieve: study, series or instance.

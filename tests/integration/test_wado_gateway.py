@@ -257,6 +257,26 @@ def test_bytes_equal_orthancs_own_answer(token_mode: Served, pacs: Pacs, route: 
         assert ours.content == theirs.content and ours.headers["content-length"] == str(len(theirs.content))
 
 
+@pytest.mark.parametrize(
+    ("accept", "want"),
+    [
+        ("image/png, image/jpeg;q=0.8", "image/png"),
+        ("image/jpeg;q=0.5, image/png", "image/png"),
+        # Chromium's <img> Accept (the capability URL's plain <img src>, wado-gateway.md §4 thumbnailDirect)
+        ("image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8", "image/jpeg"),
+    ],
+)
+def test_rendered_takes_an_accept_list_orthanc_refuses(token_mode: Served, pacs: Pacs, accept: str, want: str) -> None:
+    """RFC 9110 §12.5.1 lists with q-values are legal; Orthanc 1.10 answers them with 400, the gateway asks for the
+    client's preferred image type."""
+    b0 = pacs.b[0]
+    path = f"/studies/{pacs.study_b}/series/{b0.SeriesInstanceUID}/instances/{b0.SOPInstanceUID}/rendered"
+    assert httpx.get(pacs.server.dicomweb_url + path, headers={"Accept": accept}).status_code == 400
+    ours = httpx.get(f"{token_mode.root}/dicomweb{path}", headers={"Accept": accept, **KEYS.headers(READ, P2)})
+    assert ours.status_code == 200 and ours.headers["content-type"] == want, ours.text[:300]
+    assert ours.content == httpx.get(pacs.server.dicomweb_url + path, headers={"Accept": want}).content
+
+
 def test_rejected_instance_is_never_served(token_mode: Served, pacs: Pacs) -> None:
     a0, a1 = pacs.a[0], pacs.a[1]
     h = KEYS.headers(READ, P1)
