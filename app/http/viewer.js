@@ -14,9 +14,9 @@ function el(tag, text, attrs) {
   return node;
 }
 
-function headers(accept) {
+function headers(accept, withToken = true) {
   const h = {"Accept": accept};
-  if (token) h["Authorization"] = "Bearer " + token;
+  if (token && withToken) h["Authorization"] = "Bearer " + token;
   return h;
 }
 
@@ -66,25 +66,37 @@ function studyUid(study) {
   return id ? id.value.replace(/^urn:oid:/, "") : study.id;
 }
 
-// The study's WADO-RS base: its contained Endpoint (a capability address) or the shared one it references.
-function wadoBase(study, endpoints) {
-  const ref = ((study.endpoint || [])[0] || {}).reference || "";
-  if (ref.startsWith("#")) {
-    const own = (study.contained || []).find((c) => "#" + c.id === ref);
-    return own ? own.address : null;
+// SMART Imaging Access (Argonaut, SmartWadoEndpoint): "a token is only ever sent to endpoints marked true"; false
+// means the address is a capability URL, followed without the token (or a PACS that must never see it).
+const REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token";
+
+// Whether the token goes to this Endpoint: as its extension says; without one (not a SMART Imaging server) only to
+// the origin that already has it, the FHIR server's own.
+function wantsToken(endpoint) {
+  const flag = (endpoint.extension || []).find((x) => x.url === REQUIRES_ACCESS_TOKEN);
+  if (flag) return flag.valueBoolean === true;
+  try {
+    return new URL(endpoint.address).origin === new URL(FHIR).origin;
+  } catch (e) {
+    return false;
   }
-  const shared = endpoints.get(ref);
-  return shared ? shared.address : null;
+}
+
+// The study's WADO-RS Endpoint: its contained one (a capability address) or the shared one it references.
+function wadoEndpoint(study, endpoints) {
+  const ref = ((study.endpoint || [])[0] || {}).reference || "";
+  const endpoint = ref.startsWith("#") ? (study.contained || []).find((c) => "#" + c.id === ref) : endpoints.get(ref);
+  return endpoint && endpoint.address ? {address: endpoint.address, withToken: wantsToken(endpoint)} : null;
 }
 
 function code(coding) {
   return coding ? (coding.code || (coding.coding && coding.coding[0] && coding.coding[0].code) || "") : "";
 }
 
-async function thumbnail(figure, url) {
+async function thumbnail(figure, url, withToken) {
   const img = el("img", null, {alt: "rendered image"});
   figure.prepend(img);
-  const response = await fetch(url, {headers: headers("image/jpeg")});
+  const response = await fetch(url, {headers: headers("image/jpeg", withToken)});
   if (!response.ok) throw await failure(response);
   const blob = await response.blob();
   img.addEventListener("load", () => { img.dataset.loaded = String(img.naturalWidth); URL.revokeObjectURL(img.src); });
@@ -98,8 +110,8 @@ async function showImages(study, endpoints) {
   const uid = studyUid(study);
   images.dataset.study = uid;
   images.append(el("h2", (study.description || "Study") + " — " + (study.started || "").slice(0, 10)));
-  const base = wadoBase(study, endpoints);
-  if (!base) {
+  const wado = wadoEndpoint(study, endpoints);
+  if (!wado) {
     images.append(el("p", "This study has no WADO-RS endpoint."));
     return;
   }
@@ -114,9 +126,9 @@ async function showImages(study, endpoints) {
     images.append(figure);
     const first = (series.instance || [])[0];
     if (NOT_IMAGES.has(modality) || !first) continue;
-    const url = base + "/studies/" + encodeURIComponent(uid) + "/series/" + encodeURIComponent(series.uid) +
+    const url = wado.address + "/studies/" + encodeURIComponent(uid) + "/series/" + encodeURIComponent(series.uid) +
       "/instances/" + encodeURIComponent(first.uid) + "/rendered";
-    work.push(thumbnail(figure, url).catch((e) => {
+    work.push(thumbnail(figure, url, wado.withToken).catch((e) => {
       figure.dataset.error = e.message;
       caption.textContent += " — " + e.message;
     }));

@@ -4,8 +4,10 @@ It is a FHIR and DICOMweb client like any EMR's viewer, with nothing of its own:
 ``ImagingStudy?patient=…&_include=ImagingStudy:endpoint`` (following every ``next`` link, so no study is left
 out), takes the WADO-RS base from each study's Endpoint (the shared one, or the contained one that carries a
 capability, SMART Imaging Access), and asks ``…/instances/{uid}/rendered`` (PS3.18 §9.5) of the first instance
-of each image series, with the same bearer token as the FHIR search (``Accept: image/jpeg`` alone: the gateway narrows
-a list, but a PACS reached directly in ``direct`` mode may refuse one, as Orthanc 1.10 does with 400).
+of each image series (``Accept: image/jpeg`` alone: the gateway narrows a list, but a PACS reached directly in
+``direct`` mode may refuse one, as Orthanc 1.10 does with 400). The FHIR search's bearer token goes along only where
+the Endpoint's ``requires-access-token`` extension is true (SMART Imaging Access: a capability address is followed
+without it, and a PACS in ``direct`` mode that does not check tokens never sees one).
 
 The token is typed into the page, or handed over in the URL fragment (``#access_token=…``, as OAuth 2.0 returns
 one to a browser app, RFC 6749 §4.2.2: never sent to a server) and then removed from the address bar. It is never

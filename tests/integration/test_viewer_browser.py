@@ -4,21 +4,25 @@ The page runs a patient search from its query string, follows every next link, o
 thumbnail per image series through the WADO-RS gateway; its DOM is read back (``--dump-dom`` after virtual time).
 Checked against the generated data's truth: exactly the patient's studies, on more than one page, and a decoded
 image per image series. In smart mode: the token from the URL fragment is used for FHIR and WADO-RS alike, and
-without one the page shows the OperationOutcome of the 401.
+without one (401), for another patient (403) or with the PACS down (503, Retry-After) the page shows the
+OperationOutcome. In capability mode the page follows each study's contained Endpoint without the token. What the
+browser really sent is read from Chromium's own network log (``--log-net-log``), not from the page.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from app.fhir import patient_ids
 from tests.integration.test_landing_browser import dump_dom
-from tests.support.facade import FacadeProcess
+from tests.support.facade import FacadeProcess, free_port
 from tests.support.tokens import AUDIENCE, ISSUER, TokenIssuer
 
 pytestmark = pytest.mark.integration
@@ -59,11 +63,28 @@ class _Dom(HTMLParser):
             self.error += data
 
 
-def _read(url: str) -> _Dom:
+def _read(url: str, net_log: Path | None = None) -> _Dom:
+    """The page's DOM once it is idle; ``net_log``: where Chromium writes what it sent (headers unredacted)."""
+    log = (f"--log-net-log={net_log}", "--net-log-capture-mode=IncludeSensitive") if net_log else ()
     dom = _Dom()
-    dom.feed(dump_dom(url, "--virtual-time-budget=30000"))
+    dom.feed(dump_dom(url, "--virtual-time-budget=30000", *log))
     assert dom.body.get("data-idle") == "1", "the page did not finish"
     return dom
+
+
+def _sent(net_log: Path) -> list[tuple[str, dict[str, str]]]:
+    """(request line, headers) of every HTTP request in a Chromium NetLog (a JSON file; an unfinished one lacks its
+    closing brackets)."""
+    text = net_log.read_text(encoding="utf-8").rstrip()
+    log = json.loads(text if text.endswith("}") else text.rstrip(",") + "]}")
+    kind = log["constants"]["logEventTypes"]["HTTP_TRANSACTION_SEND_REQUEST_HEADERS"]
+    requests = []
+    for event in log["events"]:
+        if event["type"] == kind:
+            params = event["params"]
+            fields = (h.split(": ", 1) for h in params["headers"])
+            requests.append((params["line"].strip(), {k.lower(): v for k, v in fields}))
+    return requests
 
 
 def _patient(orthanc) -> tuple[str, list]:
@@ -120,16 +141,22 @@ def smart_facade(orthanc, tmp_path_factory) -> Iterator[tuple[FacadeProcess, Tok
         yield facade, issuer
 
 
-def test_with_smart_the_token_in_the_fragment_opens_fhir_and_wado(orthanc, smart_facade):
+def test_with_smart_the_token_in_the_fragment_opens_fhir_and_wado(orthanc, smart_facade, tmp_path):
     facade, issuer = smart_facade
     patient, studies = _patient(orthanc)
     root = facade.base.removesuffix("/fhir/R4")
     token = issuer.token("user/*.read", lifetime=600)
-    dom = _read(f"{root}/viewer?patient={quote(patient)}&open=first#access_token={token}")
+    dom = _read(f"{root}/viewer?patient={quote(patient)}&open=first#access_token={token}", tmp_path / "net.json")
     assert dom.error == ""
     assert sorted(dom.rows) == sorted(s.study_uid for s in studies)
     loaded = [f for f in dom.figures if f.get("loaded")]
     assert loaded and all(int(f["loaded"] or 0) > 0 for f in loaded)
+    sent = _sent(tmp_path / "net.json")
+    api = [(line, h) for line, h in sent if " /fhir/R4/" in line or " /dicomweb/" in line]
+    assert any("/rendered " in line for line, _ in api)
+    # The gateway's Endpoint says requires-access-token true: the token goes to FHIR and WADO-RS alike, as a header.
+    assert api and all(h.get("authorization") == f"Bearer {token}" for _, h in api), api
+    assert all(token not in line for line, _ in sent)  # never in a URL (the fragment is not sent)
 
 
 def test_with_smart_and_no_token_the_page_shows_the_401(orthanc, smart_facade):
@@ -137,3 +164,55 @@ def test_with_smart_and_no_token_the_page_shows_the_401(orthanc, smart_facade):
     patient, _ = _patient(orthanc)
     dom = _read(f"{facade.base.removesuffix('/fhir/R4')}/viewer?patient={quote(patient)}")
     assert dom.rows == [] and dom.error.startswith("HTTP 401: "), dom.error
+
+
+def test_with_smart_a_token_for_another_patient_shows_the_403(orthanc, smart_facade):
+    facade, issuer = smart_facade
+    patient, _ = _patient(orthanc)
+    other = next(s for s in orthanc.manifest.studies if patient_ids.encode(s.patient_id, s.issuer) != patient)
+    token = issuer.token("patient/*.read", patient=patient_ids.encode(other.patient_id, other.issuer))
+    dom = _read(f"{facade.base.removesuffix('/fhir/R4')}/viewer?patient={quote(patient)}#access_token={token}")
+    assert dom.rows == [] and dom.error.startswith("HTTP 403: "), dom.error
+
+
+def test_with_the_pacs_down_the_page_shows_the_503_and_when_to_retry(orthanc):
+    patient, _ = _patient(orthanc)  # a well-formed id, so the facade has to ask the PACS
+    closed = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
+    with FacadeProcess(closed, env={"FACADE_UPSTREAM_RETRIES": "0"}) as facade:
+        dom = _read(f"{facade.base.removesuffix('/fhir/R4')}/viewer?patient={quote(patient)}")
+    assert dom.rows == [] and dom.error.startswith("HTTP 503: "), dom.error
+    assert dom.error.endswith("(try again in 5 s)"), dom.error  # Retry-After, exposed by the facade
+
+
+@pytest.fixture(scope="module")
+def capability_facade(orthanc, tmp_path_factory) -> Iterator[tuple[FacadeProcess, TokenIssuer]]:
+    issuer = TokenIssuer()
+    jwks = issuer.write_jwks(tmp_path_factory.mktemp("viewer-capability-jwks"))
+    env = {
+        "FACADE_AUTH_MODE": "smart",
+        "FACADE_JWKS_FILE": str(jwks),
+        "FACADE_TOKEN_ISSUER": ISSUER,
+        "FACADE_TOKEN_AUDIENCE": AUDIENCE,
+        "FACADE_WADO_ACCESS": "capability",
+        "FACADE_CAPABILITY_KEYS": "viewer-test-capability-key-" + "k" * 20,
+    }
+    with FacadeProcess(orthanc.dicomweb_url, env=env) as facade:
+        yield facade, issuer
+
+
+def test_in_capability_mode_the_contained_endpoint_is_followed_without_the_token(orthanc, capability_facade, tmp_path):
+    facade, issuer = capability_facade
+    patient, studies = _patient(orthanc)
+    token = issuer.token("user/*.read", lifetime=600)
+    root = facade.base.removesuffix("/fhir/R4")
+    dom = _read(f"{root}/viewer?patient={quote(patient)}&open=first#access_token={token}", tmp_path / "net.json")
+    assert dom.error == ""
+    assert sorted(dom.rows) == sorted(s.study_uid for s in studies)
+    loaded = [f for f in dom.figures if f.get("loaded")]
+    assert loaded and all(int(f["loaded"] or 0) > 0 for f in loaded), dom.figures
+    sent = _sent(tmp_path / "net.json")
+    fhir = [h for line, h in sent if " /fhir/R4/" in line]
+    wado = [(line, h) for line, h in sent if " /dicomweb/" in line]
+    assert fhir and all(h.get("authorization") == f"Bearer {token}" for h in fhir)
+    # requires-access-token false: the capability in the address is the permission, the token stays home.
+    assert wado and all(" /dicomweb/c/" in line and "authorization" not in h for line, h in wado), wado

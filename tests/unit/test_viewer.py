@@ -3,6 +3,8 @@ data can reach the DOM as HTML. Its behaviour in a browser: tests/integration/te
 
 from __future__ import annotations
 
+import re
+
 from starlette.testclient import TestClient
 
 from app.http import viewer
@@ -27,6 +29,14 @@ def test_the_page_escapes_its_base_and_the_script_writes_text_only():
     assert "<script>alert" not in html and "&quot;&gt;&lt;script&gt;" in html
     for unsafe in ("innerHTML", "outerHTML", "insertAdjacentHTML", "eval(", "document.write", "localStorage"):
         assert unsafe not in viewer.SCRIPT, unsafe
+
+
+def test_nothing_is_loaded_from_elsewhere_and_no_address_is_hard_coded():
+    html = viewer.page("https://img.example/fhir/R4", "/viewer.js")
+    # The only absolute URL is the FHIR base handed to the script; the WADO-RS base comes from each Endpoint.
+    assert re.findall(r"[a-z][a-z0-9+.-]*://[^\"'\s<>]*", html) == ["https://img.example/fhir/R4"]
+    assert '<script src="/viewer.js"' in html and html.count("<script") == 1  # no inline script
+    assert "://" not in re.sub(r'"http://fhir\.org/[^"]*"', "", viewer.SCRIPT)  # only the extension's URL
 
 
 def test_routes_serve_the_page_and_the_script():
