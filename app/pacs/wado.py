@@ -2,7 +2,7 @@
 
     wado = WadoUpstream(pool, "http://user:pw@pacs:8042/dicom-web", timeout, breaker=breaker, budget=20.0)
     answer = await wado.open("studies/1.2.3/series/4.5", accept='multipart/related; type="application/dicom"')
-    answer.raise_for_status()             # PACS 4xx → the same status; 5xx → 502/503/504 (app.errors)
+    await answer.raise_for_status()       # closed, then 400/404/406/415 as sent, other failures 502/503/504 (refusal)
     async for chunk in answer.chunks():   # raw bytes as they arrive; the upstream response is closed at the end,
         ...                               # on an error, or when the consumer stops (aclose)
 
@@ -52,9 +52,10 @@ __all__ = ["WadoAnswer", "WadoUpstream", "refusal"]
 logger = logging.getLogger(__name__)
 
 # What a path to the PACS may look like: app.dicom.wado_rewrite.WadoPath.path, built from validated UIDs, frame
-# numbers and tag paths. Checked again here, the last step before the network: no "..", no "%", no query.
+# numbers and tag paths. Checked again here, the last step before the network: no "..", no "%", no query, and every
+# UID or number starts with a digit (a "." segment would be removed by httpx: "studies/." would search every study).
 _PATH: Final = re.compile(
-    r"studies/[0-9.]{1,64}(/[0-9A-Za-z,]+(/[0-9.,]{1,64})?)*(/[0-9a-f]{8}(/[0-9]{1,6}/[0-9a-f]{8})*)?"
+    r"studies/[0-9][0-9.]{0,63}(/[0-9A-Za-z,]+(/[0-9][0-9.,]{0,63})?)*(/[0-9a-f]{8}(/[0-9]{1,6}/[0-9a-f]{8})*)?"
 )
 
 
@@ -94,8 +95,11 @@ class WadoAnswer:
         self.content_length: str | None = response.headers.get("content-length")
         self._closed = False
 
-    def raise_for_status(self) -> None:
+    async def raise_for_status(self) -> None:
+        """A refusal for an answer that is not a success, closed first: its body is never passed on, and its pooled
+        connection must go back (an unread answer keeps it checked out, and the pool runs dry)."""
         if self.status not in (200, 206):
+            await self.aclose()
             raise refusal(self.status)
 
     async def chunks(self) -> AsyncIterator[bytes]:

@@ -29,8 +29,9 @@ Rules (issue 12):
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 from urllib.parse import unquote
 
 import orjson
@@ -87,14 +88,22 @@ class AuthorizedStudy:
         return any(dj.text(r, dj.SOP_INSTANCE_UID) in self.rejected for r in rows)
 
 
+class Chunks(Protocol):
+    """Body bytes, and ``aclose()`` to close the PACS answer behind them whatever state they are in."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass
 class Body:
     """What the gateway answers: status, Content-Type, a length only for bytes passed unchanged, and the chunks
-    (an async generator: ``aclose()`` closes the PACS answer behind it, whatever state it is in)."""
+    (:class:`Chunks`: ``aclose()`` closes the PACS answer behind them, even before the first chunk)."""
 
     status: int
     content_type: str | None
-    chunks: AsyncGenerator[bytes, None]
+    chunks: Chunks
     length: str | None = None
     rewritten: bool = True
 
@@ -141,7 +150,7 @@ class Retrieval:
     async def _passed(self, path: str, *, accept: str | None, query: str) -> Body:
         """Bytes passed unchanged (rendered images): status, type and length as the PACS sent them."""
         answer = await self.wado.open(path, accept=accept, query=query)
-        answer.raise_for_status()
+        await answer.raise_for_status()
         return Body(answer.status, answer.content_type, _chunks(answer), answer.content_length, rewritten=False)
 
     async def _json(self, target: WadoPath, study: AuthorizedStudy, *, query: str, base: str) -> Body:
@@ -151,7 +160,7 @@ class Retrieval:
             await answer.aclose()
             datasets: list[dj.Dataset] = []
         else:
-            answer.raise_for_status()
+            await answer.raise_for_status()
             raw = await answer.read(self.max_json_bytes)
             datasets = _datasets(raw)
         if target.resource == "series":  # series rows of this study only, and only series with a kept instance
@@ -170,7 +179,7 @@ class Retrieval:
         rewritten. The first answer's headers decide the status and type; a later one that is gone (404, deleted
         since the QIDO rows were read) is skipped, any other failure cuts the body (no close delimiter)."""
         first = await self.wado.open(paths[0], accept=accept)
-        first.raise_for_status()
+        await first.raise_for_status()
         boundary = boundary_of(first.content_type or "")
         if boundary is None:
             if len(paths) == 1:  # a single-part answer (a PACS may send one for an instance or a frame): unchanged
@@ -195,7 +204,7 @@ class Retrieval:
                         if answer.status == 404:
                             await answer.aclose()
                             continue
-                        answer.raise_for_status()
+                        await answer.raise_for_status()
                         upstream_boundary = boundary_of(answer.content_type or "")
                         if upstream_boundary is None:
                             raise UpstreamBadResponse("the PACS sent a retrieval answer that is not multipart")
@@ -208,7 +217,7 @@ class Retrieval:
                 if answer is not None:
                     await answer.aclose()
 
-        return Body(first.status, content_type, chunks())
+        return Body(first.status, content_type, _Closing(chunks(), first))
 
     # -- IOCM
 
@@ -270,12 +279,34 @@ def _datasets(raw: bytes) -> list[dj.Dataset]:
     return [d for d in data if isinstance(d, dict)]
 
 
-async def _chunks(answer: WadoAnswer) -> AsyncGenerator[bytes, None]:
-    try:
+class _Closing:
+    """The chunks of ``body`` whose ``aclose()`` also closes ``answer``: an async generator that never started runs
+    none of its ``finally`` when closed, so a client gone before the first chunk would leave the PACS answer (and
+    its pooled connection) open."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], answer: WadoAnswer) -> None:
+        self._body = body
+        self._answer = answer
+
+    def __aiter__(self) -> _Closing:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._body.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._body.aclose()
+        finally:
+            await self._answer.aclose()
+
+
+def _chunks(answer: WadoAnswer) -> _Closing:
+    async def body() -> AsyncGenerator[bytes, None]:
         async for chunk in answer.chunks():
             yield chunk
-    finally:
-        await answer.aclose()
+
+    return _Closing(body(), answer)
 
 
 async def _one(data: bytes) -> AsyncGenerator[bytes, None]:

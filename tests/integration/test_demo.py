@@ -28,7 +28,8 @@ def test_demo_runs_its_example_queries(tmp_path):
     )
     out = done.stdout
     assert done.returncode == 0, out[-2000:] + done.stderr[-2000:]
-    assert out.count("-> HTTP 200") == 12  # 11 examples and the study download
+    assert out.count("-> HTTP 200") == 13  # 11 examples, the study download and the viewer page
+    assert f"Viewer: http://127.0.0.1:{port}/viewer?patient=" in out
     # Progress a person can follow, in order, and what to open at the end.
     steps = ["Starting a private Orthanc", "Orthanc is up", "Loading 13 studies", "Starting the facade", "Ready"]
     positions = [out.index(step) for step in steps]

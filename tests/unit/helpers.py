@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC
+
+import httpx
 
 from app.fhir.search import SearchContext
 
@@ -26,3 +29,19 @@ def inside(da: str, rng: str | None) -> bool:
         return False
     lo, _, hi = rng.partition("-")
     return (not lo or lo <= da) and (not hi or da <= hi)
+
+
+class Stream(httpx.AsyncByteStream):
+    """An upstream (PACS) body: chunks, then optionally a fault; records whether it was closed."""
+
+    def __init__(self, chunks: list[bytes], fail: Exception | None = None) -> None:
+        self.chunks, self.fail, self.closed = chunks, fail, False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        if self.fail is not None:
+            raise self.fail
+
+    async def aclose(self) -> None:
+        self.closed = True

@@ -6,7 +6,7 @@ Orthanc: tests/api/test_wado_api.py and tests/integration/test_wado_gateway.py."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -21,26 +21,11 @@ from app.errors import (
 )
 from app.pacs.breaker import CircuitBreaker, CircuitOpen
 from app.pacs.wado import WadoUpstream, refusal
+from tests.unit.helpers import Stream
 
 BASE = "http://facade:s3cret@pacs.internal:8042/dicom-web"
 PATH = "studies/1.2.3/series/4.5/instances/6.7"
 TIMEOUT = httpx.Timeout(5.0, connect=1.0)
-
-
-class Body(httpx.AsyncByteStream):
-    """A body sent in chunks that can fail after some of them; it records whether it was closed."""
-
-    def __init__(self, chunks: list[bytes], fail: Exception | None = None) -> None:
-        self.chunks, self.fail, self.closed = chunks, fail, False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
-        if self.fail is not None:
-            raise self.fail
-
-    async def aclose(self) -> None:
-        self.closed = True
 
 
 def upstream(handler: Callable[[httpx.Request], httpx.Response], **kw) -> tuple[WadoUpstream, list[httpx.Request]]:
@@ -114,7 +99,7 @@ def test_a_404_is_not_retried_and_is_raised_by_raise_for_status():
     answer = run(wado.open(PATH, accept=None))
     assert len(seen) == 1 and answer.status == 404
     with pytest.raises(NotFound) as caught:
-        answer.raise_for_status()
+        run(answer.raise_for_status())
     assert "pacs.internal" not in str(caught.value)
 
 
@@ -130,7 +115,7 @@ def test_retries_end_with_the_last_answer_whose_status_the_gateway_maps():
     answer = run(wado.open(PATH, accept=None))
     assert (answer.status, len(seen)) == (503, 3)
     with pytest.raises(UpstreamUnavailable):
-        answer.raise_for_status()
+        run(answer.raise_for_status())
 
 
 def test_an_unreachable_pacs_is_unavailable_and_names_no_host():
@@ -168,7 +153,7 @@ def test_an_open_circuit_refuses_without_calling_the_pacs():
 
 
 def test_chunks_stream_the_body_and_close_the_upstream_answer():
-    body = Body([b"ab", b"", b"cd"])
+    body = Stream([b"ab", b"", b"cd"])
     wado, _ = upstream(lambda r: httpx.Response(200, stream=body))
 
     async def read() -> list[bytes]:
@@ -183,7 +168,7 @@ def test_chunks_stream_the_body_and_close_the_upstream_answer():
     [(httpx.ReadTimeout("stalled"), UpstreamTimeout), (httpx.ReadError("reset"), UpstreamUnavailable)],
 )
 def test_a_body_that_breaks_off_raises_and_is_closed(fault: Exception, error: type[Exception]):
-    body = Body([b"part one"], fail=fault)
+    body = Stream([b"part one"], fail=fault)
     wado, _ = upstream(lambda r: httpx.Response(200, stream=body))
 
     async def read() -> list[bytes]:
@@ -196,7 +181,7 @@ def test_a_body_that_breaks_off_raises_and_is_closed(fault: Exception, error: ty
 
 
 def test_a_consumer_that_stops_early_closes_the_upstream_answer():
-    body = Body([b"a", b"b", b"c"])
+    body = Stream([b"a", b"b", b"c"])
     wado, _ = upstream(lambda r: httpx.Response(200, stream=body))
 
     async def first() -> bytes:
@@ -210,7 +195,7 @@ def test_a_consumer_that_stops_early_closes_the_upstream_answer():
 
 
 def test_read_is_bounded_and_closes():
-    body = Body([b"x" * 600, b"y" * 600])
+    body = Stream([b"x" * 600, b"y" * 600])
     wado, _ = upstream(lambda r: httpx.Response(200, stream=body))
 
     async def read() -> bytes:
