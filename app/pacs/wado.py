@@ -73,6 +73,8 @@ def refusal(status: int) -> FacadeError:
         return InvalidRequest("the PACS refused the request as malformed (check the Accept header and parameters)")
     if status == 503:
         return UpstreamUnavailable("the PACS is unavailable")
+    if status == 429:  # the PACS throttles us, not this client: a 503 with Retry-After asks it to come back later
+        return UpstreamUnavailable("the PACS is busy")
     if status == 504:
         return UpstreamTimeout("the PACS timed out")
     # 401/403: the facade's own credentials for the PACS are wrong, a fault of this server, not of the client.

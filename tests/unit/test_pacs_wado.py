@@ -83,6 +83,7 @@ def test_a_path_outside_a_study_never_reaches_the_pacs(path: str):
         (406, NotAcceptable),
         (400, InvalidRequest),
         (503, UpstreamUnavailable),
+        (429, UpstreamUnavailable),  # throttled: 503 + Retry-After to the client
         (504, UpstreamTimeout),
         (401, UpstreamBadResponse),  # the facade's own PACS credentials: our fault, not the client's
         (500, UpstreamBadResponse),
