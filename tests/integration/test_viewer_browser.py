@@ -127,8 +127,8 @@ def test_an_unknown_patient_shows_no_studies_and_no_error(open_facade):
     assert (dom.rows, dom.error, dom.status.get("data-studies")) == ([], "", "0")
 
 
-@pytest.fixture(scope="module")
-def smart_facade(orthanc, tmp_path_factory) -> Iterator[tuple[FacadeProcess, TokenIssuer]]:
+def _smart_facade(orthanc, tmp_path_factory, **more: str) -> Iterator[tuple[FacadeProcess, TokenIssuer]]:
+    """A facade in smart mode whose tokens ``issuer`` signs; ``more``: further FACADE_* settings."""
     issuer = TokenIssuer()
     jwks = issuer.write_jwks(tmp_path_factory.mktemp("viewer-jwks"))
     env = {
@@ -136,9 +136,14 @@ def smart_facade(orthanc, tmp_path_factory) -> Iterator[tuple[FacadeProcess, Tok
         "FACADE_JWKS_FILE": str(jwks),
         "FACADE_TOKEN_ISSUER": ISSUER,
         "FACADE_TOKEN_AUDIENCE": AUDIENCE,
-    }
+    } | more
     with FacadeProcess(orthanc.dicomweb_url, env=env) as facade:
         yield facade, issuer
+
+
+@pytest.fixture(scope="module")
+def smart_facade(orthanc, tmp_path_factory) -> Iterator[tuple[FacadeProcess, TokenIssuer]]:
+    yield from _smart_facade(orthanc, tmp_path_factory)
 
 
 def test_with_smart_the_token_in_the_fragment_opens_fhir_and_wado(orthanc, smart_facade, tmp_path):
@@ -186,18 +191,12 @@ def test_with_the_pacs_down_the_page_shows_the_503_and_when_to_retry(orthanc):
 
 @pytest.fixture(scope="module")
 def capability_facade(orthanc, tmp_path_factory) -> Iterator[tuple[FacadeProcess, TokenIssuer]]:
-    issuer = TokenIssuer()
-    jwks = issuer.write_jwks(tmp_path_factory.mktemp("viewer-capability-jwks"))
-    env = {
-        "FACADE_AUTH_MODE": "smart",
-        "FACADE_JWKS_FILE": str(jwks),
-        "FACADE_TOKEN_ISSUER": ISSUER,
-        "FACADE_TOKEN_AUDIENCE": AUDIENCE,
-        "FACADE_WADO_ACCESS": "capability",
-        "FACADE_CAPABILITY_KEYS": "viewer-test-capability-key-" + "k" * 20,
-    }
-    with FacadeProcess(orthanc.dicomweb_url, env=env) as facade:
-        yield facade, issuer
+    yield from _smart_facade(
+        orthanc,
+        tmp_path_factory,
+        FACADE_WADO_ACCESS="capability",
+        FACADE_CAPABILITY_KEYS="viewer-test-capability-key-" + "k" * 20,
+    )
 
 
 def test_in_capability_mode_the_contained_endpoint_is_followed_without_the_token(orthanc, capability_facade, tmp_path):
