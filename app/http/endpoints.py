@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import NotFound, outcome
 from ..fhir.search import parse_search
 from ..mapping.versions import VERSIONS, FhirVersion
-from ..pacs.request_scope import CACHE_SCOPE, PACS_TOKEN, STALE_ANSWERS
+from ..pacs.request_scope import CACHE_SCOPE, PACS_TOKEN, STALE_IF_ERROR, StaleIfError
 from ..security.auth import Authorizer
 from ..security.context import OPEN, AuthContext, Forbidden
 from ..security.scopes import Interaction
@@ -27,8 +27,19 @@ from ..security.smart_discovery import smart_configuration as build_smart_config
 from ..usecases.service import Facade
 from ..usecases.wado_links import RetrievalGrant
 from .answers import Answer, AnswerCache
+from .cache_control import stale_accepted
 from .capability import capability_statement
-from .fhir_http import FHIRResponse, fhir_base, json_body, negotiate, prefers_strict, pretty, search_items, wants_fresh
+from .fhir_http import (
+    FHIRResponse,
+    cache_directives,
+    fhir_base,
+    json_body,
+    negotiate,
+    prefers_strict,
+    pretty,
+    search_items,
+    wants_fresh,
+)
 from .landing import HEADERS as LANDING_HEADERS
 from .landing import landing_page
 from .observability import audit_fields, record
@@ -105,12 +116,12 @@ async def _authorize(request: Request, resource_type: str, interaction: Interact
     ctx = await auth.authenticate(request.headers.get("authorization"))
     record(request.state, who=ctx.subject or ctx.client_id or ("open" if ctx is OPEN else "unknown"))
     restriction = ctx.require(resource_type, interaction)
-    forward = _facade(request).settings.pacs_auth == "forward"
+    settings = _facade(request).settings
+    forward = settings.pacs_auth == "forward"
     # Cached PACS answers are shared only by requests that may see the same data (app.security.auth isolation key);
-    # with the
-    # caller's token forwarded, the PACS itself may answer differently per caller.
+    # with the caller's token forwarded, the PACS itself may answer differently per caller.
     CACHE_SCOPE.set(ctx.private_cache_key if forward else ctx.cache_key)
-    STALE_ANSWERS.set([])
+    STALE_IF_ERROR.set(StaleIfError(stale_accepted(cache_directives(request), settings.cache_stale_ttl)))
     if forward and ctx.token:
         PACS_TOKEN.set(ctx.token)
     return Access(restriction, ctx)
@@ -143,13 +154,20 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     )
     audit = audit_fields(result)
     record(request.state, interaction="search", type=resource_type, **audit)
-    if STALE_ANSWERS.get():  # stale-if-error: say so in the Bundle (search.mode outcome, R4 bundle.html)
+    stale = _served_stale()
+    if stale:  # stale-if-error: say so in the Bundle (search.mode outcome, R4 bundle.html)
         outcome_entry = {"fullUrl": f"urn:uuid:{uuid.uuid4()}", **STALE_OUTCOME}  # not a resource of this server
         result = result | {"entry": [*result.get("entry", []), outcome_entry]}
     response = FHIRResponse(version.present(result), pretty=req.pretty)
-    if answers is not None and not STALE_ANSWERS.get():  # never an answer that carries a stale-if-error warning
+    if answers is not None and not stale:  # never an answer that carries a stale-if-error warning
         answers.put(key, Answer(bytes(response.body), audit), alias=None if alias is None else (alias, patient_read))
     return response
+
+
+def _served_stale() -> bool:
+    """Whether a PACS call of this request was answered from a stale entry (stale-if-error)."""
+    stale = STALE_IF_ERROR.get()
+    return stale is not None and bool(stale.served)
 
 
 def _replay(request: Request, interaction: str, resource_type: str, hit: Answer) -> Response:
@@ -193,7 +211,7 @@ async def read(request: Request, version: FhirVersion, resource_type: str) -> Re
     audit = audit_fields(resource)
     record(request.state, interaction="read", type=resource_type, **audit)
     # A read has no Bundle to carry an OperationOutcome: RFC 9111 §5.5 (obsolete but understood) Warning 110.
-    stale = {"Warning": '110 - "Response is Stale"'} if STALE_ANSWERS.get() else None
+    stale = {"Warning": '110 - "Response is Stale"'} if _served_stale() else None
     response = FHIRResponse(version.present(resource), pretty=indent, headers=stale)
     if answers is not None and stale is None:
         answers.put(key, Answer(bytes(response.body), audit))

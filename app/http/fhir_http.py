@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
+from .cache_control import CacheDirectives, parse_cache_control
 
 FHIR_JSON = "application/fhir+json"
 _ACCEPTABLE = frozenset({"*/*", "application/*", "application/fhir+json", "application/json", "application/json+fhir"})
@@ -76,8 +77,14 @@ def prefers_strict(request: Request) -> bool:
     )
 
 
+def cache_directives(request: Request) -> CacheDirectives:
+    headers = request.headers
+    return parse_cache_control(headers.get("cache-control"), headers.get("pragma"))
+
+
 def wants_fresh(request: Request) -> bool:
-    return "no-cache" in request.headers.get("cache-control", "").lower()
+    """The client asked for an answer the PACS just gave (app.http.cache_control)."""
+    return cache_directives(request).no_cache
 
 
 def pretty(request: Request) -> bool:

@@ -10,10 +10,12 @@ misses
 make one upstream call) is per process in both cases. Explicit get/put, because ``@cached`` on a coroutine caches the
 coroutine object (tkem/cachetools#92).
 
-Stale-if-error (the idea of RFC 5861 §4): with ``stale_ttl > 0`` every answer is kept ``stale_ttl`` seconds past its
-``ttl``. A search that asks for it (``stale_if_error=True``) and whose upstream call fails with an UpstreamError gets
-the kept answer instead, as a :class:`~app.pacs.upstream.QidoResult` with ``stale=True``, so the caller can say so (an
-OperationOutcome "may be stale"). Errors are never cached; a stale answer is never served without an error.
+Stale-if-error (RFC 5861 §4): with ``stale_ttl > 0`` every answer is kept ``stale_ttl`` seconds past its ``ttl``. A
+search that accepts it (``stale_if_error=<seconds past freshness>``) and whose upstream call fails with an
+UpstreamError gets a kept answer no staler than that instead, as a :class:`~app.pacs.upstream.QidoResult` with
+``stale=True``, so the caller can say so (an OperationOutcome "may be stale"). How stale a request accepts is the
+client's to say (app.pacs.request_scope.STALE_IF_ERROR): a ``Cache-Control: no-cache`` request accepts none.
+Errors are never cached; a stale answer is never served without an error.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from cachetools import TTLCache
 
 from ..dicom.qido import QidoQuery
 from ..errors import UpstreamError
-from .request_scope import CACHE_SCOPE, STALE_ANSWERS
+from .request_scope import CACHE_SCOPE, STALE_IF_ERROR
 from .upstream import Qido, QidoResult
 
 __all__ = ["CacheBackend", "CacheKey", "CachedQido", "Hit", "MemoryCache"]
@@ -39,10 +41,12 @@ CacheKey = tuple[Hashable, QidoQuery]
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """A kept answer: ``fresh`` within its ``ttl``, else within the ``stale_ttl`` after it (only for errors)."""
+    """A kept answer: ``fresh`` within its ``ttl``, else within the ``stale_ttl`` after it (only for errors);
+    ``age``: seconds since it was stored, which decides whether a request's stale-if-error limit admits it."""
 
     result: QidoResult
     fresh: bool
+    age: float = 0.0
 
 
 class CacheBackend(Protocol):
@@ -78,24 +82,27 @@ class MemoryCache:
         self.ttl = ttl
         self.stale_ttl = stale_ttl
         self._fresh: TTLCache[CacheKey, QidoResult] | None = None
-        self._stale: TTLCache[CacheKey, QidoResult] | None = None
+        # (stored at, answer): the age decides whether a request's stale-if-error limit admits the answer
+        self._stale: TTLCache[CacheKey, tuple[float, QidoResult]] | None = None
         if ttl > 0:
             self._fresh = TTLCache(maxsize=max_bytes, ttl=ttl, getsizeof=_weight)
         if stale_ttl > 0:
             budget = max_bytes if stale_max_bytes is None else stale_max_bytes
-            self._stale = TTLCache(maxsize=budget, ttl=ttl + stale_ttl, getsizeof=_weight)
+            self._stale = TTLCache(maxsize=budget, ttl=ttl + stale_ttl, getsizeof=_stale_weight)
 
     async def get(self, key: CacheKey) -> Hit | None:
         if self._fresh is not None and (result := self._fresh.get(key)) is not None:
             return Hit(result, True)
-        if self._stale is not None and (result := self._stale.get(key)) is not None:
-            return Hit(result, False)
+        if self._stale is not None and (entry := self._stale.get(key)) is not None:
+            stored_at, result = entry
+            return Hit(result, False, self._stale.timer() - stored_at)
         return None
 
     async def put(self, key: CacheKey, result: QidoResult) -> None:
-        for store in (self._fresh, self._stale):
-            if store is not None and result.nbytes <= store.maxsize:
-                store[key] = result  # an answer larger than the whole budget is served but not kept
+        if self._fresh is not None and result.nbytes <= self._fresh.maxsize:
+            self._fresh[key] = result  # an answer larger than the whole budget is served but not kept
+        if self._stale is not None and result.nbytes <= self._stale.maxsize:
+            self._stale[key] = (self._stale.timer(), result)
 
     def clear(self) -> None:
         for store in (self._fresh, self._stale):
@@ -116,6 +123,10 @@ class MemoryCache:
 
 def _weight(result: QidoResult) -> int:
     return max(result.nbytes, 1)  # an empty answer weighs one byte, so the entry count is bounded too
+
+
+def _stale_weight(entry: tuple[float, QidoResult]) -> int:
+    return _weight(entry[1])
 
 
 class CachedQido:
@@ -168,11 +179,12 @@ class CachedQido:
         return isinstance(self.backend, MemoryCache) and self.backend.has_fresh((context, query))
 
     async def search(
-        self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: bool = False
+        self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: float = 0
     ) -> QidoResult:
         """``fresh``: the client sent Cache-Control: no-cache, so go to the PACS (and refresh the entry).
-        ``stale_if_error``: if the PACS fails (any UpstreamError, the breaker's CircuitOpen included), answer with a
-        kept answer marked ``stale=True`` rather than the error, when there is one (``fresh`` or not)."""
+        ``stale_if_error``: seconds past its freshness a kept answer may be (RFC 5861 §4; 0: none). If the PACS fails
+        (any UpstreamError, the breaker's CircuitOpen included), answer with such a kept answer marked
+        ``stale=True`` rather than the error, when there is one."""
         key: CacheKey = (context, query)
         backend = self.backend
         hit = None
@@ -196,11 +208,11 @@ class CachedQido:
         try:
             return await asyncio.shield(task)
         except UpstreamError:
-            if not stale_if_error or backend.stale_ttl <= 0:
+            if stale_if_error <= 0 or backend.stale_ttl <= 0:
                 raise
             if hit is None:  # not looked up yet (fresh=True, or ttl=0), or another fetch may have kept one since
                 hit = await backend.get(key)
-            if hit is None:
+            if hit is None or hit.age > backend.ttl + stale_if_error:
                 raise
             self.stale_served += 1
             return dataclasses.replace(hit.result, stale=True)
@@ -223,21 +235,22 @@ def _retrieve(task: asyncio.Future[QidoResult]) -> None:
 
 
 class CachedFetch:
-    """One request's view of the cached QIDO port: its cache partition (app.pacs.request_scope), no-cache,
-    stale-if-error
-    (noting stale answers for the response), and ``cached`` for callers that can skip concurrency on hits."""
+    """One request's view of the cached QIDO port: its cache partition and the stale-if-error it accepts
+    (app.pacs.request_scope, set by the HTTP layer; outside a request: none), no-cache, stale answers noted for the
+    response, and ``cached`` for callers that can skip concurrency on hits."""
 
-    def __init__(self, qido: CachedQido, *, fresh: bool, stale_ok: bool) -> None:
+    def __init__(self, qido: CachedQido, *, fresh: bool) -> None:
         self._qido = qido
         self._fresh = fresh
-        self._stale_ok = stale_ok
         self._context = CACHE_SCOPE.get()
-        self._seen = STALE_ANSWERS.get()
+        self._stale = STALE_IF_ERROR.get()
 
     async def __call__(self, query: QidoQuery) -> QidoResult:
-        result = await self._qido.search(query, fresh=self._fresh, context=self._context, stale_if_error=self._stale_ok)
-        if result.stale and self._seen is not None:
-            self._seen.append(query.level)
+        stale = self._stale
+        accepted = stale.accepted if stale is not None else 0.0
+        result = await self._qido.search(query, fresh=self._fresh, context=self._context, stale_if_error=accepted)
+        if result.stale and stale is not None:
+            stale.served.append(query.level)
         return result
 
     def cached(self, query: QidoQuery) -> bool:

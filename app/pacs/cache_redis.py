@@ -155,9 +155,9 @@ class RedisCache:
             return None
         age = self._clock() - stored_at
         if age < self.ttl:
-            return Hit(result, True)
+            return Hit(result, True, age)
         if age < self.ttl + self.stale_ttl:
-            return Hit(result, False)
+            return Hit(result, False, age)
         return None
 
     async def put(self, key: CacheKey, result: QidoResult) -> None:

@@ -1,7 +1,8 @@
 """What one request carries down to the PACS calls, as context variables (asyncio tasks copy them).
 
 Set by app.http.endpoints after authorization, read where the PACS is called: which cache partition the request may
-share (app.security.auth isolation key) and, with ``pacs_auth = "forward"``, the caller's own token for the PACS.
+share (app.security.auth isolation key), how stale an answer it takes when the PACS fails (:class:`StaleIfError`),
+and, with ``pacs_auth = "forward"``, the caller's own token for the PACS.
 
 Set by the HTTP layer (:class:`app.http.observability.ObservabilityMiddleware`) for every incoming request:
 :data:`UPSTREAM_BUDGET`, the request's one time budget for the PACS, which every upstream call and retry of that
@@ -15,8 +16,26 @@ from collections.abc import Hashable
 
 CACHE_SCOPE: contextvars.ContextVar[Hashable] = contextvars.ContextVar("cache_scope", default=None)
 PACS_TOKEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("pacs_token", default=None)
-# Set to a fresh list per request; a PACS call answered from a stale cache entry (stale-if-error) appends to it.
-STALE_ANSWERS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("stale_answers", default=None)
+
+
+class StaleIfError:
+    """What one request accepts of stale-if-error (RFC 5861 §4), and what it was served.
+
+    ``accepted``: seconds past its freshness a kept answer may be when the PACS fails (0: none, the error goes to the
+    client). The HTTP layer decides it from the request's Cache-Control: a client that says ``no-cache`` asks for an
+    answer the PACS just gave (RFC 9111 §5.2.1.4), so it accepts none unless it also says ``stale-if-error=<s>``.
+    ``served``: the QIDO levels answered from a stale entry, so the response can say it is stale.
+    """
+
+    __slots__ = ("accepted", "served")
+
+    def __init__(self, accepted: float) -> None:
+        self.accepted = accepted
+        self.served: list[str] = []
+
+
+# Set per request by the HTTP layer; None outside a request (scripts, direct calls): no stale answers.
+STALE_IF_ERROR: contextvars.ContextVar[StaleIfError | None] = contextvars.ContextVar("stale_if_error", default=None)
 
 
 class UpstreamBudget:

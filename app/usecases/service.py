@@ -387,8 +387,9 @@ class Facade:
         return study_mapping(self.settings, self.mapping, base, retrieval, self.clock())
 
     def _fetcher(self, fresh: bool) -> Fetch:
-        """The cached QIDO port, bypassing cached answers when the client sent Cache-Control: no-cache."""
-        return CachedFetch(self.qido, fresh=fresh, stale_ok=self.settings.cache_stale_ttl > 0)
+        """The cached QIDO port, bypassing cached answers when the client sent Cache-Control: no-cache; the
+        stale-if-error the request accepts is the HTTP layer's to say (app.pacs.request_scope)."""
+        return CachedFetch(self.qido, fresh=fresh)
 
     def endpoint(self, base: str, endpoint_id: str | None = None) -> dict[str, Any]:
         """The shared Endpoint. In capability mode studies contain their own; this one (still what ImagingSelection

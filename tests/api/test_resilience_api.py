@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
 from app.errors import outcome
 from app.main import create_app
@@ -94,6 +95,47 @@ def test_stale_if_error_serves_the_last_answer_and_says_so(pacs, make_client):
     read = client.get("/fhir/R4/ImagingStudy/1.2.3")
     assert read.status_code == 200 and read.headers["warning"].startswith("110")
     assert client.get("/fhir/R4/ImagingStudy?modality=MR").status_code == 503  # never seen: no stale answer
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Cache-Control": "no-cache"},
+        {"Cache-Control": "max-age=0"},
+        {"Pragma": "no-cache"},
+        {"Cache-Control": "stale-if-error=0"},
+        {"Cache-Control": "no-cache, stale-if-error=0"},
+    ],
+)
+def test_a_client_that_asks_for_a_validated_answer_gets_the_error_not_a_stale_one(pacs, make_client, headers):
+    # RFC 9111 §5.2.1.4: no-cache asks for an answer the PACS has just given; a stale one is not that.
+    client = make_client(cache_ttl=0.05, cache_stale_ttl=60, upstream_retries=0, breaker_failures=0)
+    studies, instances = _ok(pacs)
+    assert client.get("/fhir/R4/ImagingStudy?modality=CT").status_code == 200
+    assert client.get("/fhir/R4/ImagingStudy/1.2.3").status_code == 200
+    time.sleep(0.1)
+    studies.mock(side_effect=httpx.ConnectError("down"))
+    instances.mock(side_effect=httpx.ConnectError("down"))
+    for url in ("/fhir/R4/ImagingStudy?modality=CT", "/fhir/R4/ImagingStudy/1.2.3"):
+        r = client.get(url, headers=headers)
+        assert r.status_code == 503 and "warning" not in r.headers, (url, r.status_code)
+        assert r.json()["resourceType"] == "OperationOutcome"
+    # the same requests without the directive still take the kept answer, marked stale
+    assert client.get("/fhir/R4/ImagingStudy/1.2.3").headers["warning"].startswith("110")
+
+
+def test_stale_if_error_may_be_asked_for_with_no_cache_within_its_limit(pacs, make_client):
+    # RFC 5861 §4: the client says how stale an answer it takes when the PACS fails; never more than is kept.
+    client = make_client(cache_ttl=0.05, cache_stale_ttl=60, upstream_retries=0, breaker_failures=0)
+    studies, instances = _ok(pacs)
+    fresh = client.get("/fhir/R4/ImagingStudy/1.2.3").json()
+    time.sleep(1.2)  # past the ttl by more than one second
+    studies.mock(side_effect=httpx.ConnectError("down"))
+    instances.mock(side_effect=httpx.ConnectError("down"))
+    r = client.get("/fhir/R4/ImagingStudy/1.2.3", headers={"Cache-Control": "no-cache, stale-if-error=600"})
+    assert r.status_code == 200 and r.headers["warning"].startswith("110") and r.json() == fresh
+    r = client.get("/fhir/R4/ImagingStudy/1.2.3", headers={"Cache-Control": "stale-if-error=1"})
+    assert r.status_code == 503  # 1.2 s past freshness: staler than this client takes
 
 
 def test_pacs_bearer_from_settings_and_never_in_outcomes(pacs, make_client):

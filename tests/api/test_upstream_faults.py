@@ -424,7 +424,7 @@ class TestStaleIfError:
         async def go():
             first = await cached.search(QUERY)
             cache_clock.now += 61  # past the ttl, within the stale window
-            stale = await cached.search(QUERY, stale_if_error=True)
+            stale = await cached.search(QUERY, stale_if_error=600)
             with pytest.raises(UpstreamBadResponse):
                 await cached.search(QUERY)  # not asked for: the error
             return first, stale
@@ -441,7 +441,7 @@ class TestStaleIfError:
         async def go():
             await cached.search(QUERY)
             cache_clock.now += 661
-            await cached.search(QUERY, stale_if_error=True)
+            await cached.search(QUERY, stale_if_error=600)
 
         with pytest.raises(UpstreamBadResponse):
             run(go())
@@ -453,7 +453,7 @@ class TestStaleIfError:
         async def go():
             await cached.search(QUERY)
             cache_clock.now += 61
-            await cached.search(QUERY, stale_if_error=True)
+            await cached.search(QUERY, stale_if_error=600)
 
         with pytest.raises(UpstreamUnavailable):
             run(go())
@@ -466,8 +466,8 @@ class TestStaleIfError:
         async def go():
             await cached.search(QUERY)
             cache_clock.now += 61
-            first = await cached.search(QUERY, stale_if_error=True)  # the PACS is down: breaker opens
-            second = await cached.search(QUERY, stale_if_error=True)  # breaker open: nothing sent
+            first = await cached.search(QUERY, stale_if_error=600)  # the PACS is down: breaker opens
+            second = await cached.search(QUERY, stale_if_error=600)  # breaker open: nothing sent
             return first, second
 
         first, second = run(go())
@@ -480,7 +480,7 @@ class TestStaleIfError:
 
         async def go():
             first = await cached.search(QUERY)
-            again = await cached.search(QUERY, fresh=True, stale_if_error=True)
+            again = await cached.search(QUERY, fresh=True, stale_if_error=600)
             return first, again
 
         first, again = run(go())
@@ -507,9 +507,9 @@ class TestStaleIfError:
         async def go():
             await cached.search(QUERY)
             cache_clock.now += 61
-            stale = await cached.search(QUERY, stale_if_error=True)
-            recovered = await cached.search(QUERY, stale_if_error=True)
-            hit = await cached.search(QUERY, stale_if_error=True)
+            stale = await cached.search(QUERY, stale_if_error=600)
+            recovered = await cached.search(QUERY, stale_if_error=600)
+            hit = await cached.search(QUERY, stale_if_error=600)
             return stale, recovered, hit
 
         stale, recovered, hit = run(go())
@@ -525,7 +525,7 @@ class TestStaleIfError:
         async def go():
             await cached.search(QUERY)
             cache_clock.now += 61
-            return await asyncio.gather(*(cached.search(QUERY, stale_if_error=True) for _ in range(4)))
+            return await asyncio.gather(*(cached.search(QUERY, stale_if_error=600) for _ in range(4)))
 
         results = run(go())
         assert all(r.stale for r in results)

@@ -239,12 +239,12 @@ class TestThroughCachedQido:
                 first = await cached.search(Q1)
                 clock.now += 120
                 pacs.fail = httpx.Response(503)
-                stale = await cached.search(Q1, stale_if_error=True)
+                stale = await cached.search(Q1, stale_if_error=600)
                 with pytest.raises(UpstreamBadResponse):
                     await cached.search(Q1)
                 clock.now += 600
                 with pytest.raises(UpstreamBadResponse):
-                    await cached.search(Q1, stale_if_error=True)
+                    await cached.search(Q1, stale_if_error=600)
                 return first, stale
             finally:
                 await cache.aclose()
