@@ -1,9 +1,12 @@
-"""create_app(settings): routes, error handlers and the lifespan that owns the one upstream HTTP client."""
+"""create_app(settings): routes, error handlers and the lifespan that owns the one upstream HTTP client;
+worker_app(): the same, built from the environment in each worker process of ``python -m app --workers N``."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -155,6 +158,16 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         + ([Middleware(CorsMiddleware, origins=settings.cors_origins)] if settings.cors_origins else []),
     )
     app.state.metrics = metrics
+    return app
+
+
+def worker_app() -> Starlette:
+    """uvicorn's app factory in each worker of ``python -m app --workers N``: the settings from the same sources
+    the parent process validated before it started the workers (FACADE_* variables and the FACADE_CONFIG file it
+    passes down), so a bad configuration has already stopped the parent with one line."""
+    app = create_app(Settings.load(os.environ))
+    # As app.__main__ does for one process: what lives as long as the worker leaves the cyclic GC's generations.
+    gc.freeze()
     return app
 
 

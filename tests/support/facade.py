@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -54,8 +54,10 @@ class FacadeProcess:
         port: int | None = None,
         env: Mapping[str, str] | None = None,
         log: Path | None = None,
+        args: Sequence[str] = (),
     ) -> None:
-        """``log``: a file for the server's output (default: inherited stdout/stderr)."""
+        """``log``: a file for the server's output (default: inherited stdout/stderr); ``args``: more command-line
+        options (``["--workers", "2"]``)."""
         self.port = port or free_port()
         self.log_path = log
         self.base = f"http://127.0.0.1:{self.port}/fhir/R4"
@@ -66,6 +68,7 @@ class FacadeProcess:
             "FACADE_AUTH_MODE": "open",
         }
         self._env |= dict(env or {})
+        self._args = list(args)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,7 +80,7 @@ class FacadeProcess:
         if not port_is_free(self.port):
             # Another server there would answer the readiness probe below for us (and a demo would show its data).
             raise RuntimeError(f"port {self.port} on 127.0.0.1 is in use by another program")
-        cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port), *self._args]
         out = self.log_path.open("ab") if self.log_path else None
         try:
             self._proc = subprocess.Popen(cmd, cwd=ROOT, env=self._env, stdout=out, stderr=out)
