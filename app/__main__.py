@@ -12,6 +12,8 @@ import sys
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from .http.observability import log_config
 from .settings import Settings, SettingsError
@@ -84,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             settings.cache_ttl,
         )
-    uvicorn.run("app.main:worker_app", factory=True, workers=args.workers, **options)
-    return 0
+    # uvicorn.run would end here with status 0 even when the workers could not start (the supervisor stops when
+    # one fails before serving): run the supervisor itself, so that exits 3 as one process does (uvicorn's
+    # STARTUP_FAILURE), and a service manager sees a failure.
+    config = uvicorn.Config("app.main:worker_app", factory=True, workers=args.workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return STARTUP_FAILURE if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
 
 
 if __name__ == "__main__":

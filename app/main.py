@@ -7,6 +7,7 @@ import gc
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -19,6 +20,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.config import STARTUP_FAILURE
 
 from .errors import HTTP_STATUS_CODES, INTERNAL_ERROR, FacadeError, outcome
 from .http import endpoints, viewer, wado
@@ -35,7 +37,7 @@ from .pacs.ehr import EhrPatients, MrnRule
 from .pacs.upstream import DicomWebUpstream, UpstreamStats
 from .pacs.wado import WadoUpstream
 from .security.auth import Authorizer
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .usecases.retrieve import Retrieval
 from .usecases.service import Facade
 
@@ -165,7 +167,13 @@ def worker_app() -> Starlette:
     """uvicorn's app factory in each worker of ``python -m app --workers N``: the settings from the same sources
     the parent process validated before it started the workers (FACADE_* variables and the FACADE_CONFIG file it
     passes down), so a bad configuration has already stopped the parent with one line."""
-    app = create_app(Settings.load(os.environ))
+    try:
+        settings = Settings.load(os.environ)
+    except SettingsError as exc:  # the file changed since the parent read it
+        logger.error("configuration error: %s", exc)
+        # uvicorn's startup-failure status: the supervisor stops instead of starting this worker again and again.
+        sys.exit(STARTUP_FAILURE)
+    app = create_app(settings)
     # As app.__main__ does for one process: what lives as long as the worker leaves the cyclic GC's generations.
     gc.freeze()
     return app

@@ -25,7 +25,7 @@ import pytest
 from pydicom import Dataset
 
 from app.fhir import patient_ids
-from tests.support.facade import ROOT, FacadeProcess
+from tests.support.facade import ROOT, FacadeProcess, free_port, stop_process
 from tests.support.kos import make_study
 from tests.support.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary, store
 from tests.support.redis import RedisServer, redis_binary
@@ -304,3 +304,26 @@ def test_a_bad_configuration_with_workers_exits_2_with_one_line(args, env):
     assert run.returncode == 2
     assert run.stdout == ""
     assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith("facade: configuration error: ")
+
+
+def test_workers_that_cannot_start_stop_the_parent_with_status_3(tmp_path):
+    """The configuration file is gone between the parent's check and the workers' start: the parent stops
+    instead of starting them again and again, with uvicorn's startup-failure status (as one process does)."""
+    config = tmp_path / "facade.toml"
+    config.write_text('[facade]\ndicomweb_url = "http://127.0.0.1:9/dicom-web"\nauth_mode = "open"\n')
+    log = tmp_path / "facade.log"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FACADE_")}
+    cmd = [sys.executable, "-m", "app", "--port", str(free_port()), "--workers", "2", "--config", str(config)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=base, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        # The parent logs its one warning (no Redis) after it read the file and before it starts the workers.
+        while "in-process cache" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        config.unlink()
+        assert proc.wait(timeout=60) == 3
+    finally:
+        stop_process(proc)
+    errors = [json.loads(line) for line in log.read_text().splitlines() if '"level": "error"' in line]
+    assert any(e["message"] == f"configuration error: config file {config} does not exist" for e in errors)
