@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .security.tokens import AuthSettings
 
 ENV_PREFIX = "FACADE_"
+DEVICE_OBSERVER_UID = "2.25.47771164827287536617190863160507559093"
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 9.1
 
 
 class SettingsError(ValueError):
@@ -80,6 +82,11 @@ class Settings:
     # leave out of ImagingStudy the instances that IOCM rejection notes reject.
     manifests_writable: bool = True
     hide_rejected: bool = True
+    # The facade as the device observer of the manifests it makes for callers without a SMART fhirUser (PS3.16
+    # TID 1004 Device Observer UID). The default is stable (the same in every release, so one deployment's manifests
+    # stay attributed to one device) and needs no registered root: the UUID-derived UID (PS3.5 B.2) of
+    # uuid5(NAMESPACE_URL, "urn:x-imaging-facade:device-observer"). Give each deployment its own to tell them apart.
+    device_observer_uid: str = DEVICE_OBSERVER_UID
     # Authorization (app.security.auth): "open" (demo only) or "smart" (bearer tokens: JWTs checked against a JWK Set,
     # or
     # RFC 7662 introspection). The SMART endpoints are published in /metadata and .well-known/smart-configuration.
@@ -221,6 +228,8 @@ class Settings:
             raise SettingsError("log_format must be json or text")
         if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", self.endpoint_id):
             raise SettingsError("endpoint_id must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+        if len(self.device_observer_uid) > 64 or not _UID.fullmatch(self.device_observer_uid):
+            raise SettingsError("device_observer_uid must be a DICOM UID (PS3.5 9.1: digits and dots, at most 64)")
         self._check_wado()
 
     def _check_wado(self) -> None:

@@ -4,7 +4,9 @@ A KOS (SOP Class 1.2.840.10008.5.1.4.1.1.88.59, Modality ``KO``; PS3.3 A.35.4 Ke
 IOD) is a small SR document whose content tree follows PS3.16 TID 2010 "Key Object Selection":
 
     CONTAINER  root; ConceptNameCodeSequence = document title from CID 7010 ("For Teaching", ...)
-     ├── HAS OBS CONTEXT  TID 1002 observer context (PNAME 121008 "Person Observer Name", ...)   optional
+     ├── HAS OBS CONTEXT  TID 1002 observer context: a person (TID 1003: PNAME 121008 "Person    optional
+     │                    Observer Name", TEXT 128774 "Person Observer's Login Name", ...) and/or a device
+     │                    (TID 1004: UIDREF 121012 "Device Observer UID", TEXT 121013 "Device Observer Name")
      ├── CONTAINS TEXT    (113012, DCM, "Key Object Description")                                optional
      └── CONTAINS IMAGE / COMPOSITE / WAVEFORM   ReferencedSOPSequence (+ ReferencedFrameNumber)   1-n
 
@@ -78,12 +80,16 @@ _VALUE_TYPE = "0040A040"
 _CONCEPT_NAME = "0040A043"
 _PERSON_NAME = "0040A123"
 _TEXT_VALUE = "0040A160"
+_UID_VALUE = "0040A124"
 _EVIDENCE = "0040A375"
 _CONTENT_SEQUENCE = "0040A730"
 
-# TID 2010 row "Key Object Description"; TID 1003 "Person Observer Name"; TID 1004 "Device Observer Name".
+# TID 2010 row "Key Object Description"; TID 1003 "Person Observer Name" and "Person Observer's Login Name";
+# TID 1004 "Device Observer UID" and "Device Observer Name".
 _KEY_OBJECT_DESCRIPTION = ("113012", "DCM")
 _PERSON_OBSERVER_NAME = ("121008", "DCM")
+_PERSON_OBSERVER_LOGIN = ("128774", "DCM")
+_DEVICE_OBSERVER_UID = ("121012", "DCM")
 _DEVICE_OBSERVER_NAME = ("121013", "DCM")
 
 # Value types whose items reference a composite instance through ReferencedSOPSequence (PS3.3 C.17.3, SR Document
@@ -145,6 +151,10 @@ class KeyObjectSelection:
     # SOP Instance UIDs of the copies of this document in other studies (Identical Documents Sequence (0040,A525),
     # PS3.3 C.17.6.2.1: required when a KOS references more than one study, one copy stored in each).
     identical: tuple[str, ...] = ()
+    # TID 1003 "Person Observer's Login Name": where a manifest made through this facade keeps the SMART
+    # ``fhirUser`` of whoever made it (app.planning.manifest_input); TID 1004 "Device Observer UID".
+    observer_login: str | None = None
+    device_observer_uid: str | None = None
 
     @property
     def canonical_uid(self) -> str:
@@ -215,6 +225,8 @@ def parse_kos(metadata: object) -> KeyObjectSelection:
         references=references,
         unresolved=unresolved,
         identical=_identical(ds),
+        observer_login=sr.first_text(content, _PERSON_OBSERVER_LOGIN, _TEXT_VALUE),
+        device_observer_uid=sr.first_text(content, _DEVICE_OBSERVER_UID, _UID_VALUE),
     )
 
 

@@ -8,9 +8,10 @@
     body = encode(ds)                                             # Part 10 bytes for STOW-RS
 
 The document is a Key Object Selection Document (SOP Class 1.2.840.10008.5.1.4.1.1.88.59, PS3.3 A.35.4) whose
-content tree follows PS3.16 TID 2010: a CONTAINER titled with a CID 7010 code, an optional person observer
-(TID 1002), an optional TEXT (113012, DCM, "Key Object Description") and one IMAGE or COMPOSITE item per selected
-instance, with ReferencedFrameNumber when only some frames are selected. :func:`app.dicom.kos.parse_kos` reads it back.
+content tree follows PS3.16 TID 2010: a CONTAINER titled with a CID 7010 code, an optional observer context
+(TID 1002: a person, TID 1003, and/or a device, TID 1004), an optional TEXT (113012, DCM, "Key Object
+Description") and one IMAGE or COMPOSITE item per selected instance, with ReferencedFrameNumber when only some
+frames are selected. :func:`app.dicom.kos.parse_kos` reads it back.
 
 The facade has no image files, only QIDO rows, so the referenced instances are described by :class:`Evidence`
 (UIDs, SOP class, frames) and the patient and study by :class:`PatientStudy`. highdicom (``highdicom.ko``) builds
@@ -62,6 +63,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from .kos import KOS_SOP_CLASS_UID
 from .kos_inputs import (
+    DeviceObserver,
     DocumentRef,
     Evidence,
     KosCopy,
@@ -84,6 +86,7 @@ if TYPE_CHECKING:
 # lru_cache for the life of the process). Later builds take ~7 ms.
 
 __all__ = [
+    "DeviceObserver",
     "DocumentRef",
     "Evidence",
     "KosCopy",
@@ -110,6 +113,8 @@ def build_kos(
     instance_number: int,
     content_datetime: datetime,
     observer_name: str | None = None,
+    observer_login: str | None = None,
+    device_observer: DeviceObserver | None = None,
     manufacturer: str = "imaging-fhir-facade",
     identical: Sequence[DocumentRef] = (),
     allow_rejection: bool = False,
@@ -131,7 +136,10 @@ def build_kos(
       ``zone`` (module docstring).
     * zone - the PACS's zone (pacs_timezone), for a study without TimezoneOffsetFromUTC; ``None``: the wall
       clock of ``content_datetime`` as given.
-    * observer_name - a PN; recorded as TID 1002 person observer (121008 "Person Observer Name").
+    * observer_name - a PN; recorded as TID 1002 person observer (TID 1003 121008 "Person Observer Name").
+    * observer_login - the person observer's TID 1003 "Person Observer's Login Name" (128774, TEXT); only with
+      ``observer_name``, which TID 1003 requires.
+    * device_observer - a TID 1002 device observer (TID 1004), besides or instead of the person.
     * identical - the copies of this document in the other studies of ``evidence``: required, one per other study,
       when the selection spans several studies (:func:`build_kos_copies` fills it).
 
@@ -149,6 +157,10 @@ def build_kos(
     date, time = when.strftime("%Y%m%d"), _tm(when)
     description = description.strip() if description and description.strip() else None
     observer_name = observer_name or None
+    if observer_login and observer_name is None:
+        raise ValueError("a person observer's login name needs the person's name (TID 1003: Type M)")
+    if device_observer is not None:
+        check_uid(device_observer.uid)
 
     from highdicom.ko import KeyObjectSelection, KeyObjectSelectionDocument
     from highdicom.sr import CodedConcept
@@ -157,7 +169,8 @@ def build_kos(
     content = KeyObjectSelection(
         document_title=CodedConcept(value=title[0], scheme_designator=title[1], meaning=title[2]),
         referenced_objects=stand_ins,
-        observer_person_context=_observer(observer_name) if observer_name is not None else None,
+        observer_person_context=_observer(observer_name, observer_login) if observer_name is not None else None,
+        observer_device_context=_device(device_observer) if device_observer is not None else None,
         description=description,
     )
     doc = KeyObjectSelectionDocument(
@@ -212,6 +225,8 @@ def build_kos_copies(
     instance_number: int,
     content_datetime: datetime,
     observer_name: str | None = None,
+    observer_login: str | None = None,
+    device_observer: DeviceObserver | None = None,
     manufacturer: str = "imaging-fhir-facade",
     allow_rejection: bool = False,
     zone: tzinfo | None = None,
@@ -242,6 +257,8 @@ def build_kos_copies(
             instance_number=instance_number,
             content_datetime=content_datetime,
             observer_name=observer_name,
+            observer_login=observer_login,
+            device_observer=device_observer,
             manufacturer=manufacturer,
             identical=[ref for ref in refs if ref.study_uid != copy.study.study_uid],
             allow_rejection=allow_rejection,
@@ -320,7 +337,7 @@ def _stand_in(e: Evidence, home: str) -> Dataset:
     return ds
 
 
-def _observer(name: str) -> ObserverContext:
+def _observer(name: str, login: str | None) -> ObserverContext:
     from highdicom.sr import ObserverContext, PersonObserverIdentifyingAttributes
     from pydicom.sr.codedict import codes
 
@@ -330,8 +347,18 @@ def _observer(name: str) -> ObserverContext:
         warnings.filterwarnings("ignore", message=".*only a single component", category=UserWarning)
         return ObserverContext(
             observer_type=codes.DCM.Person,
-            observer_identifying_attributes=PersonObserverIdentifyingAttributes(name=name),
+            observer_identifying_attributes=PersonObserverIdentifyingAttributes(name=name, login_name=login or None),
         )
+
+
+def _device(device: DeviceObserver) -> ObserverContext:
+    from highdicom.sr import DeviceObserverIdentifyingAttributes, ObserverContext
+    from pydicom.sr.codedict import codes
+
+    attributes = DeviceObserverIdentifyingAttributes(
+        uid=device.uid, name=device.name or None, manufacturer_name=device.manufacturer or None
+    )
+    return ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=attributes)
 
 
 def _set_patient_study(ds: Dataset, study: PatientStudy) -> None:

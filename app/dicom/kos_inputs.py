@@ -1,6 +1,7 @@
 """What a KOS document is built from, and the checks a build makes on it (pure): :class:`Evidence` (a selected
 instance, from its QIDO row), :class:`PatientStudy` (the patient and study the KOS is filed under), references to
-the other copies of a cross-study KOS (:class:`DocumentRef`, :class:`KosCopy`), and the validation of UIDs, titles
+the other copies of a cross-study KOS (:class:`DocumentRef`, :class:`KosCopy`), the device that made it
+(:class:`DeviceObserver`), and the validation of UIDs, titles
 (CID 7010) and evidence that app.dicom.kos_build applies before it writes anything.
 """
 
@@ -138,6 +139,16 @@ class KosCopy:
     study: PatientStudy
     series_uid: str
     sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class DeviceObserver:
+    """The device a KOS names as its observer (PS3.16 TID 1004): Device Observer UID (121012, Type M there) and
+    the optional Device Observer Name (121013) and Manufacturer (121014)."""
+
+    uid: str
+    name: str | None = None
+    manufacturer: str | None = None
 
 
 def is_image_sop_class(sop_class_uid: str) -> bool:

@@ -239,6 +239,7 @@ async def _create(request: Request, version: FhirVersion, *, transaction: bool) 
         if_none_exist=request.headers.get("if-none-exist"),
         transaction=transaction,
         patient=access.patient,
+        user=access.ctx.user,  # the manifest's author: the token's fhirUser, else the facade (issue 19)
     )
     record(request.state, interaction="create", type="ImagingSelection", **audit_fields(created.body))
     headers = {"Location": created.location} if created.location else None

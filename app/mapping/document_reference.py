@@ -19,7 +19,8 @@ DocumentReference element by element (R4 documentreference.html, MADO CommonMhdD
 - status ``current``; type and category LOINC 18748-4 "Diagnostic imaging study" (MADO's defaults);
 - subject: ``Patient/<id>`` as ImagingStudy.subject; date: the KOS ContentDate/ContentTime as an instant, only
   with a known zone (app.mapping.imaging_selection.issued_instant), as ImagingStudy.started;
-- author: the TID 1002 observers (display-only references: the KOS holds names, not ids);
+- author: the TID 1002 observers: the person (by the ``fhirUser`` a manifest made here records, else by name)
+  and the device (by its Device Observer UID), as ImagingSelection.performer;
 - description: the CID 7010 title and the Key Object Description;
 - content.attachment: contentType, url, title, creation (the KOS instant); content.format as above;
 - context.period.start: the ``started`` of the study the KOS is stored in (the same value ImagingStudy shows);
@@ -46,8 +47,7 @@ from ..dicom.kos import KOS_SOP_CLASS_UID, KeyObjectSelection
 from ..dicom.terminology import ACSN_TYPE, BODY_PARTS, DCM_SYSTEM, NON_ACQUISITION_MODALITIES, SNOMED_SYSTEM
 from ..fhir import selection_ids
 from ..fhir.dates import dicom_interval
-from . import names
-from .imaging_selection import CODING_SCHEMES, UNTITLED, issued_instant, patient_row, person_name_json
+from .imaging_selection import CODING_SCHEMES, UNTITLED, issued_instant, observer_references, patient_row
 from .imaging_study import DICOM_UID_SYSTEM, MappingContext, subject_reference
 from .narrative import XHTML
 
@@ -329,13 +329,8 @@ def title_coding(kos: KeyObjectSelection) -> Resource:
 
 
 def authors_of(kos: KeyObjectSelection) -> list[Resource]:
-    out: list[Resource] = []
-    person = names.display(person_name_json(kos.observer_name))
-    if person:
-        out.append({"display": person})
-    if kos.device_observer_name:
-        out.append({"type": "Device", "display": kos.device_observer_name})
-    return out
+    """DocumentReference.author: the KOS's TID 1002 observers (app.mapping.imaging_selection.observer_references)."""
+    return observer_references(kos)
 
 
 def _text(res: Resource, m: Manifest) -> dict[str, str]:

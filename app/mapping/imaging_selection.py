@@ -17,8 +17,9 @@ Element by element (R5 ImagingSelection):
 - subject: ``Patient/<id>`` as ImagingStudy.subject (app.mapping.imaging_study.subject_reference);
 - issued (``instant``): ContentDate + ContentTime in TimezoneOffsetFromUTC, else in the PACS zone
   (``ctx.zone``), else left out: an instant needs seconds and a zone, and none is guessed;
-- performer: the TID 1002 observer context, person observer name then device observer name, as display-only
-  references (the KOS holds names, not FHIR ids);
+- performer: the TID 1002 observer context (:func:`observer_references`): the person observer, referenced by the
+  SMART ``fhirUser`` a manifest made here records as its login name, else by name only; then the device observer,
+  identified by its Device Observer UID;
 - code (1..1; example binding CID 7010 "Key Object Selection Document Title"): the ConceptNameCodeSequence title,
   with the coding scheme designator mapped to its FHIR system (DCM, SCT, LN); another scheme gives text only;
 - studyUid / seriesUid / instance[uid, sopClass, subset]: the group's study, series and instances; ``subset``
@@ -133,12 +134,34 @@ def person_name_json(name: PersonName | None) -> dict[str, str] | None:
 
 
 def _performers(kos: KeyObjectSelection) -> list[dict[str, Any]]:
+    return [{"actor": ref} for ref in observer_references(kos)]
+
+
+# SMART's fhirUser may be a Patient, Practitioner, PractitionerRole, RelatedPerson or Person (App Launch, "fhirUser");
+# R4 DocumentReference.author and R5 ImagingSelection.performer.actor both allow all of them but Person, which then
+# shows as a name only. The reference is kept as the token gave it: an absolute URL names the EHR's resource.
+_AUTHOR_REFERENCE = re.compile(
+    r"(?:https?://\S+/)?(?:Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}", re.ASCII
+)
+
+
+def observer_references(kos: KeyObjectSelection) -> list[dict[str, Any]]:
+    """The TID 1002 observers as References: the person (its name; its Person Observer's Login Name as the
+    reference when that is a FHIR reference, as in a manifest made through this facade with a SMART ``fhirUser``),
+    then the device (``identifier`` its Device Observer UID as ``urn:dicom:uid``, the system R5 ImagingStudy
+    uses for DICOM UIDs; display its name). Each has a ``display``, which the narratives show."""
     out: list[dict[str, Any]] = []
     person = names.display(person_name_json(kos.observer_name))
-    if person:
-        out.append({"actor": {"display": person}})
-    if kos.device_observer_name:
-        out.append({"actor": {"type": "Device", "display": kos.device_observer_name}})
+    login = kos.observer_login if kos.observer_login and _AUTHOR_REFERENCE.fullmatch(kos.observer_login) else None
+    if person or login:
+        ref: dict[str, Any] = {"reference": login} if login else {}
+        out.append(ref | {"display": person or login})
+    uid = kos.device_observer_uid
+    if kos.device_observer_name or uid:
+        device: dict[str, Any] = {"type": "Device"}
+        if uid:
+            device["identifier"] = {"system": DICOM_UID_SYSTEM, "value": "urn:oid:" + uid}
+        out.append(device | {"display": kos.device_observer_name or f"Device {uid}"})
     return out
 
 

@@ -9,6 +9,7 @@ PACS (app.usecases.manifest_create, 422).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,7 +200,65 @@ def _description(r: dict[str, Any]) -> str | None:
 def _observer(r: dict[str, Any]) -> str | None:
     for p in r.get("performer") or []:
         actor = p.get("actor") if isinstance(p, dict) else None
+        if isinstance(actor, dict) and actor.get("type") == "Device":
+            continue  # a device (as this server shows the facade that made a manifest) is not a person observer
         display = actor.get("display") if isinstance(actor, dict) else None
         if isinstance(display, str) and display.strip():
             return display.strip()[:64]
     return None
+
+
+# -- who made it -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Author:
+    """The observers a new KOS names (PS3.16 TID 2010 → TID 1002 Observer Context).
+
+    ``person_name`` (a PN) and ``person_login`` are the person observer (TID 1003 "Person Observer Name" and
+    "Person Observer's Login Name"); ``device_uid`` is set when the facade itself is named as the device observer
+    (TID 1004 "Device Observer UID"; name and manufacturer are the facade's).
+    """
+
+    person_name: str | None = None
+    person_login: str | None = None
+    device_uid: str | None = None
+
+
+# PS3.5 Table 6.2-1: a PN component group holds at most 64 characters; "^" and "=" delimit components and groups,
+# and a backslash or a control character is never part of a PN value.
+_PN_GROUP_MAX = 64
+_NOT_IN_PN = re.compile(r"[\\^=\x00-\x1f\x7f]+")
+
+
+def author(
+    manifest: ManifestInput,
+    *,
+    fhir_user: str | None,
+    name: str | None = None,
+    family_name: str | None = None,
+    given_name: str | None = None,
+    device_uid: str,
+) -> Author:
+    """Who a new manifest names as its author, from the caller's token (app.security.context.User) and the
+    manifest's own ``performer`` display.
+
+    With a SMART ``fhirUser`` (App Launch: the FHIR resource of the user who authorized the app) the person is the
+    observer: its login name is the ``fhirUser``, which every read maps back to ``author`` / ``performer``
+    references; its name comes from the token's OpenID Connect claims (``family_name``/``given_name``, else
+    ``name``), else from the manifest's performer, else the ``fhirUser`` itself (TID 1003 makes the name
+    mandatory, and a reference is better than a made-up name). Without one (open mode, a token without it) nobody
+    is vouched for: the facade itself is the device observer, beside a person named by the token or the manifest.
+    """
+    person = _pn(family_name, given_name) or _pn(name) or manifest.observer
+    if fhir_user:
+        fallback = "/".join(fhir_user.rstrip("/").split("/")[-2:])
+        return Author(person_name=person or _pn(fallback), person_login=fhir_user)
+    return Author(person_name=person, device_uid=device_uid)
+
+
+def _pn(family: str | None, given: str | None = None) -> str | None:
+    """A PN value from a family and given name (or a one-component name in ``family``), cleaned and bounded."""
+    parts = [" ".join(_NOT_IN_PN.sub(" ", p or "").split()) for p in (family, given)]
+    value = "^".join(parts).rstrip("^")
+    return value[:_PN_GROUP_MAX].rstrip("^ ") or None

@@ -72,6 +72,18 @@ def isolation_key(patient: str | None, scopes: Scopes, identity: Sequence[str | 
 
 
 @dataclass(frozen=True)
+class User:
+    """Who the token says the user is, as far as it says: SMART's ``fhirUser`` (a reference to the user's FHIR
+    resource) and the OpenID Connect standard claims ``name``, ``family_name``, ``given_name``. Not an
+    authorization input: it names the author of what the user creates (app.planning.manifest_input.author)."""
+
+    fhir_user: str | None = None
+    name: str | None = None
+    family_name: str | None = None
+    given_name: str | None = None
+
+
+@dataclass(frozen=True)
 class AuthContext:
     """Who is asking and what the token allows. ``patient`` is a FHIR Patient id (launch context) or None."""
 
@@ -81,6 +93,7 @@ class AuthContext:
     patient: str | None = None
     token: str | None = field(default=None, repr=False)  # the raw bearer token, for forwarding to the PACS only
     expires_at: float | None = None  # epoch seconds (the token's exp)
+    user: User = field(default=User(), repr=False)  # names, not policy: left out of the isolation keys
 
     @cached_property
     def cache_key(self) -> str:

@@ -17,7 +17,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..errors import UpstreamBadResponse
-from .context import AuthContext, Unauthorized
+from .context import AuthContext, Unauthorized, User
 from .scopes import Scopes
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,14 @@ _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*", re.ASCII)  # RFC 6750 §2.1 b64
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)  # FHIR R4 id datatype
 _JWS = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*", re.ASCII)  # RFC 7515 §7.1 compact form
 _LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+# fhirUser: an absolute http(s) URL or a relative reference, ending in one of the types SMART allows and a FHIR id.
+_FHIR_USER = re.compile(
+    r"(?:https?://[A-Za-z0-9\-._~%!$&'()*+,;=:@/]+/)?(?:Patient|Practitioner|PractitionerRole|RelatedPerson|Person)"
+    r"/[A-Za-z0-9\-.]{1,64}",
+    re.ASCII,
+)
+_MAX_FHIR_USER: Final = 1024
+_MAX_NAME: Final = 256
 
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -160,7 +168,20 @@ def context_from_claims(claims: Mapping[str, Any], token: str) -> AuthContext:
         patient=patient,
         token=token,
         expires_at=_number(claims, "exp"),
+        user=user_from_claims(claims),
     )
+
+
+def user_from_claims(claims: Mapping[str, Any]) -> User:
+    """The user the token names: ``fhirUser`` (SMART App Launch: "a FHIR resource URL" of a Patient, Practitioner,
+    PractitionerRole, RelatedPerson or Person; an introspection answer carries it too) and the OpenID Connect names
+    (Core 1.0 §5.1). A malformed value is dropped, not fatal: these name an author and grant nothing."""
+    fhir_user = claims.get("fhirUser")
+    if not (isinstance(fhir_user, str) and len(fhir_user) <= _MAX_FHIR_USER and _FHIR_USER.fullmatch(fhir_user)):
+        fhir_user = None
+    names = [claims.get(k) for k in ("name", "family_name", "given_name")]
+    name, family, given = (v.strip()[:_MAX_NAME] or None if isinstance(v, str) else None for v in names)
+    return User(fhir_user=fhir_user, name=name, family_name=family, given_name=given)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from ..fhir.search import PatientKey, SearchRequest
 from ..mapping.imaging_study import MappingContext
 from ..pacs.dicomweb_write import DicomWebStore
 from ..pacs.upstream import QidoResult
-from ..planning.manifest_input import ManifestInput, from_payload
-from ..security.context import Forbidden
+from ..planning.manifest_input import Author, ManifestInput, author, from_payload
+from ..security.context import Forbidden, User
 from .manifests import Manifests, selections_of
 
 if TYPE_CHECKING:  # pydicom (numpy) and highdicom cost ~170 MiB: loaded on the first create, not at start-up
@@ -35,6 +35,9 @@ if TYPE_CHECKING:  # pydicom (numpy) and highdicom cost ~170 MiB: loaded on the 
 Fetch = Callable[[QidoQuery], Awaitable[QidoResult]]
 Resource = dict[str, Any]
 INSTANCE_CHECK_FIELDS = ("00100020", "00100021", "00280008", "00280010")  # PatientID, issuer, NumberOfFrames, Rows
+# The facade as the KOS's Manufacturer (General Equipment Module) and, without a fhirUser, its device observer.
+MANUFACTURER = "imaging-fhir-facade"
+DEVICE_OBSERVER_NAME = "Imaging FHIR facade"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class ManifestWriter:
         conditional_search: Callable[[str], Awaitable[SearchRequest]],
         stored: Callable[[], None],
         writable: bool,
+        device_observer_uid: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._fetch = fetch
@@ -68,12 +72,21 @@ class ManifestWriter:
         self._conditional = conditional_search
         self._stored = stored
         self.writable = writable
+        self._device_uid = device_observer_uid
         self._clock = clock
 
     async def create(
-        self, payload: Any, base: str, *, if_none_exist: str | None, transaction: bool, patient: str | None = None
+        self,
+        payload: Any,
+        base: str,
+        *,
+        if_none_exist: str | None,
+        transaction: bool,
+        patient: str | None = None,
+        user: User | None = None,
     ) -> Created:
-        """``patient``: the token's patient context; the manifest must be that patient's (403 otherwise)."""
+        """``patient``: the token's patient context; the manifest must be that patient's (403 otherwise).
+        ``user``: who the token names, the manifest's author (:func:`app.planning.manifest_input.author`)."""
         if not self.writable:
             raise MethodNotAllowed("this server is read-only: manifests cannot be created (manifests_writable)")
         manifest, conditions = from_payload(payload)
@@ -93,7 +106,16 @@ class ManifestWriter:
             if existing is not None:
                 return self._answer(existing, base, status=200, transaction=transaction)
         # The answer is what a read of the new manifest gives (bodySite included, from the series' BodyPartExamined).
-        selections = await self._manifests.with_body_sites(await self._store_kos(manifest), fresh=True)
+        who = user or User()
+        made_by = author(
+            manifest,
+            fhir_user=who.fhir_user,
+            name=who.name,
+            family_name=who.family_name,
+            given_name=who.given_name,
+            device_uid=self._device_uid,
+        )
+        selections = await self._manifests.with_body_sites(await self._store_kos(manifest, made_by), fresh=True)
         return self._answer(selections, base, status=201, transaction=transaction)
 
     async def _existing(self, condition: str, base: str) -> list[Resource] | None:
@@ -104,10 +126,10 @@ class ManifestWriter:
             raise PreconditionFailed(f"If-None-Exist matched {len(kos)} manifests; make it select one")
         return [e["resource"] for e in found] or None
 
-    async def _store_kos(self, manifest: ManifestInput) -> list[Resource]:
+    async def _store_kos(self, manifest: ManifestInput, made_by: Author) -> list[Resource]:
         from pydicom import dcmread
 
-        from ..dicom.kos_build import KosCopy, build_kos_copies, encode
+        from ..dicom.kos_build import DeviceObserver, KosCopy, build_kos_copies, encode
 
         rows = await self._instances([s.sop_instance_uid for s in manifest.instances])
         evidence = self._evidence(manifest, rows)
@@ -137,7 +159,13 @@ class ManifestWriter:
             series_number=9901,
             instance_number=1,
             content_datetime=self._clock(),
-            observer_name=manifest.observer,
+            # Who made it (TID 1002): the token's fhirUser as the person, else the facade as the device.
+            observer_name=made_by.person_name,
+            observer_login=made_by.person_login,
+            device_observer=(
+                DeviceObserver(made_by.device_uid, DEVICE_OBSERVER_NAME, MANUFACTURER) if made_by.device_uid else None
+            ),
+            manufacturer=MANUFACTURER,
             # A study without TimezoneOffsetFromUTC gets a KOS without one, in the PACS's local time, so the
             # study's start does not move (PS3.3 C.12.1.1.8; app.dicom.kos_build).
             zone=self._mapping.zone,

@@ -26,7 +26,7 @@ from ..pacs.dicomweb_write import DicomWebStore
 from ..pacs.ehr import EhrPatients
 from ..planning.patient_plan import covered, distinct_patients, linked_ehr_id, plan_patients
 from ..planning.plan import Plan, PlanContext, plan
-from ..security.context import Forbidden
+from ..security.context import Forbidden, User
 from ..settings import Settings
 from .documents import Documents, subject_of
 from .manifest_create import Created, ManifestWriter
@@ -132,18 +132,26 @@ class Facade:
             conditional_search=self._conditional_search,
             stored=self.qido.clear,
             writable=s.manifests_writable,
+            device_observer_uid=s.device_observer_uid,
         )
         if s.hide_rejected:
             documents = self.manifests.documents
             self.rejected = RejectedInstances(documents, uid_batch=s.uid_batch, row_limit=s.prequery_limit)
 
     async def create_manifest(
-        self, payload: Any, base: str, *, if_none_exist: str | None, transaction: bool, patient: str | None = None
+        self,
+        payload: Any,
+        base: str,
+        *,
+        if_none_exist: str | None,
+        transaction: bool,
+        patient: str | None = None,
+        user: User | None = None,
     ) -> Created:
         if self.writer is None:
             raise MethodNotAllowed("manifests cannot be created here")
         return await self.writer.create(
-            payload, base, if_none_exist=if_none_exist, transaction=transaction, patient=patient
+            payload, base, if_none_exist=if_none_exist, transaction=transaction, patient=patient, user=user
         )
 
     async def _studies_for_include(self, uids: list[str], fresh: bool) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from app.errors import FacadeError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from app.security.auth import Authorizer
-from app.security.context import OPEN, AuthContext, Forbidden, Unauthorized, challenge, confine_patients
+from app.security.context import OPEN, AuthContext, Forbidden, Unauthorized, User, challenge, confine_patients
 from app.security.scopes import Scopes
 from app.security.smart_discovery import capability_security, smart_configuration
 from app.security.tokens import AuthSettings, bearer_token, parse_jwks
@@ -324,6 +324,38 @@ class TestJwt:
     def test_odd_scope_types_grant_nothing(self, jwks_file):
         ctx = authenticate(jwks_file, f"Bearer {token(scope=42)}")
         assert ctx.scopes == Scopes()
+
+    def test_the_user_it_names(self, jwks_file):
+        # SMART fhirUser and the OpenID Connect names: who authors what the caller creates, not an authorization input
+        claims = {
+            "fhirUser": "https://ehr.example.org/fhir/Practitioner/p-7",
+            "name": " Jane Roe ",
+            "family_name": "Roe",
+        }
+        ctx = authenticate(jwks_file, f"Bearer {token(**claims)}")
+        assert ctx.user == User("https://ehr.example.org/fhir/Practitioner/p-7", "Jane Roe", "Roe", None)
+        assert "Roe" not in repr(ctx)
+        assert ctx.cache_key == authenticate(jwks_file, f"Bearer {token()}").cache_key
+        assert authenticate(jwks_file, f"Bearer {token()}").user == User()
+
+    @pytest.mark.parametrize(
+        ("value", "kept"),
+        [
+            ("Practitioner/7", True),
+            ("PractitionerRole/a.b-c", True),
+            ("http://ehr:8080/fhir/R4/Person/x", True),
+            ("Patient/123", True),
+            ("Organization/1", False),  # not a user type SMART allows
+            ("Practitioner/7/_history/2", False),
+            ("https://ehr.example.org/fhir/Practitioner/7 x", False),
+            ("javascript:alert(1)//Practitioner/7", False),
+            (["Practitioner/7"], False),
+            ("Practitioner/" + "7" * 65, False),
+        ],
+    )
+    def test_a_malformed_fhir_user_is_dropped(self, jwks_file, value, kept):
+        ctx = authenticate(jwks_file, f"Bearer {token(fhirUser=value)}")
+        assert ctx.user.fhir_user == (value if kept else None)
 
     def test_no_patient_claim(self, jwks_file):
         assert authenticate(jwks_file, f"Bearer {token(patient=None, scope='user/*.rs')}").patient is None
@@ -625,6 +657,12 @@ def introspecting(**kw) -> AuthSettings:
 
 
 class TestIntrospection:
+    def test_the_user_of_an_introspection_answer(self):
+        # SMART App Launch, Token Introspection: the answer carries fhirUser when the token was issued with it
+        server = Server(answers={"opaque-1": ACTIVE | {"fhirUser": "Practitioner/9", "given_name": "Ann"}})
+        ctx = authenticate(introspecting(), "Bearer opaque-1", server)
+        assert ctx.user == User(fhir_user="Practitioner/9", given_name="Ann")
+
     def test_active_token(self):
         server = Server(answers={"opaque-1": ACTIVE})
         ctx = authenticate(introspecting(), "Bearer opaque-1", server)

@@ -135,6 +135,31 @@ def test_two_forms_linked_and_valid():
     assert content["format"]["code"] == "urn:ihe:rad:MADO:fhir-manifest:2026"
 
 
+def test_author_is_who_made_the_manifest():
+    # A manifest made through the API: the SMART fhirUser as the person observer's login name, or the facade as
+    # device observer; both forms carry the same authors, and the document Bundle's Composition lists them too.
+    person = kos(observer_name=PersonName("Roe^Jane"), observer_login="https://ehr.example.org/fhir/Practitioner/7")
+    device = kos(observer_name=None, device_observer_uid="2.25.4242", device_observer_name="Imaging FHIR facade")
+    for doc, author in (
+        (person, {"reference": "https://ehr.example.org/fhir/Practitioner/7", "display": "Jane Roe"}),
+        (
+            device,
+            {
+                "type": "Device",
+                "identifier": {"system": "urn:dicom:uid", "value": "urn:oid:2.25.4242"},
+                "display": "Imaging FHIR facade",
+            },
+        ),
+    ):
+        for res in mado.document_references(manifest(doc), ctx()):
+            check(res)
+            assert res["author"] == [author]
+            assert f"Selected by: {author['display']}" in res["text"]["div"]
+        bundle = manifest_bundle(manifest(doc), ctx(), now="2024-03-01T09:30:00+01:00")
+        check(bundle)
+        assert author in bundle["entry"][0]["resource"]["author"]
+
+
 def test_context_related_period_and_cross_version_extensions():
     dicom, _ = mado.document_references(manifest(), ctx(accession_system="urn:acc"))
     context = dicom["context"]

@@ -317,6 +317,34 @@ class TestNamesAndCodes:
         assert "Min Kim, CAD &lt;v2&gt;" in resource["text"]["div"]
 
     @pytest.mark.parametrize(
+        ("login", "reference"),
+        [
+            ("Practitioner/7", "Practitioner/7"),
+            ("https://ehr.example.org/fhir/PractitionerRole/r-1", "https://ehr.example.org/fhir/PractitionerRole/r-1"),
+            ("Person/9", None),  # SMART allows it, performer.actor does not: the name only
+            ("jroe", None),  # a PACS login, not a FHIR reference
+        ],
+    )
+    def test_person_observer_referenced_by_its_fhir_user(self, login: str, reference: str | None) -> None:
+        (resource,) = imaging_selections(hand_made(observer_name=PersonName("Roe^Jane"), observer_login=login), CTX)
+        check_r5(resource)
+        want: dict[str, Any] = {"reference": reference} if reference else {}
+        assert resource["performer"] == [{"actor": want | {"display": "Jane Roe"}}]
+
+    def test_device_observer_identified_by_its_uid(self) -> None:
+        kos = hand_made(device_observer_uid="2.25.4242", device_observer_name="Imaging FHIR facade")
+        (resource,) = imaging_selections(kos, CTX)
+        check_r5(resource)
+        device = {"system": "urn:dicom:uid", "value": "urn:oid:2.25.4242"}
+        assert resource["performer"] == [
+            {"actor": {"type": "Device", "identifier": device, "display": "Imaging FHIR facade"}}
+        ]
+        (nameless,) = imaging_selections(hand_made(device_observer_uid="2.25.4242"), CTX)
+        assert nameless["performer"] == [
+            {"actor": {"type": "Device", "identifier": device, "display": "Device 2.25.4242"}}
+        ]
+
+    @pytest.mark.parametrize(
         ("title", "code"),
         [
             (Code("113000", "DCM", None), {"coding": [{"system": DCM, "code": "113000"}]}),

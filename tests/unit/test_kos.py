@@ -372,6 +372,19 @@ class TestHandWritten:
         assert got.description == "yes"
         assert got.observer_name == PersonName("Plain^String")
         assert got.device_observer_name == "Workstation 3"
+        assert got.observer_login is None and got.device_observer_uid is None
+
+    def test_observer_login_and_device_uid(self) -> None:
+        # TID 1003 "Person Observer's Login Name" (where a manifest made through the API keeps the SMART fhirUser)
+        # and TID 1004 "Device Observer UID" (UIDREF: the UID in (0040,A124)).
+        ds = document()
+        ds[CONTENT]["Value"][:0] = [
+            {CONCEPT: el("SQ", code("128774", "DCM", "Person Observer's Login Name")), TEXT_VALUE: el("UT", " ")},
+            {CONCEPT: el("SQ", code("128774", "DCM", "x")), TEXT_VALUE: el("UT", "Practitioner/7 ")},
+            {CONCEPT: el("SQ", code("121012", "DCM", "Device Observer UID")), "0040A124": el("UI", "2.25.77")},
+        ]
+        got = parse_kos(ds)
+        assert (got.observer_login, got.device_observer_uid) == ("Practitioner/7", "2.25.77")
 
     @pytest.mark.parametrize(
         ("item", "want"),

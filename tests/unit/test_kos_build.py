@@ -33,6 +33,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from app.dicom import dicom_json
 from app.dicom.kos import KOS_SOP_CLASS_UID, Code, KeyObjectSelection, PersonName, ReferencedInstance, parse_kos
 from app.dicom.kos_build import (
+    DeviceObserver,
     DocumentRef,
     Evidence,
     KosCopy,
@@ -354,6 +355,76 @@ def copies(evidence: list[Evidence], **options: Any) -> list[Dataset]:
         KosCopy(MR_STUDY, "2.25.200.900", "2.25.200.900.1"),
     ]
     return build_kos_copies(placements, evidence, **arguments)
+
+
+class TestObservers:
+    """TID 1002 observer context: a person (TID 1003, with the SMART fhirUser as Person Observer's Login Name) and/or
+    a device (TID 1004: Device Observer UID, Name, Manufacturer), read back by app.dicom.kos."""
+
+    FACADE = DeviceObserver("2.25.1234567890", "Imaging FHIR facade", "imaging-fhir-facade")
+
+    @staticmethod
+    def observer_items(ds: Dataset) -> list[tuple[str, str, str, Any]]:
+        out = []
+        for item in decoded(ds).ContentSequence:
+            if item.RelationshipType != "HAS OBS CONTEXT":
+                continue
+            name = item.ConceptNameCodeSequence[0]
+            value: Any = {
+                "CODE": lambda i: i.ConceptCodeSequence[0].CodeValue,
+                "PNAME": lambda i: str(i.PersonName),
+                "TEXT": lambda i: i.TextValue,
+                "UIDREF": lambda i: i.UID,
+            }[item.ValueType](item)
+            out.append((item.ValueType, name.CodeValue, name.CodingSchemeDesignator, value))
+        return out
+
+    def test_person_with_login(self) -> None:
+        ds = build([CT_1], observer_name="Roe^Jane", observer_login="https://ehr.example.org/fhir/Practitioner/7")
+        assert self.observer_items(ds) == [
+            ("CODE", "121005", "DCM", "121006"),  # Observer Type: Person
+            ("PNAME", "121008", "DCM", "Roe^Jane"),
+            ("TEXT", "128774", "DCM", "https://ehr.example.org/fhir/Practitioner/7"),
+        ]
+        got = parsed(ds)
+        assert got.observer_name == PersonName("Roe^Jane")
+        assert got.observer_login == "https://ehr.example.org/fhir/Practitioner/7"
+        assert got.device_observer_uid is None and got.device_observer_name is None
+
+    def test_device(self) -> None:
+        ds = build([CT_1], device_observer=self.FACADE)
+        assert self.observer_items(ds) == [
+            ("CODE", "121005", "DCM", "121007"),  # Observer Type: Device
+            ("UIDREF", "121012", "DCM", "2.25.1234567890"),
+            ("TEXT", "121013", "DCM", "Imaging FHIR facade"),
+            ("TEXT", "121014", "DCM", "imaging-fhir-facade"),
+        ]
+        got = parsed(ds)
+        assert (got.device_observer_uid, got.device_observer_name) == ("2.25.1234567890", "Imaging FHIR facade")
+        assert got.observer_name is None and got.observer_login is None
+
+    def test_person_and_device(self) -> None:
+        got = parsed(build([CT_1], observer_name="Who^Doctor", device_observer=self.FACADE))
+        assert got.observer_name == PersonName("Who^Doctor") and got.device_observer_uid == "2.25.1234567890"
+        doc = KeyObjectSelectionDocument.from_dataset(decoded(build([CT_1], device_observer=self.FACADE)))
+        assert len(doc.content.get_observer_contexts()) == 1
+
+    @pytest.mark.skipif(shutil.which("dsrdump") is None, reason="DCMTK dsrdump is not installed")
+    def test_dcmtk_accepts_both_observers(self, tmp_path: Path) -> None:
+        ds = build([CT_1, CINE], observer_name="Roe^Jane", observer_login="Practitioner/7", device_observer=self.FACADE)
+        path = tmp_path / "kos.dcm"
+        path.write_bytes(encode(ds))
+        run = subprocess.run(["dsrdump", "--log-level", "warn", str(path)], capture_output=True, text=True, check=False)
+        assert run.returncode == 0 and not [x for x in run.stderr.splitlines() if x.startswith(("E:", "F:"))]
+        assert "Practitioner/7" in run.stdout and "2.25.1234567890" in run.stdout
+
+    def test_a_login_needs_a_name(self) -> None:
+        with pytest.raises(ValueError, match="login name needs"):
+            build([CT_1], observer_login="Practitioner/7")
+
+    def test_a_bad_device_uid(self) -> None:
+        with pytest.raises(ValueError, match="not a DICOM UID"):
+            build([CT_1], device_observer=DeviceObserver("urn:oid:1.2"))
 
 
 class TestCrossStudy:

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
 from app.errors import InvalidRequest, Unprocessable
-from app.planning.manifest_input import Selected, from_payload
+from app.planning.manifest_input import Author, Selected, author, from_payload
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SEL = {
@@ -91,3 +92,54 @@ def test_rejection_titles_are_refused_as_unprocessable():
 def test_other_bodies_are_400(body):
     with pytest.raises(InvalidRequest):
         from_payload(body)
+
+
+class TestAuthor:
+    """Who a manifest made through the API names as its author (TID 1002 observers): the token's fhirUser as the
+    person, else the facade as the device."""
+
+    DEVICE = "2.25.4242"
+
+    @staticmethod
+    def manifest(observer: str | None = "Dr Who") -> Any:
+        m, _ = from_payload(SEL if observer else {k: v for k, v in SEL.items() if k != "performer"})
+        return m
+
+    def test_fhir_user_and_structured_name(self):
+        got = author(
+            self.manifest(),
+            fhir_user="https://ehr.example.org/fhir/Practitioner/7",
+            name="Jane Q. Roe",
+            family_name="Roe",
+            given_name="Jane Q.",
+            device_uid=self.DEVICE,
+        )
+        assert got == Author("Roe^Jane Q.", "https://ehr.example.org/fhir/Practitioner/7", None)
+
+    @pytest.mark.parametrize(
+        ("claims", "observer", "name"),
+        [
+            ({"name": "Jane Roe"}, "Dr Who", "Jane Roe"),  # a one-component PN (PS3.5 6.2.1.2)
+            ({"given_name": "Jane"}, None, "^Jane"),
+            ({}, "Dr Who", "Dr Who"),  # the manifest's performer, when the token gives no name
+            ({}, None, "Practitioner/7"),  # TID 1003 needs a name: the reference rather than a made-up one
+            ({"name": "A^B=C\\D\x1bE"}, None, "A B C D E"),  # PN delimiters and controls cannot pass
+            ({"family_name": "x" * 80}, None, "x" * 64),  # 64 characters per component group
+        ],
+    )
+    def test_fhir_user_names(self, claims, observer, name):
+        got = author(self.manifest(observer), fhir_user="Practitioner/7", device_uid=self.DEVICE, **claims)
+        assert got == Author(name, "Practitioner/7", None)
+
+    def test_without_fhir_user_the_facade_is_the_device(self):
+        assert author(self.manifest(None), fhir_user=None, device_uid=self.DEVICE) == Author(None, None, self.DEVICE)
+        # a person the token or the manifest names is kept beside it, but not vouched for by a reference
+        assert author(self.manifest(), fhir_user=None, device_uid=self.DEVICE) == Author("Dr Who", None, self.DEVICE)
+        got = author(self.manifest(), fhir_user=None, name="Jane Roe", device_uid=self.DEVICE)
+        assert got == Author("Jane Roe", None, self.DEVICE)
+
+    def test_a_device_performer_is_not_a_person(self):
+        # what a read shows for a manifest made by the facade, posted back: the device is no person observer
+        body = copy.deepcopy(SEL)
+        body["performer"] = [{"actor": {"type": "Device", "display": "Imaging FHIR facade"}}]
+        assert from_payload(body)[0].observer is None
