@@ -28,6 +28,7 @@ from .http.answers import answer_cache
 from .http.cors import CorsMiddleware
 from .http.fhir_http import FHIRResponse
 from .http.observability import Metrics, ObservabilityMiddleware
+from .http.warm import WARM_TYPES, WarmAnswers, WarmRoute
 from .mapping.versions import VERSIONS
 from .pacs.breaker import CircuitBreaker
 from .pacs.cache import CachedQido
@@ -129,6 +130,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/metrics", endpoints.metrics, methods=["GET"]),
     ]
+    # The routes whose repeated GETs app.http.warm answers from the finished-answer cache.
+    warm_searches: dict[str, WarmRoute] = {}
+    warm_reads: dict[str, WarmRoute] = {}
     for version in VERSIONS:
         fhir = f"/fhir/{version.name}"
         routes.append(Route(f"{fhir}/metadata", partial(endpoints.metadata, version=version), methods=["GET"]))
@@ -140,8 +144,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     Route(f"{fhir}/{rtype}", handler, methods=["GET"]),
                     Route(f"{fhir}/{rtype}/_search", handler, methods=["POST"]),
                 ]
+                if rtype in WARM_TYPES:
+                    warm_searches[routes[-2].path] = WarmRoute(routes[-2], version, rtype, "search")
             read = partial(endpoints.read, version=version, resource_type=rtype)
             routes.append(Route(f"{fhir}/{rtype}/{{id}}", read, methods=["GET"]))
+            if rtype in WARM_TYPES:
+                warm_reads[f"{fhir}/{rtype}/"] = WarmRoute(routes[-1], version, rtype, "read")
         if "ImagingSelection" in version.searches:
             create = partial(endpoints.create_selection, version=version)
             routes += [
@@ -157,7 +165,17 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         exception_handlers=handlers,
         # CORS inside observability: preflights get a request id and are counted; none of it without cors_origins.
         middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)]
-        + ([Middleware(CorsMiddleware, origins=settings.cors_origins)] if settings.cors_origins else []),
+        + ([Middleware(CorsMiddleware, origins=settings.cors_origins)] if settings.cors_origins else [])
+        + [
+            # innermost of ours: a warm hit still gets its request id, metrics, audit line and CORS headers
+            Middleware(
+                WarmAnswers,
+                searches=warm_searches,
+                reads=warm_reads,
+                public_url=settings.public_url,
+                forward_token=settings.pacs_auth == "forward",
+            )
+        ],
     )
     app.state.metrics = metrics
     return app

@@ -35,7 +35,7 @@ from cachetools import TTLCache
 from ..pacs.cache import CachedQido, MemoryCache
 from ..settings import Settings
 
-__all__ = ["Answer", "AnswerCache", "answer_cache"]
+__all__ = ["Answer", "AnswerCache", "answer_cache", "answer_key"]
 
 ALIASES = 100_000  # raw query strings remembered per canonical key (a few hundred bytes each at most)
 
@@ -80,6 +80,14 @@ class AnswerCache:
             self.hits += 1
         return answer
 
+    def find(self, key: Hashable) -> Answer | None:
+        """:meth:`get` without counting a miss: for a lookup that hands a miss on to one that counts it."""
+        self._sync()
+        answer = self._store.get(key)
+        if answer is not None:
+            self.hits += 1
+        return answer
+
     def get(self, key: Hashable) -> Answer | None:
         self._sync()
         answer = self._store.get(key)
@@ -107,6 +115,20 @@ class AnswerCache:
     @property
     def size_bytes(self) -> int:
         return int(self._store.currsize)
+
+
+def answer_key(
+    partition: Hashable, patient: str | None, version: str, resource_type: str, *parts: Hashable
+) -> Hashable | None:
+    """The key of an answer: the cache partition first, then the token's patient restriction, the FHIR version, the
+    resource type, and ``parts`` (the request and its rendering options); None when a part is not hashable (a
+    criterion value that cannot be a key: not cached rather than wrong)."""
+    key = (partition, patient, version, resource_type, *parts)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def answer_cache(settings: Settings, qido: CachedQido, *, ehr: bool) -> AnswerCache | None:

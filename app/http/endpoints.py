@@ -26,7 +26,7 @@ from ..security.scopes import Interaction
 from ..security.smart_discovery import smart_configuration as build_smart_configuration
 from ..usecases.service import Facade
 from ..usecases.wado_links import RetrievalGrant
-from .answers import Answer, AnswerCache
+from .answers import Answer, AnswerCache, answer_key
 from .cache_control import stale_accepted
 from .capability import capability_statement
 from .fhir_http import (
@@ -37,12 +37,14 @@ from .fhir_http import (
     negotiate,
     prefers_strict,
     pretty,
+    raw_query,
     search_items,
     wants_fresh,
 )
 from .landing import HEADERS as LANDING_HEADERS
 from .landing import landing_page
 from .observability import audit_fields, record
+from .warm import WARM_TYPES
 
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 PATIENT_INCLUDES = frozenset({"ImagingStudy:patient", "DocumentReference:subject"})  # need Patient read
@@ -135,8 +137,9 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     strict, fresh = prefers_strict(request), wants_fresh(request)
     patient_read = access.ctx.scopes.allows("Patient", "read")
     # A GET seen before is found by its query string as sent (no parsing); else by the parsed request.
-    answers, alias = _answer_key(request, access, version, resource_type, "GET", request.url.query, base, strict)
-    if request.method != "GET" or answers is None:
+    query = raw_query(request.scope)
+    answers, alias = _answer_key(request, access, version, resource_type, "GET", query, base, strict)
+    if request.method != "GET" or answers is None or query is None:
         alias = None
     elif not fresh and (hit := answers.lookup((alias, patient_read))) is not None:
         return _replay(request, "search", resource_type, hit)
@@ -183,14 +186,10 @@ def _answer_key(
     The partition (CACHE_SCOPE, set by _authorize) comes first, then the patient restriction; ``parts`` carry the
     canonical request, the base URL of the links and the rendering options."""
     answers: AnswerCache | None = getattr(request.app.state, "answers", None)
-    if answers is None or resource_type != "ImagingStudy":
+    if answers is None or resource_type not in WARM_TYPES:
         return None, None
-    key = (CACHE_SCOPE.get(), access.patient, version.name, resource_type, *parts)
-    try:
-        hash(key)
-    except TypeError:  # a criterion value that is not hashable: not cached rather than wrong
-        return None, None
-    return answers, key
+    key = answer_key(CACHE_SCOPE.get(), access.patient, version.name, resource_type, *parts)
+    return (None, None) if key is None else (answers, key)
 
 
 async def read(request: Request, version: FhirVersion, resource_type: str) -> Response:

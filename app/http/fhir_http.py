@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -50,14 +51,30 @@ class FHIRResponse(Response):
 def negotiate(request: Request, versions: frozenset[str] = frozenset({"4.0", "4.0.1"})) -> None:
     """406 unless the client takes JSON (R4 http.html#mime-type) of this base's FHIR version (``versions``: the
     fhirVersion MIME parameter values it answers, http.html#version-parameter); ``_format`` overrides Accept."""
-    fmt = request.query_params.get("_format")
-    if fmt is not None:
-        if fmt not in _FORMATS:
-            raise NotAcceptable(f"_format={fmt[:60]} is not served; this server speaks FHIR JSON only")
-        return
-    accept = request.headers.get("accept")
+    if b"_format" in request.scope["query_string"]:  # parsed only when it may be there (most requests: never)
+        fmt = request.query_params.get("_format")
+        if fmt is not None:
+            if fmt not in _FORMATS:
+                raise NotAcceptable(f"_format={fmt[:60]} is not served; this server speaks FHIR JSON only")
+            return
+    if not takes_fhir_json(request.headers.get("accept"), versions):
+        raise NotAcceptable(f"this base answers application/fhir+json (FHIR {min(versions)}) only")
+
+
+def takes_fhir_json(accept: str | None, versions: frozenset[str]) -> bool:
+    """Whether an ``Accept`` value admits FHIR JSON of one of ``versions`` (no header: yes)."""
+    # Clients send a handful of distinct short Accept values: those are decided once (bounded in count and size).
+    return _takes_fhir_json(accept, versions) if accept is None or len(accept) <= 256 else _decide(accept, versions)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_fhir_json(accept: str | None, versions: frozenset[str]) -> bool:
+    return _decide(accept, versions)
+
+
+def _decide(accept: str | None, versions: frozenset[str]) -> bool:
     if not accept or not accept.strip():
-        return
+        return True
     for media_range in accept.split(","):
         kind, *params = (p.strip() for p in media_range.split(";"))
         opts = dict(p.partition("=")[::2] for p in params)
@@ -66,15 +83,19 @@ def negotiate(request: Request, versions: frozenset[str] = frozenset({"4.0", "4.
         version = opts.get("fhirVersion", opts.get("fhirversion"))
         if version is not None and version.strip('"') not in versions:
             continue
-        return
-    raise NotAcceptable(f"this base answers application/fhir+json (FHIR {min(versions)}) only")
+        return True
+    return False
 
 
 def prefers_strict(request: Request) -> bool:
+    return strict_preferred(request.headers.get("prefer"))
+
+
+def strict_preferred(prefer: str | None) -> bool:
     """``Prefer: handling=strict`` (R4 search.html#errors)."""
-    return any(
-        p.strip().lower() == "handling=strict" for p in request.headers.get("prefer", "").replace(";", ",").split(",")
-    )
+    if not prefer:
+        return False
+    return any(p.strip().lower() == "handling=strict" for p in prefer.replace(";", ",").split(","))
 
 
 def cache_directives(request: Request) -> CacheDirectives:
@@ -108,8 +129,47 @@ async def search_items(request: Request) -> list[tuple[str, str]]:
 
 def fhir_base(request: Request, public_url: str | None, version: str = "R4") -> str:
     """Absolute base for fullUrl and links: the configured public URL, else the one the client used."""
-    root = public_url.rstrip("/") if public_url else str(request.base_url).rstrip("/")
-    return f"{root}/fhir/{version}"
+    if public_url:
+        return f"{public_url.rstrip('/')}/fhir/{version}"
+    return f"{client_root(request.scope)}/fhir/{version}"
+
+
+def client_root(scope: Mapping[str, Any]) -> str:
+    """The root URL the client used: Starlette's ``Request.base_url`` without its slash."""
+    host = next((v for k, v in scope["headers"] if k == b"host"), None)
+    server = scope.get("server")
+    return _root(
+        scope.get("scheme", "http"),
+        None if server is None else tuple(server),  # a list from some servers: a key must be hashable
+        scope.get("app_root_path", scope.get("root_path", "")),
+        host,
+    )
+
+
+# The root depends on these four values only, so it is worked out once per combination (a few per deployment; a
+# bounded number are remembered, since Host is the client's to choose).
+@functools.lru_cache(maxsize=256)
+def _root(scheme: str, server: tuple[str, int] | None, root_path: str, host: bytes | None) -> str:
+    scope = {
+        "type": "http",
+        "scheme": scheme,
+        "server": server,
+        "root_path": root_path,
+        "path": "/",
+        "query_string": b"",
+        "headers": [] if host is None else [(b"host", host)],
+    }
+    return str(Request(scope).base_url).rstrip("/")
+
+
+def raw_query(scope: Mapping[str, Any]) -> str | None:
+    """The query string as the client sent it, as Starlette's ``request.url.query`` gives it (UTF-8; cut at a
+    ``#``); None for one that is not UTF-8."""
+    try:
+        query: str = scope["query_string"].decode()
+    except UnicodeDecodeError:
+        return None
+    return query.partition("#")[0]
 
 
 MAX_JSON_BYTES = 4 * 1024 * 1024

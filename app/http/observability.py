@@ -10,11 +10,12 @@ birth dates never go into logs.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -73,6 +74,19 @@ class Metrics:
         self.breaker_open = Gauge(
             "facade_upstream_breaker_state", "PACS circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One HTTP request. The labelled children are looked up once per (route, method, status): prometheus_client's
+        ``labels()`` validates and locks on every call, a cost on every warm answer (issue 19)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route))
+            if len(self._request_children) < 1024:  # a client may invent methods: remember a bounded number
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_upstream(self, kind: str, outcome: str, seconds: float) -> None:
         self.upstream.labels(kind, outcome).inc()
@@ -98,17 +112,30 @@ def _read_counts(owner: Any, hits: Gauge, misses: Gauge, size: Gauge) -> None:
     size.set_function(lambda: float(owner.size_bytes))
 
 
+class RequestIds:
+    """Request ids unique across processes and restarts without a random draw per request: 64 random bits per
+    process, then a counter (32 hex digits, like the uuid4 ids they replace)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
 class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _SAFE_ID.fullmatch(given) else uuid.uuid4().hex  # a client's id only when harmless in logs
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        rid = given if _SAFE_ID.fullmatch(given) else self._ids.next()  # a client's id only when harmless in logs
         token = REQUEST_ID.set(rid)
         # One upstream time budget per request, shared by all its PACS calls (app.pacs.request_scope,
         # app.pacs.upstream).
@@ -128,8 +155,7 @@ class ObservabilityMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route).observe(elapsed)
+            self.metrics.observe_request(route, scope["method"], status, elapsed)
             if route.startswith("/fhir/") and not route.endswith("/metadata"):
                 _audit(scope, route, status, elapsed)
             REQUEST_ID.reset(token)

@@ -127,13 +127,40 @@ class Authorizer:
             return await self._introspect(token)
         raise Unauthorized("the access token is not a signed JWT")
 
+    def known(self, authorization: str | None) -> AuthContext | None:
+        """The caller's context when :meth:`authenticate` has established it before and would return it now without
+        any I/O or signature check (open mode, a verified JWT still valid, an active introspection answer still
+        kept); else None, also for a bad token: the caller then goes the full way (app.http.warm)."""
+        if self._settings.mode == "open":
+            return OPEN
+        try:
+            token = bearer_token(authorization)
+        except Unauthorized:
+            return None
+        digest = hashlib.sha256(token.encode()).digest()
+        if self._settings.jwt_enabled and _JWS.fullmatch(token):
+            return self._kept_jwt(digest)
+        if self._settings.introspection_url and self._settings.introspection_cache_ttl > 0:
+            hit = self._answers.get(digest)
+            if hit is not None and hit[1] > self._clock() and isinstance(hit[0], AuthContext):
+                return hit[0]
+        return None
+
     # -- JWT
+
+    def _kept_jwt(self, digest: bytes) -> AuthContext | None:
+        kept = self._verified.get(digest)
+        if (
+            kept is not None
+            and kept.expires_at is not None
+            and self._clock() < kept.expires_at + self._settings.clock_skew
+        ):
+            return kept
+        return None
 
     async def _verify(self, token: str) -> AuthContext:
         digest = hashlib.sha256(token.encode()).digest()
-        kept = self._verified.get(digest)
-        skew = self._settings.clock_skew
-        if kept is not None and kept.expires_at is not None and self._clock() < kept.expires_at + skew:
+        if (kept := self._kept_jwt(digest)) is not None:
             return kept
         ctx = await self._verify_signed(token)
         if ctx.expires_at is not None:

@@ -23,7 +23,7 @@ from app.http.cache_control import CacheDirectives, parse_cache_control, stale_a
         ("no-cache, stale-if-error=600", None, CacheDirectives(no_cache=True, stale_if_error=600)),
         ('stale-if-error="45",no-cache', None, CacheDirectives(no_cache=True, stale_if_error=45)),
         ("stale-if-error=-1", None, CacheDirectives()),
-        ("stale-if-error=１２", None, CacheDirectives()),  # full-width digits are not delta-seconds
+        ("stale-if-error=\uff11\uff12", None, CacheDirectives()),  # full-width digits are not delta-seconds
         ("stale-if-error", None, CacheDirectives()),
         (None, "no-cache", CacheDirectives(no_cache=True)),
         ("", "foo, no-cache", CacheDirectives(no_cache=True)),

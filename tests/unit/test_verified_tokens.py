@@ -77,3 +77,37 @@ def _jwks(tmp_path):
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps(JWKS))
     return path
+
+
+def test_known_vouches_only_for_what_authenticate_established(tmp_path):
+    """Authorizer.known (the warm path, app.http.warm): no I/O, no signature check, never a context that
+    authenticate would not return now."""
+    from app.security.context import OPEN
+    from tests.unit.test_auth import ACTIVE, INTROSPECT_URL, Server, introspecting
+
+    clock = Clock()
+    settings = smart(jwks_url=None, jwks_file=str(_jwks(tmp_path)), clock_skew=0)
+    tok = f"Bearer {token(exp=int(NOW) + 60)}"
+
+    async def go():
+        async with authorizer(settings, clock=clock) as a:
+            assert a.known(tok) is None  # never verified
+            ctx = await a.authenticate(tok)
+            assert a.known(tok) is ctx
+            assert a.known(None) is None and a.known("Bearer x") is None and a.known("Basic abc") is None
+            clock.now += 61  # past exp
+            assert a.known(tok) is None
+        server = Server(answers={"opaque": ACTIVE})
+        async with authorizer(introspecting(), server) as a:
+            assert a.known("Bearer opaque") is None
+            ctx = await a.authenticate("Bearer opaque")
+            assert a.known("Bearer opaque") is ctx
+            assert a.known("Bearer dead") is None
+            with pytest.raises(Unauthorized):
+                await a.authenticate("Bearer dead")
+            assert a.known("Bearer dead") is None  # a kept refusal is not a context
+            assert server.count(INTROSPECT_URL) == 2
+        async with authorizer(smart(mode="open")) as a:
+            assert a.known(None) is OPEN
+
+    asyncio.run(go())
