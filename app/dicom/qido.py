@@ -72,18 +72,19 @@ class QidoQuery:
         return self.level + "?" + "&".join(f"{k}={v}" for k, v in self.params)
 
 
-def match_pattern(value: str) -> tuple[str, bool]:
+def match_pattern(value: str, *, wildcards: bool = False) -> tuple[str, bool]:
     """A QIDO value that matches at least every stored value equal to ``value``; and whether it is exact.
 
     Unsafe characters become wildcards: an ASCII one becomes ``?`` (exactly one character), a run of non-ASCII
     characters becomes ``*`` (Orthanc matches bytes, and one character may be several UTF-8 bytes). The user's own
-    ``*`` and ``?`` are literals in FHIR, so they also become ``?``. A wildcard pattern widens the PACS match,
-    never narrows it, and callers re-check each answer for exact equality.
+    ``*`` and ``?`` are literals in FHIR, so they also become ``?``; with ``wildcards`` (a QIDO-RS client's value,
+    PS3.4 C.2.2.2.4) they stay wildcards. A wildcard pattern widens the PACS match, never narrows it, and callers
+    re-check each answer.
     """
     out: list[str] = []
     exact = True
     for ch in value:
-        if ch.isascii() and _LITERAL.match(ch):
+        if (ch.isascii() and _LITERAL.match(ch)) or (wildcards and ch in "*?"):
             out.append(ch)
         elif ch.isascii():
             out.append("?")
