@@ -45,6 +45,9 @@ class Settings:
     max_count: int = 100
     uid_batch: int = 100
     instance_limit: int = 20000
+    # A page's instance rows in up to this many concurrent QIDO requests where that pays (app.planning.instance_split:
+    # two or more studies, or one study of many instances); 1: one request, as before issue 19.
+    instance_query_split: int = 2
     prequery_limit: int = 2000
     cache_ttl: float = 60.0
     cache_max_bytes: int = 64 * 1024 * 1024
@@ -190,6 +193,7 @@ class Settings:
             "max_count",
             "uid_batch",
             "instance_limit",
+            "instance_query_split",
             "prequery_limit",
             "cache_max_bytes",
             "upstream_max_connections",

@@ -65,7 +65,9 @@ class Facade:
             issuer_systems=settings.issuer_systems,
         )
         self.plan_context = PlanContext(settings.accession_system, zone, settings.prequery_limit)
-        self.limits = Limits(settings.uid_batch, settings.instance_limit, settings.prequery_limit)
+        self.limits = Limits(
+            settings.uid_batch, settings.instance_limit, settings.prequery_limit, settings.instance_query_split
+        )
 
     def search_context(self, base: str, *, strict: bool) -> SearchContext:
         s = self.settings

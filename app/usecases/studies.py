@@ -5,8 +5,10 @@ Cost per page of k ≤ uid_batch studies: one study-level query, then one instan
 known before asking (a read, ``_id``, a Study UID identifier, or after a pre-query) the two go out concurrently.
 Series/instance-level criteria add one pre-query each (app.planning.plan), and what the caller's ``screen`` of its rows
 costs (app.usecases.service: a KO query of the studies found, to leave IOCM-rejected instances out). The instance query
-is paged only past ``instance_limit`` rows. A global modality page at offset o reads o + count + 1 study rows,
-because Orthanc 1.10 cannot page a ModalitiesInStudy match (:data:`OFFSET_BROKEN_BY`).
+is paged only past ``instance_limit`` rows, and sent as up to ``instance_query_split`` concurrent requests where
+that pays (app.planning.instance_split: a page of several studies, or one study of many instances): one more
+request, the same rows. A global modality page at offset o reads o + count + 1 study rows, because Orthanc 1.10
+cannot page a ModalitiesInStudy match (:data:`OFFSET_BROKEN_BY`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
 from ..dicom import dicom_json as dj
-from ..dicom.qido import INSTANCE_FIELDS, SERIES_FIELDS, STUDY_FIELDS, QidoQuery, uid_list
+from ..dicom.qido import STUDY_FIELDS, QidoQuery, uid_list
 from ..errors import TooCostly
 from ..fhir.dates import dicom_interval
 from ..fhir.search import is_uid
 from ..pacs.upstream import QidoResult
+from ..planning import instance_split as split
 from ..planning.plan import Plan, Prequery
 
 Fetch = Callable[[QidoQuery], Awaitable[QidoResult]]
@@ -36,6 +39,7 @@ class Limits:
     uid_batch: int  # UIDs per QIDO UID list (URL length)
     instances: int  # rows per instance-level request
     prequery: int  # rows a pre-query may match
+    split: int = 1  # concurrent requests a page's instance rows may be asked for in (instance_query_split)
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,9 @@ async def search_page(
         # their instances at the same time (neither request needs the other's answer).
         order = await _candidate_uids(plan, fetch, limits.prequery, screen)
         window = order[offset : offset + count]
+        study_rows = asyncio.ensure_future(_studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch))
         rows, instances = await asyncio.gather(
-            _studies_by_uid(window, plan.study_keys, fetch, limits.uid_batch),
-            instances_of(window, fetch, limits, level=level),
+            study_rows, instances_of(window, fetch, limits, level=level, study_rows=study_rows)
         )
         return _page([r for r in rows if plan.accepts(r)], instances, has_next=len(order) > offset + count)
     # One row more than asked tells whether a next page exists (QIDO gives no total, PS3.18 §8.3.4.4).
@@ -73,7 +77,8 @@ async def search_page(
         rows = rows[offset:]
     has_next = len(rows) > count
     rows = [r for r in _dedupe(rows[:count]) if plan.accepts(r)]
-    instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in rows], fetch, limits, level=level)
+    uids = [dj.text(r, dj.STUDY_UID) or "" for r in rows]
+    instances = await instances_of(uids, fetch, limits, level=level, study_rows=rows)
     return _page(rows, instances, has_next=has_next)
 
 
@@ -107,15 +112,16 @@ def _page(rows: list[dj.Dataset], instances: dict[str, list[dj.Dataset]], *, has
 
 async def read_study(uid: str, fetch: Fetch, limits: Limits) -> tuple[dj.Dataset, list[dj.Dataset]] | None:
     cached = getattr(fetch, "cached", None)
-    if cached is not None and cached(_study_query([uid], {})) and cached(_instance_query([uid], "instances", limits)):
+    split_rows = split.splits_study(limits.split, limits.instances)
+    first = split.first_window(uid) if split_rows else _instance_query([uid], "instances", limits)
+    if cached is not None and cached(_study_query([uid], {})) and cached(first):
         # Both answers are in memory: awaited in turn they never suspend, whereas gathering them would queue the
         # request twice behind every other ready task on a busy event loop (bench/README.md, load run).
         rows = await _studies_by_uid([uid], {}, fetch, limits.uid_batch)
-        instances = await instances_of([uid], fetch, limits)
+        instances = await instances_of([uid], fetch, limits, study_rows=rows)
     else:
-        rows, instances = await asyncio.gather(
-            _studies_by_uid([uid], {}, fetch, limits.uid_batch), instances_of([uid], fetch, limits)
-        )
+        study_rows = asyncio.ensure_future(_studies_by_uid([uid], {}, fetch, limits.uid_batch))
+        rows, instances = await asyncio.gather(study_rows, instances_of([uid], fetch, limits, study_rows=study_rows))
     return (rows[0], instances.get(uid, [])) if rows else None
 
 
@@ -160,31 +166,98 @@ async def window_page(
 ) -> StudyPage:
     """A page cut from already known (counted or sorted) study rows, with their instance or series rows."""
     window = rows[offset : offset + count]
-    instances = await instances_of([dj.text(r, dj.STUDY_UID) or "" for r in window], fetch, limits, level=level)
+    uids = [dj.text(r, dj.STUDY_UID) or "" for r in window]
+    instances = await instances_of(uids, fetch, limits, level=level, study_rows=window)
     return _page(window, instances, has_next=len(rows) > offset + count)
 
 
+StudyRows = list[dj.Dataset] | asyncio.Future[list[dj.Dataset]]
+
+
 async def instances_of(
-    uids: list[str], fetch: Fetch, limits: Limits, *, level: str = "instances"
+    uids: list[str],
+    fetch: Fetch,
+    limits: Limits,
+    *,
+    level: str = "instances",
+    study_rows: StudyRows | None = None,
 ) -> dict[str, list[dj.Dataset]]:
     """All instance (or series) rows of these studies: one request per ``uid_batch`` studies (more past
-    ``instance_limit`` rows)."""
+    ``instance_limit`` rows), split into up to ``limits.split`` concurrent ones where that pays
+    (app.planning.instance_split). ``study_rows`` (the studies' rows, or the request still asking for them) say how
+    many instances each study holds."""
     out: dict[str, list[dj.Dataset]] = {uid: [] for uid in uids}
+    known = split.counts(study_rows, level) if isinstance(study_rows, list) else None
     for batch in _batches(sorted(uids), limits.uid_batch):
-        for page in range(MAX_INSTANCE_PAGES):
-            rows = (await fetch(_instance_query(batch, level, limits, page))).rows
+        groups = split.groups(batch, limits.split, known)
+        if len(groups) > 1 and not _all_cached(
+            fetch, [split.row_query(g, level, limit=limits.instances) for g in groups]
+        ):
+            found = await asyncio.gather(*(_paged(list(g), level, fetch, limits) for g in groups))
+        elif len(groups) > 1:
+            found = [await _paged(list(g), level, fetch, limits) for g in groups]  # in memory: no need to queue
+        elif len(batch) == 1 and level == "instances" and split.splits_study(limits.split, limits.instances):
+            found = [await _windows(batch[0], fetch, limits, study_rows)]
+        else:
+            found = [await _paged(batch, level, fetch, limits)]
+        for group, rows in zip(groups, found, strict=True):
+            asked = set(group)  # a row of a study another request asked for is that request's to give
             for row in rows:
                 uid = dj.text(row, dj.STUDY_UID)
-                if uid in out:
+                if uid in asked:
                     out[uid].append(row)
-            if len(rows) < limits.instances:
-                break
-        else:
-            raise TooCostly(
-                f"these studies hold more than {MAX_INSTANCE_PAGES * limits.instances} instances; "
-                "ask for fewer per page with _count"
-            )
     return out
+
+
+async def _paged(uids: list[str], level: str, fetch: Fetch, limits: Limits, start: int = 0) -> list[dj.Dataset]:
+    """The rows of these studies from row ``start`` on, ``instance_limit`` per request, at most
+    MAX_INSTANCE_PAGES requests."""
+    out: list[dj.Dataset] = []
+    for page in range(MAX_INSTANCE_PAGES):
+        offset = start + page * limits.instances
+        rows = (await fetch(split.row_query(uids, level, limit=limits.instances, offset=offset))).rows
+        out += rows
+        if len(rows) < limits.instances:
+            return out
+    raise TooCostly(
+        f"these studies hold more than {MAX_INSTANCE_PAGES * limits.instances} instances; "
+        "ask for fewer per page with _count"
+    )
+
+
+async def _windows(uid: str, fetch: Fetch, limits: Limits, study_rows: StudyRows | None) -> list[dj.Dataset]:
+    """One study's instance rows: the first SPLIT_ROWS at once; the rest, beside them, once its study row counts
+    more (after them, when their window comes back full without a count). Windows that disagree (an instance in
+    both, or fewer than the study row counts) are asked again in one request: never a missed or repeated instance."""
+    first: Awaitable[QidoResult]
+    if isinstance(study_rows, asyncio.Future):
+        # The first window goes out beside the study query (a read); the rest waits for the study's count.
+        pending = first = asyncio.ensure_future(fetch(split.first_window(uid)))
+        try:
+            rows = await study_rows
+        except BaseException:
+            pending.cancel()
+            raise
+    else:
+        first, rows = fetch(split.first_window(uid)), study_rows or []
+    expected = split.counts(rows, "instances").get(uid)
+    if expected is not None and expected > split.SPLIT_ROWS:
+        head, tail = await asyncio.gather(first, _paged([uid], "instances", fetch, limits, split.SPLIT_ROWS))
+        head_rows = head.rows
+    else:
+        head_rows = (await first).rows
+        if len(head_rows) < split.SPLIT_ROWS:
+            return head_rows  # one request after all: nothing to check against another
+        tail = await _paged([uid], "instances", fetch, limits, split.SPLIT_ROWS)
+    joined, disjoint = split.joined(head_rows, tail)
+    if disjoint and split.complete(joined, expected):
+        return joined
+    return await _paged([uid], "instances", fetch, limits)
+
+
+def _all_cached(fetch: Fetch, queries: list[QidoQuery]) -> bool:
+    cached = getattr(fetch, "cached", None)
+    return cached is not None and all(cached(q) for q in queries)
 
 
 async def _studies_by_uid(uids: list[str], keys: dict[str, str], fetch: Fetch, batch: int) -> list[dj.Dataset]:
@@ -200,10 +273,8 @@ def _study_query(uids: list[str], keys: dict[str, str]) -> QidoQuery:
     return QidoQuery.build("studies", keys | {"StudyInstanceUID": uid_list(sorted(uids))}, fields=STUDY_FIELDS)
 
 
-def _instance_query(uids: list[str], level: str, limits: Limits, page: int = 0) -> QidoQuery:
-    fields = INSTANCE_FIELDS if level == "instances" else SERIES_FIELDS
-    keys = {"StudyInstanceUID": uid_list(sorted(uids))}
-    return QidoQuery.build(level, keys, fields=fields, limit=limits.instances, offset=page * limits.instances)
+def _instance_query(uids: list[str], level: str, limits: Limits) -> QidoQuery:
+    return split.row_query(uids, level, limit=limits.instances)
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:

@@ -23,28 +23,32 @@ def _paths(pacs):
 
 
 class TestUpstreamCost:
-    @pytest.mark.parametrize("k", [1, 5, 20, 60])
-    def test_a_page_of_k_studies_costs_two_requests(self, pacs, make_client, k):
-        studies = [study_row(f"1.2.3.{i}") for i in range(k)]
+    # The study rows count 3 instances each: from MIN_SPLIT_ROWS instances on, the page's instance rows are asked
+    # for in two concurrent requests (instance_query_split = 2, the default), each with half of the Study UIDs.
+    @pytest.mark.parametrize(("k", "split", "calls"), [(1, 2, 2), (5, 2, 2), (20, 2, 3), (60, 2, 3), (60, 1, 2)])
+    def test_a_page_of_k_studies_costs_two_or_three_requests(self, pacs, make_client, k, split, calls):
+        studies = [study_row(f"1.2.3.{i}") | {"00201208": {"vr": "IS", "Value": [3]}} for i in range(k)]
         instances = [
             instance_row(f"1.2.3.{i}", f"1.2.3.{i}.1", f"1.2.3.{i}.1.{j}", number=j)
             for i in range(k)
             for j in range(1, 4)
         ]
-        _serve(pacs, studies, instances)
-        client = make_client()
+        _serve(pacs, studies, instances)  # every instance query gets every row: each request keeps its own
+        client = make_client(instance_query_split=split)
         r = client.get(f"/fhir/R4/ImagingStudy?_count={k}")
         assert r.status_code == 200
         body = r.json()
         check(body)
         assert len(body["entry"]) == k
         assert all(len(e["resource"]["series"][0]["instance"]) == 3 for e in body["entry"])
-        assert len(pacs.calls) == 2
-        studies_call, instances_call = _paths(pacs)
+        assert len(pacs.calls) == calls
+        studies_call, *instance_calls = _paths(pacs)
         assert studies_call.startswith("studies?") and f"limit={k + 1}" in studies_call
-        assert instances_call.startswith("instances?StudyInstanceUID=")
-        listed = instances_call.split("StudyInstanceUID=")[1].split("&")[0].split(",")
-        assert sorted(listed) == sorted(f"1.2.3.{i}" for i in range(k))
+        listed = []
+        for call in instance_calls:
+            assert call.startswith("instances?StudyInstanceUID=")
+            listed += call.split("StudyInstanceUID=")[1].split("&")[0].split(",")
+        assert sorted(listed) == sorted(f"1.2.3.{i}" for i in range(k))  # each study asked for once
 
     def test_extra_row_means_next_link(self, pacs, client):
         _serve(pacs, [study_row(f"1.2.3.{i}") for i in range(3)], [])
