@@ -129,6 +129,17 @@ class Bare:
             self.proc.wait(timeout=10)
 
 
+def pin(pids: list[int], spec: str) -> str | None:
+    """``spec`` "SERVER:CLIENT" (cores, e.g. "0:1"): every thread of the servers on SERVER, and the client's cores
+    returned for wrk; "" leaves scheduling to the kernel."""
+    if not spec:
+        return None
+    server, _, client = spec.partition(":")
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-cp", server, str(pid)], check=True, capture_output=True)
+    return client or None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
@@ -142,6 +153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--auth", default="open,smart")
     p.add_argument("--scenarios", default="patient,range,uid,big_read")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--pin", default="0:1", help='server cores ":" wrk cores (taskset); "" to not pin')
     p.add_argument("--quiet-wait", type=float, default=20.0)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "bare.json")
     return p.parse_args(argv)
@@ -196,9 +208,27 @@ def main(argv: list[str] | None = None) -> int:
                         try:
                             pids = [facade.pid, bare.proc.pid, pacs.pid]
                             asyncio.run(wait_quiet(pids, args.quiet_wait))
-                            f = run_wrk(origin, paths, headers, args.concurrency, args.duration, workdir, facade.pid)
+                            # The server on one core, wrk on the other (issue 19: "wrk ... on its own core").
+                            wrk_cpus = pin([facade.pid, bare.proc.pid], args.pin)
+                            f = run_wrk(
+                                origin,
+                                paths,
+                                headers,
+                                args.concurrency,
+                                args.duration,
+                                workdir,
+                                facade.pid,
+                                cpus=wrk_cpus,
+                            )
                             b = run_wrk(
-                                bare.origin, paths, headers, args.concurrency, args.duration, workdir, bare.proc.pid
+                                bare.origin,
+                                paths,
+                                headers,
+                                args.concurrency,
+                                args.duration,
+                                workdir,
+                                bare.proc.pid,
+                                cpus=wrk_cpus,
                             )
                         finally:
                             bare.stop()

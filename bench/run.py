@@ -669,8 +669,10 @@ def run_wrk(
     server_pid: int,
     calls_per_op: float = 1.0,
     other_pid: int | None = None,
+    cpus: str | None = None,
 ) -> Load:
-    """wrk cycling through ``paths`` (each connection its own position); -t1 leaves a core to the server."""
+    """wrk cycling through ``paths`` (each connection its own position); -t1 leaves a core to the server.
+    ``cpus``: run wrk pinned to these cores (``taskset -c``), away from the server's."""
     script = workdir / f"wrk-{time.monotonic_ns()}.lua"
     script.write_text(
         WRK_SCRIPT
@@ -680,6 +682,7 @@ def run_wrk(
         }
     )
     cmd = [
+        *(["taskset", "-c", cpus] if cpus else []),
         "wrk",
         "-t1",
         f"-c{concurrency}",
