@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "RENDERED_TYPES",
+    "accepts_dicom_json",
     "boundary_of",
     "format_media_type",
     "is_boundary",
@@ -162,3 +163,18 @@ def _split_list(value: str) -> list[str]:
         current.append(ch)
     parts.append("".join(current))
     return [p.strip() for p in parts if p.strip()]
+
+
+_JSON_TYPES = frozenset({"application/dicom+json", "application/json", "application/*", "*/*"})
+
+
+def accepts_dicom_json(accept: str | None) -> bool:
+    """Whether an Accept value lets a QIDO-RS answer be ``application/dicom+json`` (PS3.18 §10.6.3; no Accept, or
+    ``*/*``, allows it; a type listed with ``q=0`` refuses it, RFC 7231 §5.3.2)."""
+    if accept is None or not accept.strip():
+        return True
+    for item in accept.split(","):
+        media, params = parse_media_type(item)
+        if media in _JSON_TYPES and params.get("q", "1").strip() not in ("0", "0.0", "0.00", "0.000"):
+            return True
+    return False

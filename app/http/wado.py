@@ -1,5 +1,7 @@
 """The WADO-RS gateway's routes (issue 12): ``/dicomweb/studies/...`` (token or open mode) and
-``/dicomweb/c/{capability}/studies/...`` (capability mode), relative to Endpoint.address.
+``/dicomweb/c/{capability}/studies/...`` (capability mode), relative to Endpoint.address; and its QIDO-RS searches
+at every level (issue 20, :func:`search`: ``studies``, ``series``, ``instances``, and those of a study or series,
+PS3.18 §10.6.1), authorized the same way, a capability without a study in the path confined to its own study.
 
 Each request: authorize (a bearer token through :class:`app.security.auth.Authorizer`, ImagingStudy read; or a
 capability, :func:`app.security.capability.verify`, bound to the path's study UID) → validate the path
@@ -24,6 +26,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from starlette.requests import Request
@@ -31,8 +34,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Send
 
-from ..dicom.wado_rewrite import WadoPath, parse_wado_path
-from ..errors import FacadeError, NotFound
+from ..dicom.media_type import accepts_dicom_json
+from ..dicom.qido_rs import parse_qido
+from ..dicom.wado_rewrite import WadoPath, is_uid, parse_wado_path
+from ..errors import FacadeError, NotAcceptable, NotFound
 from ..pacs.request_scope import CACHE_SCOPE, PACS_TOKEN
 from ..security import capability
 from ..security.auth import Authorizer
@@ -45,6 +50,8 @@ from .observability import Metrics, audit_log
 
 __all__ = ["StreamedResponse", "routes"]
 
+DICOM_JSON = "application/dicom+json"
+
 logger = logging.getLogger(__name__)
 
 PREFIXES = ("/dicomweb", "/dicomweb/c/{capability}")
@@ -55,11 +62,9 @@ TEMPLATES = (
     _STUDY,
     _STUDY + "/metadata",
     _STUDY + "/rendered",
-    _STUDY + "/series",
     _SERIES,
     _SERIES + "/metadata",
     _SERIES + "/rendered",
-    _SERIES + "/instances",
     _INSTANCE,
     _INSTANCE + "/metadata",
     _INSTANCE + "/rendered",
@@ -67,12 +72,26 @@ TEMPLATES = (
     _INSTANCE + "/frames/{frames}/rendered",
     _INSTANCE + "/bulk/{bulk:path}",
 )
+# QIDO-RS (PS3.18 §10.6.1 resources: all studies, series or instances, and those of a study or series) → level.
+SEARCHES = {
+    "/studies": "studies",
+    "/series": "series",
+    "/instances": "instances",
+    _STUDY + "/series": "series",
+    _STUDY + "/instances": "instances",
+    _SERIES + "/instances": "instances",
+}
 
 
 def routes() -> list[Route]:
     """Every gateway route, under both prefixes (GET; Starlette adds HEAD). Anything else under /dicomweb is the
-    app's 404 OperationOutcome: there is no global QIDO here (``studies?...`` is the FHIR API's job)."""
-    return [
+    app's 404 OperationOutcome."""
+    searches = [
+        Route(prefix + t, partial(search, template=prefix + t, level=level), methods=["GET"])
+        for prefix in PREFIXES
+        for t, level in SEARCHES.items()
+    ]
+    return searches + [
         Route(prefix + template, partial(retrieve, prefix=prefix, template=prefix + template), methods=["GET"])
         for prefix in PREFIXES
         for template in TEMPLATES
@@ -150,12 +169,66 @@ async def retrieve(request: Request, prefix: str, template: str) -> Response:
     return StreamedResponse(body, headers, partial(finish, body.status))
 
 
-def _target(request: Request, prefix: str) -> WadoPath:
-    """The validated resource path, from the decoded path after the prefix; an encoded slash or backslash in the
-    raw path is refused before decoding could turn it into a segment boundary (Rule 1: path tricks)."""
+async def search(request: Request, template: str, level: str) -> Response:
+    """QIDO-RS (issue 20): authorized as a retrieval, confined to the caller's scope (app.usecases.gateway_search);
+    the query string is parsed here and never passed on (app.dicom.qido_rs)."""
+    started = time.perf_counter()
+    settings: Settings = request.app.state.facade.settings
+    metrics: Metrics = request.app.state.metrics
+    audit: dict[str, Any] = {"route": template, "who": "anonymous", "study": request.path_params.get("study")}
+    status, sent = 200, 0
+    try:
+        _raw_path_check(request)
+        study, series = request.path_params.get("study"), request.path_params.get("series")
+        if not all(uid is None or is_uid(uid) for uid in (study, series)):
+            raise NotFound("no such QIDO-RS resource")
+        if not accepts_dicom_json(request.headers.get("accept")):
+            raise NotAcceptable("QIDO-RS answers application/dicom+json here (PS3.18 §10.6.3)")
+        cap = request.path_params.get("capability")
+        grant = _grant(request, settings, cap, study, audit) if cap else None
+        patient = None if grant else await _token(request, settings, audit)
+        if patient is not None:
+            audit["patient"] = f"Patient/{patient}"
+        req = parse_qido(level, request.query_params.multi_items())
+        retrieval: Retrieval = request.app.state.retrieval
+        base = wado_address(settings, fhir_base(request, settings.public_url, "R4"))
+        found = await retrieval.searches.search(
+            req,
+            patient=patient,
+            capability_study=grant.study_uid if grant else None,
+            study=study,
+            series=series,
+            public_base=base + (f"/c/{cap}" if cap else ""),
+            agent=urlsplit(base).netloc or "-",
+        )
+        headers = {"Content-Type": DICOM_JSON}
+        if found.warnings:
+            headers["Warning"] = ", ".join(found.warnings)
+        sent = len(found.body)
+        audit["rows"] = found.rows
+        return Response(found.body, status_code=200, headers=headers)
+    except FacadeError as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.wado_bytes.labels(template).inc(sent)
+        metrics.wado_responses.labels(template, str(status), "complete" if status == 200 else "cut").inc()
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        audit_log.info("search", extra={"audit": {**audit, "method": request.method, "status": status, "ms": ms}})
+
+
+def _raw_path_check(request: Request) -> None:
+    """An encoded slash, backslash or dot in the raw path is refused before decoding could turn it into a segment
+    boundary (Rule 1: path tricks)."""
     raw = bytes(request.scope.get("raw_path") or b"").lower()
     if b"%2f" in raw or b"%5c" in raw or b"%2e" in raw:
         raise NotFound("no such WADO-RS resource")
+
+
+def _target(request: Request, prefix: str) -> WadoPath:
+    """The validated resource path, from the decoded path after the prefix; an encoded slash or backslash in the
+    raw path is refused before decoding could turn it into a segment boundary (Rule 1: path tricks)."""
+    _raw_path_check(request)
     path = request.url.path
     rest = path.split("/studies/", 1)[1] if "/studies/" in path else ""
     target = parse_wado_path("studies/" + rest)
@@ -179,15 +252,16 @@ async def _token(request: Request, settings: Settings, audit: dict[str, Any]) ->
 
 async def _capability(request: Request, settings: Settings, cap: str, audit: dict[str, Any]) -> str | None:
     """A capability bound to the path's study (verified before anything else is looked at); its patient."""
+    return _grant(request, settings, cap, request.path_params.get("study", ""), audit).patient
+
+
+def _grant(
+    request: Request, settings: Settings, cap: str, study: str | None, audit: dict[str, Any]
+) -> capability.CapabilityGrant:
+    """The verified grant; ``study`` None for a search whose path names no study (confined to the grant's)."""
     if not settings.capability_keys:
         raise NotFound("no such WADO-RS resource")
-    grant = capability.verify(
-        cap,
-        request.path_params.get("study", ""),
-        keys=settings.capability_keys,
-        now=time.time(),
-        skew=settings.auth_clock_skew,
-    )
+    grant = capability.verify(cap, study, keys=settings.capability_keys, now=time.time(), skew=settings.auth_clock_skew)
     audit["who"] = "capability"
     CACHE_SCOPE.set(("capability", grant.patient))
-    return grant.patient
+    return grant

@@ -33,6 +33,7 @@ from typing import Final
 
 import httpx
 
+from ..dicom.qido import QidoQuery
 from ..errors import (
     FacadeError,
     InvalidRequest,
@@ -56,6 +57,12 @@ logger = logging.getLogger(__name__)
 # UID or number starts with a digit (a "." segment would be removed by httpx: "studies/." would search every study).
 _PATH: Final = re.compile(
     r"studies/[0-9][0-9.]{0,63}(/[0-9A-Za-z,]+(/[0-9][0-9.,]{0,63})?)*(/[0-9a-f]{8}(/[0-9]{1,6}/[0-9a-f]{8})*)?"
+)
+
+# A gateway QIDO-RS query (app.dicom.qido.QidoQuery.path): a level, then keys of letters and digits whose values hold
+# only characters that are safe raw in a query and need no decoding (no "%", "&", "=", "#", space).
+_QIDO: Final = re.compile(
+    r"(studies|series|instances)(\?[0-9A-Za-z]+=[A-Za-z0-9\-._~^':/*?,]*(&[0-9A-Za-z]+=[A-Za-z0-9\-._~^':/*?,]*)*)?"
 )
 
 
@@ -151,6 +158,17 @@ class WadoUpstream(DicomWebClient):
         if not _PATH.fullmatch(path) or ".." in path:
             raise ValueError("not a WADO-RS path")
         url = f"{self._base}/{path}" + (f"?{query}" if query else "")
+        return await self._get(url, accept, own_budget=own_budget)
+
+    async def search(self, query: QidoQuery) -> WadoAnswer:
+        """GET ``{base}/{query.path}`` as DICOM JSON, the gateway's QIDO-RS (app.usecases.gateway_search): the
+        rows whole, unlike the FHIR side's cached QIDO port, which keeps only the attributes it maps. The query
+        string is the one :class:`~app.dicom.qido.QidoQuery` built from parsed values, checked again here."""
+        if not _QIDO.fullmatch(query.path):
+            raise ValueError("not a QIDO-RS query")
+        return await self._get(f"{self._base}/{query.path}", "application/dicom+json", own_budget=False)
+
+    async def _get(self, url: str, accept: str | None, *, own_budget: bool) -> WadoAnswer:
         asked = (("Accept", accept),) if accept else ()
         headers = with_credentials((*asked, ("Accept-Encoding", "identity")), self._auth)
         sender = self._sender

@@ -75,9 +75,11 @@ def issue(
     return f"{_b64(payload)}.{_b64(_mac(keys[0], payload))}"
 
 
-def verify(capability: str, study_uid: str, *, keys: Sequence[str], now: float, skew: float) -> CapabilityGrant:
+def verify(capability: str, study_uid: str | None, *, keys: Sequence[str], now: float, skew: float) -> CapabilityGrant:
     """The grant of a genuine, unexpired capability for ``study_uid``; else :class:`Unauthorized` with one fixed
-    message (malformed, over-long, tampered, signed by no listed key, another study, expired past ``skew``)."""
+    message (malformed, over-long, tampered, signed by no listed key, another study, expired past ``skew``).
+    ``study_uid`` None: a request whose path names no study (a QIDO-RS search at the root, issue 20), which the
+    caller confines to the grant's study."""
     if len(capability) > MAX_LENGTH or not _SHAPE.fullmatch(capability):
         raise Unauthorized(_INVALID)
     encoded_payload, encoded_mac = capability.split(".")
@@ -94,7 +96,9 @@ def verify(capability: str, study_uid: str, *, keys: Sequence[str], now: float, 
     body = _body(payload)
     if body is None or body["k"] != key_id(signer):
         raise Unauthorized(_INVALID)
-    if body["s"] != study_uid:  # the path names another study than the one granted: editing it cannot widen it
+    if (
+        study_uid is not None and body["s"] != study_uid
+    ):  # the path names another study than the one granted: editing it cannot widen it
         raise Unauthorized(_INVALID)
     if now > body["e"] + skew:
         raise Unauthorized(_INVALID)

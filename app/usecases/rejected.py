@@ -8,6 +8,8 @@ not show. The pure rules are app.dicom.rejections; this module reads the notes (
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from ..dicom import dicom_json as dj
 from ..dicom import rejections
 from ..dicom.qido import QidoQuery, uid_list
@@ -49,6 +51,17 @@ class RejectedInstances:
         return rejections.lower_series_counts(studies, docs)
 
     def screen(self, fetch: Fetch) -> Screen | None:
+        """:meth:`screen_rows` in the form the FHIR search's pre-queries take."""
+        screen = self.screen_rows(fetch)
+        if screen is None:
+            return None
+
+        async def prequery(pre: Prequery, rows: list[dj.Dataset]) -> list[dj.Dataset]:
+            return await screen(pre.query.level, rows)
+
+        return prequery
+
+    def screen_rows(self, fetch: Fetch) -> Callable[[str, list[dj.Dataset]], Awaitable[list[dj.Dataset]]] | None:
         """IOCM for the series/instance-level criteria: a study found only through rejected instances is not found
         (the search must agree with the content, :meth:`hide`). The rejection notes of the studies the pre-query
         found are read like a page's: KO instance rows, their content from the cached documents.
@@ -74,13 +87,14 @@ class RejectedInstances:
                 out += rows
             return out
 
-        async def screen(pre: Prequery, rows: list[dj.Dataset]) -> list[dj.Dataset]:
+        async def screen(level: str, rows: list[dj.Dataset]) -> list[dj.Dataset]:
+            """``rows``: series or instance rows (QIDO ``level``); the WADO-RS gateway's searches use it too."""
             studies = sorted({uid for r in rows if (uid := dj.text(r, dj.STUDY_UID))})
             notes = await rows_of("StudyInstanceUID", studies, {"Modality": "KO"}, KO_FIELDS)
             rejected = rejections.rejected_references(await documents.of_rows(notes))
             if not rejected:
                 return rows
-            if pre.query.level == "instances":
+            if level == "instances":
                 return rejections.screen_instances(rows, rejected)
             doubtful = rejections.doubtful_series(rows, rejected)
             instances = await rows_of("SeriesInstanceUID", doubtful, {}, ()) if doubtful else []

@@ -15,15 +15,15 @@ Rules (issue 12):
   (:class:`app.dicom.wado_rewrite.WadoPath`), so nothing outside the authorized study is reachable.
 * **Streaming** (Rule 2): multipart answers are re-wrapped part by part (app.dicom.multipart), never held whole;
   their length is then unknown, so no Content-Length is passed on. Rendered images pass unchanged, with the
-  PACS's Content-Length. JSON answers (metadata, QIDO inside a study) are read whole, bounded by
-  :data:`MAX_JSON_BYTES`, because every BulkDataURI / RetrieveURL in them must be rewritten (Orthanc builds them
-  in memory too, §3).
+  PACS's Content-Length. Metadata is read whole, bounded by :data:`MAX_JSON_BYTES`, because every BulkDataURI in
+  it must be rewritten (Orthanc builds it in memory too, §3). Searches (QIDO-RS, in a study or not) are
+  :attr:`Retrieval.searches`, app.usecases.gateway_search.
 * **Nothing points at the PACS** (Rule 3): BulkDataURI, RetrieveURL and part Content-Location are rewritten by path
   to ``public_base`` (app.dicom.wado_rewrite), or left out; only content headers of parts are kept.
-* **IOCM** (Rule 4): a rejected instance's own routes are 404; metadata and QIDO answers leave rejected instances
-  out; a study or series retrieve that would include one is made of the series that hold none (one request each)
-  and, for the series that do, of their other instances one by one, all under one new boundary. Study and series
-  ``rendered`` then render the first instance that is not rejected.
+* **IOCM** (Rule 4): a rejected instance's own routes are 404; metadata and search answers leave rejected
+  instances out; a study or series retrieve that would include one is made of the series that hold none (one
+  request each) and, for the series that do, of their other instances one by one, all under one new boundary.
+  Study and series ``rendered`` then render the first instance that is not rejected.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Protocol
-from urllib.parse import unquote
 
 import orjson
 
@@ -43,6 +42,7 @@ from ..dicom.wado_rewrite import WadoPath, drop_instances, rewrite_dicom_json, r
 from ..errors import NotFound, UpstreamBadResponse
 from ..fhir import patient_ids
 from ..pacs.wado import WadoAnswer, WadoUpstream
+from .gateway_search import GatewaySearch, datasets
 from .service import Facade
 
 __all__ = ["MAX_JSON_BYTES", "AuthorizedStudy", "Body", "Retrieval"]
@@ -51,8 +51,6 @@ logger = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 256 * 1024 * 1024  # metadata of a 2,000-instance CT study is ~10 MB
 DICOM_JSON = "application/dicom+json"
-# QIDO keys that could name another study or series than the path's (Orthanc may let a query key override it).
-_SCOPE_KEYS = frozenset({"studyinstanceuid", "0020000d", "seriesinstanceuid", "0020000e"})
 
 
 @dataclass(frozen=True)
@@ -115,6 +113,7 @@ class Retrieval:
         self.facade = facade
         self.wado = wado
         self.max_json_bytes = max_json_bytes
+        self.searches = GatewaySearch(facade, wado, max_json_bytes=max_json_bytes)
 
     async def study(self, uid: str, *, patient: str | None) -> AuthorizedStudy:
         """The study if this caller may retrieve it (module docstring, Rule 1); NotFound otherwise."""
@@ -131,8 +130,8 @@ class Retrieval:
             raise NotFound("no such study")
         study.check(target)
         resource = target.resource
-        if resource in ("metadata", "series", "instances"):
-            return await self._json(target, study, query=query if resource != "metadata" else "", base=public_base)
+        if resource == "metadata":
+            return await self._metadata(target, study, base=public_base)
         if resource == "rendered" or target.rendered:
             if target.instance is None and study.rejected_in(target.series):
                 target = self._first_kept(target, study)
@@ -153,25 +152,16 @@ class Retrieval:
         await answer.raise_for_status()
         return Body(answer.status, answer.content_type, _chunks(answer), answer.content_length, rewritten=False)
 
-    async def _json(self, target: WadoPath, study: AuthorizedStudy, *, query: str, base: str) -> Body:
-        """Metadata or QIDO rows inside the study: read, rejected instances left out, URLs rewritten."""
-        answer = await self.wado.open(target.path, accept=DICOM_JSON, query=_scoped_query(query))
-        if answer.status == 204:  # QIDO: no match (PS3.18 §8.3.4.4)
-            await answer.aclose()
-            datasets: list[dj.Dataset] = []
-        else:
-            await answer.raise_for_status()
-            raw = await answer.read(self.max_json_bytes)
-            datasets = _datasets(raw)
-        if target.resource == "series":  # series rows of this study only, and only series with a kept instance
-            kept = {dj.text(r, dj.SERIES_UID) for r in study.instances if _kept(r, study)}
-            datasets = [d for d in datasets if _in(d, dj.STUDY_UID, study.uid) and dj.text(d, dj.SERIES_UID) in kept]
-        else:
-            datasets = [d for d in datasets if _in(d, dj.STUDY_UID, study.uid)]
-            if target.series is not None:
-                datasets = [d for d in datasets if _in(d, dj.SERIES_UID, target.series)]
-            datasets = drop_instances(datasets, study.rejected)
-        body = orjson.dumps(rewrite_dicom_json(datasets, base))
+    async def _metadata(self, target: WadoPath, study: AuthorizedStudy, *, base: str) -> Body:
+        """Metadata: read, rejected instances left out, URLs rewritten. (Searches, QIDO-RS inside the study too,
+        are app.usecases.gateway_search's.)"""
+        answer = await self.wado.open(target.path, accept=DICOM_JSON)
+        await answer.raise_for_status()
+        found = datasets(await answer.read(self.max_json_bytes))
+        found = [d for d in found if _in(d, dj.STUDY_UID, study.uid)]
+        if target.series is not None:
+            found = [d for d in found if _in(d, dj.SERIES_UID, target.series)]
+        body = orjson.dumps(rewrite_dicom_json(drop_instances(found, study.rejected), base))
         return Body(200, DICOM_JSON, _one(body), str(len(body)))
 
     async def _rewrapped(self, paths: list[str], *, accept: str | None, base: str) -> Body:
@@ -251,32 +241,10 @@ def _series_order(study: AuthorizedStudy) -> list[str]:
     return [uid for r in study.instances if (uid := dj.text(r, dj.SERIES_UID))]
 
 
-def _kept(row: dj.Dataset, study: AuthorizedStudy) -> bool:
-    return dj.text(row, dj.SOP_INSTANCE_UID) not in study.rejected
-
-
 def _in(ds: dj.Dataset, tag: str, uid: str) -> bool:
     """The dataset does not name another study/series than ``uid`` (a row without the attribute is kept)."""
     value = dj.text(ds, tag)
     return value is None or value == uid
-
-
-def _scoped_query(query: str) -> str:
-    """The client's QIDO query string without keys that could widen it past the path's study or series."""
-    items = [item for item in query.split("&") if item]
-    return "&".join(i for i in items if unquote(i.partition("=")[0]).strip().lower() not in _SCOPE_KEYS)
-
-
-def _datasets(raw: bytes) -> list[dj.Dataset]:
-    try:
-        data = orjson.loads(raw) if raw.strip() else []
-    except orjson.JSONDecodeError:
-        raise UpstreamBadResponse("the PACS sent a response that is not JSON") from None
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise UpstreamBadResponse("the PACS sent JSON that is not DICOM JSON")
-    return [d for d in data if isinstance(d, dict)]
 
 
 class _Closing:

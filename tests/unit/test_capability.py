@@ -24,11 +24,11 @@ def make(study: str = STUDY, **kw) -> str:
     return issue(study, **({"keys": [K1], "ttl": 3600.0, "not_after": None, "now": NOW, "patient": PATIENT} | kw))
 
 
-def check(cap: str, study: str = STUDY, *, keys=(K1,), now: float = NOW, skew: float = 60.0) -> CapabilityGrant:
+def check(cap: str, study: str | None = STUDY, *, keys=(K1,), now: float = NOW, skew: float = 60.0) -> CapabilityGrant:
     return verify(cap, study, keys=keys, now=now, skew=skew)
 
 
-def refused(cap: str, study: str = STUDY, **kw) -> None:
+def refused(cap: str, study: str | None = STUDY, **kw) -> None:
     with pytest.raises(Unauthorized) as info:
         check(cap, study, **kw)
     assert info.value.message == "the capability is not valid"  # fixed: never echoes the input
@@ -39,6 +39,14 @@ def test_round_trip_keeps_study_expiry_and_patient():
     grant = check(make())
     assert grant == CapabilityGrant(study_uid=STUDY, expires_at=NOW + 3600, patient=PATIENT)
     assert check(make(patient=None)).patient is None
+
+
+def test_a_search_without_a_study_in_its_path_gets_the_grants_study_and_every_other_check():
+    # issue 20: /c/{cap}/studies?... names no study; the caller confines the search to grant.study_uid.
+    assert check(make(), None).study_uid == STUDY
+    refused(make(now=NOW - 7200), None)
+    refused(make()[:-2] + "AA", None)
+    refused(make(), None, keys=("another key " * 4,))
 
 
 def test_url_safe_path_segment():

@@ -182,19 +182,6 @@ def test_a_series_rendered_renders_its_first_kept_instance_with_one_image_type()
     assert (body.content_type, data, body.rewritten) == ("image/jpeg", b"\xff\xd8jpeg", False)
 
 
-def test_in_study_qido_cannot_be_widened_past_the_path_by_a_query_key():
-    pacs = Pacs()
-    asyncio.run(
-        answer(
-            retrieval(pacs),
-            f"studies/{STUDY}/series",
-            accept="application/dicom+json",
-            query="StudyInstanceUID=9.9.9&0020000E=8.8&Modality=CT&includefield=00080021",
-        )
-    )
-    assert pacs.asked == [f"studies/{STUDY}/series?Modality=CT&includefield=00080021"]
-
-
 def test_a_json_answer_past_the_bound_is_refused():
     with pytest.raises(UpstreamBadResponse):
         asyncio.run(
