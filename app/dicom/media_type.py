@@ -15,6 +15,7 @@ __all__ = [
     "is_boundary",
     "parse_media_type",
     "rendered_accept",
+    "retrieve_accept",
     "with_boundary",
 ]
 
@@ -170,11 +171,35 @@ _JSON_TYPES = frozenset({"application/dicom+json", "application/json", "applicat
 
 def accepts_dicom_json(accept: str | None) -> bool:
     """Whether an Accept value lets a QIDO-RS answer be ``application/dicom+json`` (PS3.18 §10.6.3; no Accept, or
-    ``*/*``, allows it; a type listed with ``q=0`` refuses it, RFC 7231 §5.3.2)."""
+    ``*/*``, allows it; a type listed with ``q=0`` refuses it, RFC 9110 §12.4.2)."""
     if accept is None or not accept.strip():
         return True
-    for item in accept.split(","):
-        media, params = parse_media_type(item)
-        if media in _JSON_TYPES and params.get("q", "1").strip() not in ("0", "0.0", "0.00", "0.000"):
-            return True
-    return False
+    return any(media in _JSON_TYPES and _q(params) > 0 for media, params in map(parse_media_type, _split_list(accept)))
+
+
+# PS3.18 §8.7.3.5 default media types of a retrieve when the client states no preference (Table 8.7.3-5): DICOM
+# instances for studies, series and instances; bulk data and frames as octet-stream (Explicit VR Little Endian).
+DEFAULT_INSTANCES = 'multipart/related; type="application/dicom"'
+DEFAULT_BULK = 'multipart/related; type="application/octet-stream"'
+_ANY = frozenset({"*/*", "multipart/*", "multipart/related"})
+
+
+def retrieve_accept(accept: str | None, resource: str) -> str | None:
+    """The Accept to ask the PACS for a retrieve (``resource`` "" for a study, series or instance, "frames" or
+    "bulk"): the standard's default (:data:`DEFAULT_INSTANCES`, :data:`DEFAULT_BULK`) when the client named no
+    type (no Accept, ``*/*``, ``multipart/related`` without ``type`` or with ``type="*/*"``: dicomtrolley and
+    dicomweb-client send these, and Orthanc 1.10 answers the last with 400); else the header as sent."""
+    if accept and any(
+        media not in _ANY or params.get("type", "*/*") != "*/*"
+        for media, params in map(parse_media_type, _split_list(accept))
+        if _q(params) > 0
+    ):
+        return accept
+    return DEFAULT_INSTANCES if resource == "" else DEFAULT_BULK
+
+
+def _q(params: dict[str, str]) -> float:
+    try:
+        return float(params.get("q", "1"))
+    except ValueError:
+        return 1.0

@@ -45,11 +45,18 @@ _PART_HEADERS = frozenset(
 )
 
 LEVEL_RESOURCES = {
-    # resource names allowed after each level (PS3.18 §10.4.1 retrieve, §10.6.1 QIDO within a study)
-    "study": frozenset({"", "metadata", "rendered", "series"}),
-    "series": frozenset({"", "metadata", "rendered", "instances"}),
-    "instance": frozenset({"", "metadata", "rendered", "frames", "bulk"}),
+    # resource names allowed after each level (PS3.18 §10.4.1 retrieve, §10.4.1.1.5 thumbnail, §10.6.1 QIDO within
+    # a study: those are the gateway's searches, kept here so RetrieveURLs naming them are placed)
+    "study": frozenset({"", "metadata", "rendered", "thumbnail", "series", "instances"}),
+    "series": frozenset({"", "metadata", "rendered", "thumbnail", "instances"}),
+    "instance": frozenset({"", "metadata", "rendered", "thumbnail", "frames", "bulk"}),
 }
+# A thumbnail is the rendered resource at this size unless the client names a viewport (PS3.18 §8.3.5.1.3):
+# Orthanc 1.10 has no thumbnail resource (plugin 1.19 added it), and viewers ask for one by default (OHIF).
+THUMBNAIL_VIEWPORT = "128,128"
+_NUMBER = re.compile(r"-?[0-9]{1,6}(?:\.[0-9]{1,6})?")
+_SIZE = re.compile(r"[1-9][0-9]{0,4}")
+_WINDOW_FUNCTIONS = frozenset({"linear", "linear-exact", "sigmoid"})
 
 
 def is_uid(text: str) -> bool:
@@ -75,8 +82,8 @@ def is_bulk_path(text: str) -> bool:
 class WadoPath:
     """A validated WADO-RS resource path below a WADO-RS base.
 
-    ``resource`` is "" (the study/series/instance itself), "metadata", "rendered", "series" or "instances"
-    (QIDO-RS inside the study / series), "frames" (``frames`` holds the numbers; ``rendered`` then says
+    ``resource`` is "" (the study/series/instance itself), "metadata", "rendered", "thumbnail", "series" or
+    "instances" (QIDO-RS inside the study / series), "frames" (``frames`` holds the numbers; ``rendered`` then says
     ``frames/{list}/rendered``) or "bulk" (``bulk`` holds the tag path).
     """
 
@@ -154,6 +161,41 @@ def parse_wado_path(path: str) -> WadoPath | None:
         tag_path = "/".join(rest[1:])
         return WadoPath(study, series, instance, "bulk", bulk=tag_path) if is_bulk_path(tag_path) else None
     return WadoPath(study, series, instance, resource) if len(rest) == 1 else None
+
+
+def rendered_query(items: Sequence[tuple[str, str]], *, thumbnail: bool) -> str | None:
+    """The query string for the PACS of a ``rendered`` (or ``thumbnail``) request, rebuilt from the client's
+    decoded parameters (PS3.18 §8.3.5.1, Table 8.3.5-1): ``viewport`` (vw,vh or vw,vh,sx,sy,sw,sh), ``quality``
+    (1-100) and ``window`` (center,width,function); a thumbnail takes the viewport only, and gets
+    :data:`THUMBNAIL_VIEWPORT` without one. None when a parameter is unknown, repeated or malformed.
+
+    Never the client's spelling: Orthanc 1.10 does not percent-decode query values (shared/docs/orthanc-qido.md
+    TL;DR 1) and answers ``viewport=256%2C256``, as OHIF sends it, with 400."""
+    allowed = ("viewport",) if thumbnail else ("viewport", "quality", "window")
+    seen: dict[str, str] = {}
+    for key, value in items:
+        if key not in allowed or key in seen:
+            return None
+        seen[key] = value
+    out: list[str] = []
+    if "quality" in seen:
+        if not _SIZE.fullmatch(seen["quality"]) or not 1 <= int(seen["quality"]) <= 100:
+            return None
+        out.append(f"quality={int(seen['quality'])}")
+    viewport = seen.get("viewport", THUMBNAIL_VIEWPORT if thumbnail else None)
+    if viewport is not None:
+        parts = viewport.split(",")
+        if len(parts) not in (2, 6) or not all(_SIZE.fullmatch(p) for p in parts[:2]):
+            return None
+        if not all(_NUMBER.fullmatch(p) for p in parts[2:]):
+            return None
+        out.append("viewport=" + ",".join(parts))
+    if "window" in seen:
+        parts = seen["window"].split(",")
+        if len(parts) != 3 or not all(_NUMBER.fullmatch(p) for p in parts[:2]) or parts[2] not in _WINDOW_FUNCTIONS:
+            return None
+        out.append("window=" + ",".join(parts))
+    return "&".join(out)
 
 
 def rewrite_uri(uri: object, public_base: str) -> str | None:

@@ -36,8 +36,8 @@ from starlette.types import Send
 
 from ..dicom.media_type import accepts_dicom_json
 from ..dicom.qido_rs import parse_qido
-from ..dicom.wado_rewrite import WadoPath, is_uid, parse_wado_path
-from ..errors import FacadeError, NotAcceptable, NotFound
+from ..dicom.wado_rewrite import WadoPath, is_uid, parse_wado_path, rendered_query
+from ..errors import FacadeError, InvalidRequest, NotAcceptable, NotFound
 from ..pacs.request_scope import CACHE_SCOPE, PACS_TOKEN
 from ..security import capability
 from ..security.auth import Authorizer
@@ -62,12 +62,15 @@ TEMPLATES = (
     _STUDY,
     _STUDY + "/metadata",
     _STUDY + "/rendered",
+    _STUDY + "/thumbnail",
     _SERIES,
     _SERIES + "/metadata",
     _SERIES + "/rendered",
+    _SERIES + "/thumbnail",
     _INSTANCE,
     _INSTANCE + "/metadata",
     _INSTANCE + "/rendered",
+    _INSTANCE + "/thumbnail",
     _INSTANCE + "/frames/{frames}",
     _INSTANCE + "/frames/{frames}/rendered",
     _INSTANCE + "/bulk/{bulk:path}",
@@ -158,7 +161,11 @@ async def retrieve(request: Request, prefix: str, template: str) -> Response:
         if cap:
             base += f"/c/{cap}"
         body = await retrieval.body(
-            target, study, accept=request.headers.get("accept"), query=request.url.query, public_base=base
+            target,
+            study,
+            accept=request.headers.get("accept"),
+            query=_rendered_query(request, target),
+            public_base=base,
         )
     except FacadeError as exc:
         finish(exc.status, 0, False)
@@ -223,6 +230,20 @@ def _raw_path_check(request: Request) -> None:
     raw = bytes(request.scope.get("raw_path") or b"").lower()
     if b"%2f" in raw or b"%5c" in raw or b"%2e" in raw:
         raise NotFound("no such WADO-RS resource")
+
+
+def _rendered_query(request: Request, target: WadoPath) -> str:
+    """A rendered or thumbnail request's parameters, decoded and rebuilt (never as the client spelled them); any
+    other route ignores its query string."""
+    thumbnail = target.resource == "thumbnail"
+    if not (thumbnail or target.resource == "rendered" or target.rendered):
+        return ""
+    query = rendered_query(request.query_params.multi_items(), thumbnail=thumbnail)
+    if query is None:
+        raise InvalidRequest(
+            "rendered takes viewport, quality and window, thumbnail takes viewport, each once (PS3.18 §8.3.5.1)"
+        )
+    return query
 
 
 def _target(request: Request, prefix: str) -> WadoPath:

@@ -37,7 +37,7 @@ import orjson
 
 from ..dicom import dicom_json as dj
 from ..dicom import multipart as mp
-from ..dicom.media_type import boundary_of, rendered_accept, with_boundary
+from ..dicom.media_type import boundary_of, rendered_accept, retrieve_accept, with_boundary
 from ..dicom.wado_rewrite import WadoPath, drop_instances, rewrite_dicom_json, rewrite_part_headers
 from ..errors import NotFound, UpstreamBadResponse
 from ..fhir import patient_ids
@@ -125,18 +125,23 @@ class Retrieval:
         self, target: WadoPath, study: AuthorizedStudy, *, accept: str | None, query: str, public_base: str
     ) -> Body:
         """The answer for ``target`` (already parsed and validated) within ``study``; the PACS's errors raise
-        before anything is sent (app.pacs.wado.refusal)."""
+        before anything is sent (app.pacs.wado.refusal). ``query``: a rendered or thumbnail request's parameters,
+        rebuilt (app.dicom.wado_rewrite.rendered_query); nothing else takes one."""
         if target.study != study.uid:
             raise NotFound("no such study")
         study.check(target)
         resource = target.resource
         if resource == "metadata":
             return await self._metadata(target, study, base=public_base)
-        if resource == "rendered" or target.rendered:
+        if resource in ("rendered", "thumbnail") or target.rendered:
+            if resource == "thumbnail":  # the rendered resource, at a small viewport (app.dicom.wado_rewrite)
+                target = replace(target, resource="rendered")
             if target.instance is None and study.rejected_in(target.series):
                 target = self._first_kept(target, study)
             # One image type to the PACS, however many the client listed (app.dicom.media_type.rendered_accept).
-            return await self._passed(target.path, accept=rendered_accept(accept), query=query)
+            return await self._passed(target.path, accept=rendered_accept(accept or "image/jpeg"), query=query)
+        # No preference (no Accept, */*): the standard's default, not whatever the PACS makes of it.
+        accept = retrieve_accept(accept, resource)
         if resource in ("frames", "bulk"):
             return await self._rewrapped([target.path], accept=accept, base=public_base)
         # A retrieve: study, series or instance.

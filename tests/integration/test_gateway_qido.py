@@ -30,7 +30,7 @@ from requests import HTTPError
 from app.fhir import patient_ids
 from app.settings import Settings
 from app.usecases.gateway_search import FUZZY, TRUNCATED
-from tests.integration.test_wado_gateway import KEYS, Served
+from tests.integration.test_wado_gateway import KEYS, Served, parts
 from tests.support.facade import free_port
 from tests.support.kos import REJECTED_FOR_QUALITY, make_kos, make_study
 from tests.support.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary, store
@@ -425,3 +425,52 @@ def test_quoted_query_value_reaches_orthanc_rebuilt(open_mode: Served, pacs: Pac
     assert direct.search_for_studies(search_filters={"PatientName": "Qido^*"}) == []
     found = client.search_for_studies(search_filters={"PatientName": "Qido^*"})
     assert len(found) == 3 and quote("^") == "%5E"
+
+
+# ------------------------------------------------------------------ Accept defaults, thumbnail, rendered parameters
+
+
+def test_no_preference_on_retrieve_gets_the_standard_default(token_mode: Served, pacs: Pacs) -> None:
+    b0 = pacs.b[0]
+    h = KEYS.headers(READ, P2)
+    for path in (
+        f"studies/{pacs.uid('b')}",
+        f"studies/{pacs.uid('b')}/series/{b0.SeriesInstanceUID}",
+        f"studies/{pacs.uid('b')}/series/{b0.SeriesInstanceUID}/instances/{b0.SOPInstanceUID}",
+    ):
+        want = httpx.get(
+            f"{pacs.server.dicomweb_url}/{path}", headers={"Accept": 'multipart/related; type="application/dicom"'}
+        )
+        for accept in ({"Accept": "*/*"}, {}, {"Accept": "multipart/related"}):
+            r = httpx.get(f"{token_mode.root}/dicomweb/{path}", headers={**h, **accept})
+            assert r.status_code == 200, (path, accept, r.text[:200])
+            assert r.headers["content-type"].startswith('multipart/related; type="application/dicom"')
+            assert parts(r) == parts(want), (path, accept)
+    frames = f"studies/{pacs.uid('b')}/series/{b0.SeriesInstanceUID}/instances/{b0.SOPInstanceUID}/frames/1"
+    r = httpx.get(f"{token_mode.root}/dicomweb/{frames}", headers={**h, "Accept": 'multipart/related; type="*/*"'})
+    assert r.status_code == 200 and "application/octet-stream" in r.headers["content-type"]
+
+
+def test_thumbnails_at_every_level_and_rendered_parameters_rebuilt(token_mode: Served, pacs: Pacs) -> None:
+    b0 = pacs.b[0]
+    h = KEYS.headers(READ, P2)
+    study = f"studies/{pacs.uid('b')}"
+    series = f"{study}/series/{b0.SeriesInstanceUID}"
+    instance = f"{series}/instances/{b0.SOPInstanceUID}"
+    direct = pacs.server.dicomweb_url
+    for path in (study, series, instance):
+        for query, raw in (("", "viewport=128,128"), ("?viewport=256%2C256", "viewport=256,256")):
+            r = httpx.get(f"{token_mode.root}/dicomweb/{path}/thumbnail{query}", headers={**h, "Accept": "image/jpeg"})
+            assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", (path, r.text[:200])
+            want = httpx.get(f"{direct}/{path}/rendered?{raw}", headers={"Accept": "image/jpeg"})
+            assert r.content == want.content, (path, query)
+    # Orthanc alone answers the encoded form with 400; through the gateway it is decoded and rebuilt.
+    assert httpx.get(f"{direct}/{instance}/rendered?viewport=64%2C64").status_code == 400
+    r = httpx.get(f"{token_mode.root}/dicomweb/{instance}/rendered?viewport=64%2C64&quality=80", headers=h)
+    assert r.content == httpx.get(f"{direct}/{instance}/rendered?quality=80&viewport=64,64").content
+    for bad in ("?viewport=64", "?annotation=patient", "?quality=80&quality=90", "?viewport=64,64%26x=1"):
+        r = httpx.get(f"{token_mode.root}/dicomweb/{instance}/rendered{bad}", headers=h)
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", bad
+    assert httpx.get(f"{token_mode.root}/dicomweb/{instance}/thumbnail?quality=80", headers=h).status_code == 400
+    # Another patient's thumbnail: as every other retrieval, 404.
+    assert httpx.get(f"{token_mode.root}/dicomweb/{study}/thumbnail", headers=KEYS.headers(READ, P1)).status_code == 404

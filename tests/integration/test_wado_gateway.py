@@ -363,7 +363,7 @@ def test_path_tricks_are_404(token_mode: Served, pacs: Pacs) -> None:
         f"/dicomweb/studies/{pacs.study_b}/series/{b0.SeriesInstanceUID}/instances/{b0.SOPInstanceUID}/frames/0",
         f"/dicomweb/studies/{pacs.study_b}/series/{b0.SeriesInstanceUID}/instances/{b0.SOPInstanceUID}/frames/1;2",
         f"/dicomweb/studies/{pacs.study_b}/series/{b0.SeriesInstanceUID}/instances/{b0.SOPInstanceUID}/bulk/x/../y",
-        f"/dicomweb/studies/{pacs.study_b}/thumbnail",
+        f"/dicomweb/studies/{pacs.study_b}/thumbnails",
     ]
     with httpx.Client(base_url=token_mode.root) as client:
         for path in paths:

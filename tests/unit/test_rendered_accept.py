@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.dicom.media_type import rendered_accept
+from app.dicom.media_type import DEFAULT_BULK, DEFAULT_INSTANCES, rendered_accept, retrieve_accept
 
 
 @pytest.mark.parametrize(
@@ -28,3 +28,21 @@ from app.dicom.media_type import rendered_accept
 )
 def test_rendered_accept(accept: str | None, want: str | None) -> None:
     assert rendered_accept(accept) == want
+
+
+@pytest.mark.parametrize(
+    ("accept", "resource", "sent"),
+    [
+        (None, "", DEFAULT_INSTANCES),
+        ("*/*", "", DEFAULT_INSTANCES),  # dicomtrolley's series downloads
+        ("multipart/related", "", DEFAULT_INSTANCES),
+        ('multipart/related; type="*/*"', "frames", DEFAULT_BULK),  # dicomweb-client's frames default
+        ("*/*", "bulk", DEFAULT_BULK),
+        ('multipart/related; type="application/dicom"; transfer-syntax=*', "", None),
+        ('multipart/related; type="application/octet-stream"', "frames", None),
+        ("image/jpeg, */*;q=0.1", "frames", None),
+    ],
+)
+def test_retrieve_accept_defaults_when_no_type_is_named(accept: str | None, resource: str, sent: str | None) -> None:
+    # PS3.18 §8.7.3.5: the default media type when the client states no preference; else the header as sent.
+    assert retrieve_accept(accept, resource) == (sent or accept)

@@ -16,6 +16,7 @@ from app.dicom.wado_rewrite import (
     is_uid,
     parse_frame_list,
     parse_wado_path,
+    rendered_query,
     rewrite_dataset,
     rewrite_dicom_json,
     rewrite_part_headers,
@@ -48,6 +49,9 @@ PACS = "http://pacs.internal:8042/dicom-web"
         (f"studies/{ST}/series/{SE}/metadata", WadoPath(ST, SE, resource="metadata")),
         (f"studies/{ST}/series/{SE}/rendered", WadoPath(ST, SE, resource="rendered")),
         (f"studies/{ST}/series/{SE}/instances", WadoPath(ST, SE, resource="instances")),
+        (f"studies/{ST}/instances", WadoPath(ST, resource="instances")),  # QIDO-RS in the study (issue 20)
+        (f"studies/{ST}/thumbnail", WadoPath(ST, resource="thumbnail")),
+        (f"studies/{ST}/series/{SE}/instances/{SOP}/thumbnail", WadoPath(ST, SE, SOP, "thumbnail")),
         (INSTANCE, WadoPath(ST, SE, SOP)),
         (f"{INSTANCE}/metadata", WadoPath(ST, SE, SOP, "metadata")),
         (f"{INSTANCE}/rendered", WadoPath(ST, SE, SOP, "rendered")),
@@ -75,11 +79,9 @@ def test_routes(path: str, expected: WadoPath) -> None:
         "studies/1.02.3",  # leading zero
         "studies/" + "1." * 40 + "1",  # longer than 64
         "studies/1.2%2F3",
-        f"studies/{ST}/instances",  # instances below a study: global-ish QIDO, not offered
         f"studies/{ST}/frames/1",
         f"studies/{ST}/series/{SE}/bulk/7fe00010",
         f"studies/{ST}/series/{SE}/series",
-        f"studies/{ST}/thumbnail",
         f"studies/{ST}/metadata/x",
         f"{INSTANCE}/frames",
         f"{INSTANCE}/frames/0",
@@ -333,3 +335,25 @@ def test_no_pacs_url_survives(datasets: list[dict[str, Any]]) -> None:
     for text in json.dumps(out).split('"'):
         if text.startswith("https://"):
             assert text.startswith(BASE + "/studies/") and parse_wado_path(text[len(BASE) + 1 :]) is not None
+
+
+@pytest.mark.parametrize(
+    ("items", "thumbnail", "query"),
+    [
+        ([], False, ""),
+        ([], True, "viewport=128,128"),
+        ([("viewport", "256,256")], True, "viewport=256,256"),  # OHIF's viewport=256%2C256, decoded
+        ([("viewport", "64,64,0,0,-8,8.5")], False, "viewport=64,64,0,0,-8,8.5"),
+        ([("window", "40,400,linear"), ("quality", "90")], False, "quality=90&window=40,400,linear"),
+        ([("quality", "101")], False, None),
+        ([("quality", "90")], True, None),  # a thumbnail takes the viewport only
+        ([("viewport", "256")], False, None),
+        ([("viewport", "0,256")], False, None),
+        ([("viewport", "256,256&x=1")], False, None),
+        ([("viewport", "1,1"), ("viewport", "2,2")], False, None),
+        ([("window", "40,400,gamma")], False, None),
+        ([("annotation", "patient")], False, None),
+    ],
+)
+def test_rendered_query_is_rebuilt(items, thumbnail, query):
+    assert rendered_query(items, thumbnail=thumbnail) == query
