@@ -23,8 +23,14 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import requests
+from dicomtrolley.core import Query, QueryLevels, StudyReference
+from dicomtrolley.qido_rs import QidoRS
+from dicomtrolley.storage import StorageDir
+from dicomtrolley.trolley import Trolley
+from dicomtrolley.wado_rs import WadoRS
 from dicomweb_client.api import DICOMwebClient
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from requests import HTTPError
 
 from app.fhir import patient_ids
@@ -474,3 +480,34 @@ def test_thumbnails_at_every_level_and_rendered_parameters_rebuilt(token_mode: S
     assert httpx.get(f"{token_mode.root}/dicomweb/{instance}/thumbnail?quality=80", headers=h).status_code == 400
     # Another patient's thumbnail: as every other retrieval, 404.
     assert httpx.get(f"{token_mode.root}/dicomweb/{study}/thumbnail", headers=KEYS.headers(READ, P1)).status_code == 404
+
+
+# ------------------------------------------------------------------------------------------------ dicomtrolley
+
+
+def trolley(root: str, token: dict[str, str], out: str) -> Trolley:
+    """dicomtrolley as shared/docs/viewers.md shows it: one requests.Session carrying the bearer token."""
+    session = requests.Session()
+    session.headers.update(token)
+    return Trolley(
+        downloader=WadoRS(session=session, url=root),
+        searcher=QidoRS(session=session, url=root),
+        storage=StorageDir(out),
+    )
+
+
+def test_dicomtrolley_downloads_a_study_and_searches_instances(token_mode: Served, pacs: Pacs, tmp_path: Any) -> None:
+    root = f"{token_mode.root}/dicomweb"
+    t = trolley(root, KEYS.headers(READ, P1), str(tmp_path))
+    a = pacs.uid("a")
+    t.download(StudyReference(study_uid=a), output_dir=str(tmp_path))  # studies/{s}/series, then each series, */*
+    got = {str(dcmread(f).SOPInstanceUID) for f in tmp_path.rglob("*") if f.is_file()}
+    kept = {str(ds.SOPInstanceUID) for ds in [*pacs.a, pacs.note]} - {pacs.rejected}
+    assert got == kept
+    (study,) = t.find_studies(Query(StudyInstanceUID=a, query_level=QueryLevels.INSTANCE))  # studies/{s}/instances
+    found = {i.uid for s in study.series for i in s.instances}
+    assert found == kept
+    # Another patient's study: found nowhere, downloaded never.
+    assert t.find_studies(Query(StudyInstanceUID=pacs.uid("b"), query_level=QueryLevels.INSTANCE)) == []
+    assert t.find_studies(Query(PatientID="QIDO0002")) == []
+    assert {s.uid for s in t.find_studies(Query(PatientID="*"))} == pacs.mine
