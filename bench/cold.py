@@ -1,7 +1,7 @@
-"""Cold facade answers vs. the raw QIDO-RS calls behind them (issue 14, item 2).
+"""Cold facade answers vs. the raw QIDO-RS calls behind them (issue 14, item 2; issue 19, the cold path).
 
-    python bench/cold.py [--patients 20 --studies-per-patient 5 --big-series 20 --big-instances 100
-                          --requests 120 --auth open --out bench/cold.json]
+    flock /tmp/bench.lock python bench/cold.py [--patients 20 --studies-per-patient 5 --big-series 20
+                          --big-instances 100 --requests 120 --splits 2,1 --out bench/cold.json]
 
 Same data and the same four scenarios as bench/bare.py (patient search, one-year range ``_count=20``, UID lookup,
 read of a 2,000-instance study) in a private Orthanc. Each facade request is sent with ``Cache-Control: no-cache``,
@@ -11,21 +11,24 @@ order (one keep-alive connection each):
 * **chain**: the QIDO-RS calls a DICOMweb client needs for the same content, made as such a client must make them:
   the study query first, then one instance query for the StudyInstanceUIDs the first answer gave (concurrent
   only when the UIDs are known up front: the UID lookup and the read). These are exactly the upstream calls the
-  facade made at c610b7f (``--check-chain`` prints the facade's recorded calls, to compare). The
-  issue's target: cold ≤ 1.00 x chain for the patient search and the range, ≤ 1.05 x for the UID lookup and the
-  read.
-* **replay**: the facade's own upstream calls now (recorded in-process, as bench/run.py does), replayed to
-  Orthanc with the same concurrency: what the facade adds on top of the PACS work it asks for.
+  facade made at c610b7f (``--check-chain`` prints the facade's recorded calls, to compare). Issue 19's
+  targets: cold ≤ 0.90 x chain for the patient search and the range, ≤ 1.10 x for the UID lookup, ≤ 1.00 x for the
+  read of the large study.
+* **replay**: the facade's own upstream calls now (recorded in-process with the default settings, as bench/run.py
+  does), replayed to Orthanc with the same concurrency: what the facade adds on top of the PACS work it asks for.
 
-Also the number of upstream calls per request (recorded) and Orthanc's CPU ms per request for chain, replay and
-cold (from /proc: whether the facade asks the PACS for less work or only waits less). Every process started here
-is stopped by PID; everything binds to 127.0.0.1.
+The facade runs once per ``--splits`` value (``instance_query_split``; default 2 and 1, two processes), every one
+timed in the same shuffled loop, so "split 2 vs split 1" is a same-run comparison. Also the number of upstream calls
+per request (recorded) and Orthanc's CPU ms per request for each kind (from /proc: whether the facade asks the PACS
+for more work or only waits less; issue 19: PACS CPU per page ≤ 1.10 x split 1's). Every process started here is
+stopped by PID; everything binds to 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import shutil
@@ -123,24 +126,36 @@ def mean_ms(values: list[float]) -> float:
 
 
 async def measure(
-    sc: Scenario, base: str, facade: str, orthanc_pid: int, requests: int, count: int, max_seconds: float
+    sc: Scenario,
+    base: str,
+    facades: dict[int, str],
+    orthanc_pid: int,
+    requests: int,
+    count: int,
+    max_seconds: float,
 ) -> dict[str, Any]:
-    times: dict[str, list[float]] = {"chain": [], "replay": [], "cold": []}
+    """``facades``: instance_query_split -> the facade's origin; the first is "cold", each also "cold<split>"."""
+    splits = list(facades)
+    kinds = ["chain", "replay", *(f"cold{k}" for k in splits)]
+    times: dict[str, list[float]] = {k: [] for k in kinds}
     pacs_cpu = dict.fromkeys(times, 0.0)
     rng = random.Random(11)
-    async with client_for(2, upstream=True) as upstream, client_for(1, base_url=facade) as fc:
+    async with contextlib.AsyncExitStack() as stack:
+        upstream = await stack.enter_async_context(client_for(2, upstream=True))
+        clients = {k: await stack.enter_async_context(client_for(1, base_url=url)) for k, url in facades.items()}
         paths = (sc.paths * (requests // len(sc.paths) + 1))[:requests]
         # one untimed round of each, to open the connections
         await chain(upstream, base, paths[0], count)
         await raw_search(upstream, sc.calls[paths[0]])
-        await get(fc, paths[0], COLD_HEADERS)
+        for fc in clients.values():
+            await get(fc, paths[0], COLD_HEADERS)
         deadline = time.monotonic() + max_seconds
         for path in paths:
             if time.monotonic() > deadline:
                 break
-            kinds = list(times)
-            rng.shuffle(kinds)
-            for kind in kinds:
+            order = list(kinds)
+            rng.shuffle(order)
+            for kind in order:
                 cpu0 = cpu_seconds(orthanc_pid)
                 t0 = time.perf_counter()
                 if kind == "chain":
@@ -148,23 +163,31 @@ async def measure(
                 elif kind == "replay":
                     await raw_search(upstream, sc.calls[path])
                 else:
-                    await get(fc, path, COLD_HEADERS)
+                    await get(clients[int(kind.removeprefix("cold"))], path, COLD_HEADERS)
                 times[kind].append(time.perf_counter() - t0)
                 pacs_cpu[kind] += cpu_seconds(orthanc_pid) - cpu0
-    n = len(times["cold"])
+    n = len(times["chain"])
     calls = [len(sc.calls[p]) for p in dict.fromkeys(sc.paths)]
+    main, ref = f"cold{splits[0]}", f"cold{splits[-1]}"
+    p50 = {k: statistics.median(v) for k, v in times.items()}
+    cpu = {k: v / n * 1000 for k, v in pacs_cpu.items()}
     return {
         "scenario": sc.key,
         "label": sc.title,
         "requests": n,
+        "splits": splits,
         "facade_calls": max(calls),
         "chain_p50_ms": median_ms(times["chain"]),
         "replay_p50_ms": median_ms(times["replay"]),
-        "cold_p50_ms": median_ms(times["cold"]),
-        "cold_over_chain_p50": round(statistics.median(times["cold"]) / statistics.median(times["chain"]), 3),
-        "cold_over_chain_mean": round(statistics.fmean(times["cold"]) / statistics.fmean(times["chain"]), 3),
-        "cold_over_replay_p50": round(statistics.median(times["cold"]) / statistics.median(times["replay"]), 3),
-        "pacs_cpu_ms": {k: round(v / n * 1000, 2) for k, v in pacs_cpu.items()},
+        "cold_p50_ms": median_ms(times[main]),
+        **{f"cold_split{k}_p50_ms": median_ms(times[f"cold{k}"]) for k in splits},
+        "cold_over_chain_p50": round(p50[main] / p50["chain"], 3),
+        "cold_over_chain_mean": round(statistics.fmean(times[main]) / statistics.fmean(times["chain"]), 3),
+        **{f"split{k}_over_chain_p50": round(p50[f"cold{k}"] / p50["chain"], 3) for k in splits},
+        "cold_over_replay_p50": round(p50[main] / p50["replay"], 3),
+        "pacs_cpu_ms": {k: round(v, 2) for k, v in cpu.items()},
+        "pacs_cpu_cold_over_chain": round(cpu[main] / cpu["chain"], 3) if cpu["chain"] else None,
+        "pacs_cpu_cold_over_reference": round(cpu[main] / cpu[ref], 3) if cpu[ref] else None,
         "example_calls": [c.url.split("/", 3)[-1] for c in sc.calls[sc.paths[0]]],
     }
 
@@ -190,22 +213,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--quiet-wait", type=float, default=20.0)
     p.add_argument("--check-chain", action="store_true", help="print the facade's recorded calls per path")
+    p.add_argument(
+        "--splits",
+        default="2,1",
+        help="instance_query_split of each facade process; the first is the one measured against the chain, "
+        "the last the CPU reference",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "cold.json")
     return p.parse_args(argv)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    splits = rows[0]["splits"] if rows else [2, 1]
+    main, ref = splits[0], splits[-1]
     lines = [
-        "| request (cold, no-cache) | upstream calls | chain p50 ms | replay p50 ms | facade p50 ms "
-        "| **facade / chain** p50 (mean) | facade / replay | Orthanc CPU ms chain / facade |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| request (cold, no-cache) | upstream calls (split {main}) | chain p50 ms | replay p50 ms "
+        + "".join(f"| facade split {k} p50 ms " for k in splits)
+        + f"| **split {main} / chain** p50 (mean) | split {ref} / chain | facade / replay "
+        f"| Orthanc CPU ms per page: chain / split {main}"
+        + (f" / split {ref} | CPU split {main} / split {ref} |" if ref != main else " |"),
+        "|---|---:|---:|---:|" + "---:|" * len(splits) + "---:|---:|---:|---:|" + ("---:|" if ref != main else ""),
     ]
     for r in rows:
         cpu = r["pacs_cpu_ms"]
+        cpu_cells = f"{cpu['chain']} / {cpu[f'cold{main}']}" + (f" / {cpu[f'cold{ref}']}" if ref != main else "")
         lines.append(
-            f"| {r['label']} | {r['facade_calls']} | {r['chain_p50_ms']} | {r['replay_p50_ms']} | {r['cold_p50_ms']} "
-            f"| **{r['cold_over_chain_p50']:.2f}x** ({r['cold_over_chain_mean']:.2f}x) "
-            f"| {r['cold_over_replay_p50']:.2f}x | {cpu['chain']} / {cpu['cold']} |"
+            f"| {r['label']} | {r['facade_calls']} | {r['chain_p50_ms']} | {r['replay_p50_ms']} "
+            + "".join(f"| {r[f'cold_split{k}_p50_ms']} " for k in splits)
+            + f"| **{r['cold_over_chain_p50']:.2f}x** ({r['cold_over_chain_mean']:.2f}x) "
+            f"| {r[f'split{ref}_over_chain_p50']:.2f}x | {r['cold_over_replay_p50']:.2f}x | {cpu_cells} "
+            + (f"| {r['pacs_cpu_cold_over_reference']:.2f}x |" if ref != main else "|")
         )
     return "\n".join(lines)
 
@@ -225,16 +262,27 @@ def main(argv: list[str] | None = None) -> int:
             plans = [Scenario(k, chosen[k][0], chosen[k][1]) for k in keys]
             asyncio.run(record_calls(plans, pacs.dicomweb_url, origin))
             env = {"FACADE_CACHE_TTL": "86400", "FACADE_AUTH_MODE": "open", "FACADE_LOG_LEVEL": "warning"}
-            with FacadeProcess(pacs.dicomweb_url, env=env, log=workdir / "facade.log") as facade:
+            splits = [int(k) for k in args.splits.split(",") if k]
+            with contextlib.ExitStack() as stack:
+                facades = {
+                    k: stack.enter_context(
+                        FacadeProcess(
+                            pacs.dicomweb_url,
+                            env=env | {"FACADE_INSTANCE_QUERY_SPLIT": str(k)},
+                            log=workdir / f"facade-{k}.log",
+                        )
+                    )
+                    for k in splits
+                }
                 for sc in plans:
                     if args.check_chain:
                         check_chain(sc, pacs.dicomweb_url)
-                    asyncio.run(wait_quiet([facade.pid, pacs.pid], args.quiet_wait))
+                    asyncio.run(wait_quiet([*(f.pid for f in facades.values()), pacs.pid], args.quiet_wait))
                     row = asyncio.run(
                         measure(
                             sc,
                             pacs.dicomweb_url,
-                            f"http://127.0.0.1:{facade.port}",
+                            {k: f"http://127.0.0.1:{f.port}" for k, f in facades.items()},
                             pacs.pid,
                             args.requests,
                             20,
