@@ -18,9 +18,12 @@ sent, so a repeat is one dict lookup. It keeps every rule of the QIDO cache (app
 * **Never errors, never stale-if-error answers** (those carry a warning about this moment only): the handler stores
   only a 200 built without a stale QIDO answer.
 
-Only the in-memory QIDO cache is layered on: with a shared Redis cache another replica may clear it, which this
-process would not see. Not used either when answers carry time-limited capabilities (``uses_capabilities``) or with
-an EHR (whose Patient links are looked up and cached on their own schedule). Never suspends.
+With a shared Redis cache too: the partition holds the cache generation the request began in
+(:func:`cache_partition`), which a manifest stored through any worker or replica moves on before it answers, so an
+answer kept here from before is never found again (each worker keeps its own answers: memory as with one process,
+at the price of one small Redis read per request). Not used when answers carry time-limited capabilities
+(``uses_capabilities``) or with an EHR (whose Patient links are looked up and cached on their own schedule).
+Never suspends.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from ..pacs.cache import CachedQido, MemoryCache
+from ..pacs.cache import CachedQido
+from ..security.context import AuthContext
 from ..settings import Settings
 
-__all__ = ["Answer", "AnswerCache", "answer_cache", "answer_key"]
+__all__ = ["Answer", "AnswerCache", "answer_cache", "answer_key", "cache_partition"]
 
 ALIASES = 100_000  # raw query strings remembered per canonical key (a few hundred bytes each at most)
 
@@ -117,6 +121,15 @@ class AnswerCache:
         return int(self._store.currsize)
 
 
+def cache_partition(ctx: AuthContext, *, forward: bool, generation: int | None) -> Hashable:
+    """What cached answers (QIDO rows and finished answers) a request may share with others: those of requests
+    that may see the same data (the AuthContext isolation key; narrowed to the caller when its token is forwarded,
+    since the PACS then answers per caller) and that began in the same cache generation
+    (:meth:`app.pacs.cache.CachedQido.current_generation`): a write through any process sharing the cache moves the
+    generation on before it answers, so nothing made before the write is served after it."""
+    return (generation, ctx.private_cache_key if forward else ctx.cache_key)
+
+
 def answer_key(
     partition: Hashable, patient: str | None, version: str, resource_type: str, *parts: Hashable
 ) -> Hashable | None:
@@ -133,6 +146,6 @@ def answer_key(
 
 def answer_cache(settings: Settings, qido: CachedQido, *, ehr: bool) -> AnswerCache | None:
     """The answer cache these settings allow, or None (see the module docstring for when it is off)."""
-    if settings.cache_ttl <= 0 or not isinstance(qido.backend, MemoryCache) or settings.uses_capabilities or ehr:
+    if settings.cache_ttl <= 0 or settings.uses_capabilities or ehr:
         return None
     return AnswerCache(qido, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes)

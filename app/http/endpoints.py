@@ -26,7 +26,7 @@ from ..security.scopes import Interaction
 from ..security.smart_discovery import smart_configuration as build_smart_configuration
 from ..usecases.service import Facade
 from ..usecases.wado_links import RetrievalGrant
-from .answers import Answer, AnswerCache, answer_key
+from .answers import Answer, AnswerCache, answer_key, cache_partition
 from .cache_control import stale_accepted
 from .capability import capability_statement
 from .fhir_http import (
@@ -77,6 +77,7 @@ def _base(request: Request, version: FhirVersion) -> str:
 class Access:
     patient: str | None  # the token's patient context, when the grant is patient-level (app.security.auth)
     ctx: AuthContext
+    cache_trusted: bool = True  # False: no cached answer may be used (see _authorize)
 
     @property
     def retrieval(self) -> RetrievalGrant | None:
@@ -118,15 +119,18 @@ async def _authorize(request: Request, resource_type: str, interaction: Interact
     ctx = await auth.authenticate(request.headers.get("authorization"))
     record(request.state, who=ctx.subject or ctx.client_id or ("open" if ctx is OPEN else "unknown"))
     restriction = ctx.require(resource_type, interaction)
-    settings = _facade(request).settings
+    facade = _facade(request)
+    settings = facade.settings
     forward = settings.pacs_auth == "forward"
-    # Cached PACS answers are shared only by requests that may see the same data (app.security.auth isolation key);
-    # with the caller's token forwarded, the PACS itself may answer differently per caller.
-    CACHE_SCOPE.set(ctx.private_cache_key if forward else ctx.cache_key)
+    # Cached answers are shared only by requests that may see the same data and began in the same cache generation.
+    generation = await facade.qido.current_generation()
+    CACHE_SCOPE.set(cache_partition(ctx, forward=forward, generation=generation))
     STALE_IF_ERROR.set(StaleIfError(stale_accepted(cache_directives(request), settings.cache_stale_ttl)))
     if forward and ctx.token:
         PACS_TOKEN.set(ctx.token)
-    return Access(restriction, ctx)
+    # A shared cache whose generation cannot be read (Redis down) may hold answers older than a write made through
+    # another replica: this request goes to the PACS, as with no-cache.
+    return Access(restriction, ctx, cache_trusted=generation is not None)
 
 
 async def search(request: Request, version: FhirVersion, resource_type: str) -> Response:
@@ -134,7 +138,7 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     access = await _authorize(request, resource_type, "search")
     facade = _facade(request)
     base = _base(request, version)
-    strict, fresh = prefers_strict(request), wants_fresh(request)
+    strict, fresh = prefers_strict(request), wants_fresh(request) or not access.cache_trusted
     patient_read = access.ctx.scopes.allows("Patient", "read")
     # A GET seen before is found by its query string as sent (no parsing); else by the parsed request.
     query = raw_query(request.scope)
@@ -186,7 +190,7 @@ def _answer_key(
     The partition (CACHE_SCOPE, set by _authorize) comes first, then the patient restriction; ``parts`` carry the
     canonical request, the base URL of the links and the rendering options."""
     answers: AnswerCache | None = getattr(request.app.state, "answers", None)
-    if answers is None or resource_type not in WARM_TYPES:
+    if answers is None or resource_type not in WARM_TYPES or not access.cache_trusted:
         return None, None
     key = answer_key(CACHE_SCOPE.get(), access.patient, version.name, resource_type, *parts)
     return (None, None) if key is None else (answers, key)
@@ -199,7 +203,8 @@ async def read(request: Request, version: FhirVersion, resource_type: str) -> Re
     scope_type = {"Endpoint": "ImagingStudy", "Bundle": "DocumentReference"}.get(resource_type, resource_type)
     access = await _authorize(request, scope_type, "read")
     facade = _facade(request)
-    base, fresh, indent = _base(request, version), wants_fresh(request), pretty(request)
+    base, indent = _base(request, version), pretty(request)
+    fresh = wants_fresh(request) or not access.cache_trusted
     rid = request.path_params["id"]
     answers, key = _answer_key(request, access, version, resource_type, "read", rid, base, indent)
     if answers is not None and not fresh and (hit := answers.get(key)) is not None:

@@ -26,7 +26,8 @@ from ..mapping.versions import FhirVersion
 from ..security.auth import Authorizer
 from ..security.context import OPEN, Forbidden
 from ..security.scopes import Interaction
-from .answers import AnswerCache, answer_key
+from ..usecases.service import Facade
+from .answers import AnswerCache, answer_key, cache_partition
 from .cache_control import parse_cache_control
 from .fhir_http import FHIR_JSON, client_root, raw_query, strict_preferred, takes_fhir_json
 
@@ -79,19 +80,20 @@ class WarmAnswers:
                 prefix, _, rid = path.rpartition("/")
                 target = self._reads.get(prefix + "/")
             if target is not None:
-                body = self._hit(scope, target, rid)
+                body = await self._hit(scope, target, rid)
                 if body is not None:
                     self.served += 1
                     await _answer(send, body)
                     return
         await self.app(scope, receive, send)
 
-    def _hit(self, scope: Scope, target: WarmRoute, rid: str | None) -> bytes | None:
+    async def _hit(self, scope: Scope, target: WarmRoute, rid: str | None) -> bytes | None:
         """The cached answer's body (audit fields and route recorded in the scope), or None: hand it on."""
         state = getattr(scope.get("app"), "state", None)
         answers: AnswerCache | None = getattr(state, "answers", None)
         auth: Authorizer | None = getattr(state, "auth", None)
-        if answers is None or auth is None or b"_format" in scope["query_string"]:
+        facade: Facade | None = getattr(state, "facade", None)
+        if answers is None or auth is None or facade is None or b"_format" in scope["query_string"]:
             return None
         headers: dict[bytes, str] = {}
         for name, value in scope["headers"]:
@@ -110,9 +112,12 @@ class WarmAnswers:
             patient = ctx.require(target.resource_type, target.interaction)
         except Forbidden:
             return None
+        generation = await facade.qido.current_generation()  # the one I/O here, with a shared (Redis) cache
+        if generation is None:
+            return None
         root = self._public_url or client_root(scope)
         base = f"{root}/fhir/{target.version.name}"
-        partition = ctx.private_cache_key if self._forward else ctx.cache_key
+        partition = cache_partition(ctx, forward=self._forward, generation=generation)
         if target.interaction == "search":
             query = raw_query(scope)
             if query is None:

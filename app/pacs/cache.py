@@ -66,6 +66,15 @@ class CacheBackend(Protocol):
         background)."""
         ...
 
+    async def invalidate(self) -> None:
+        """:meth:`clear`, and when it returns every process sharing the store is in a new :meth:`generation`."""
+        ...
+
+    async def generation(self) -> int | None:
+        """How many times the answers were invalidated, as every process sharing the store sees it; None while the
+        store cannot say (then nothing kept may be trusted: caches built on these answers key on it)."""
+        ...
+
     @property
     def size_bytes(self) -> int: ...
 
@@ -89,6 +98,7 @@ class MemoryCache:
         if stale_ttl > 0:
             budget = max_bytes if stale_max_bytes is None else stale_max_bytes
             self._stale = TTLCache(maxsize=budget, ttl=ttl + stale_ttl, getsizeof=_stale_weight)
+        self._generation = 0
 
     async def get(self, key: CacheKey) -> Hit | None:
         if self._fresh is not None and (result := self._fresh.get(key)) is not None:
@@ -108,6 +118,13 @@ class MemoryCache:
         for store in (self._fresh, self._stale):
             if store is not None:
                 store.clear()
+        self._generation += 1
+
+    async def invalidate(self) -> None:
+        self.clear()
+
+    async def generation(self) -> int | None:
+        return self._generation  # one process: its own count
 
     def has_fresh(self, key: CacheKey) -> bool:
         return self._fresh is not None and key in self._fresh
@@ -165,9 +182,21 @@ class CachedQido:
         self.generation = 0  # counts clear() calls: caches built on these answers (app.http.answers) follow it
 
     def clear(self) -> None:
-        """Forget every cached answer (after the facade wrote to the PACS, so the next search sees it)."""
+        """Forget every cached answer in this process's view at once (tests; :meth:`invalidate` after a write)."""
         self.backend.clear()
         self.generation += 1
+
+    async def invalidate(self) -> None:
+        """After the facade wrote to the PACS: forget every cached answer, and return only when every process
+        sharing the cache is in a new :meth:`current_generation`, so the writer's client, asking any replica
+        next, gets an answer made after the write."""
+        await self.backend.invalidate()
+        self.generation += 1
+
+    async def current_generation(self) -> int | None:
+        """The shared generation of the cached answers (:meth:`CacheBackend.generation`); the HTTP layer reads it
+        once per request and keys that request's cached answers on it (app.http.answers.cache_partition)."""
+        return await self.backend.generation()
 
     @property
     def size_bytes(self) -> int:

@@ -96,6 +96,8 @@ class RedisCache:
         self.stale_ttl = stale_ttl
         self.client = client
         self.prefix = f"{prefix}:v{FORMAT}:"
+        # Outside the prefix that clearing deletes: a generation never goes back (a reset could revive old answers).
+        self.generation_key = f"{prefix}:generation"
         self._clock = clock
         self.breaker = CircuitBreaker(failure_threshold=1, reset_after=retry_after, name="the Redis cache")
         self._down = False
@@ -187,6 +189,53 @@ class RedisCache:
         task = loop.create_task(self._delete_all())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def invalidate(self) -> None:
+        """:meth:`clear` here, and a new generation for every process sharing this Redis (INCR, awaited); the old
+        entries are deleted in the background (keyed on the old generation, they are not read again anyway)."""
+        self.clear()
+        if not self._allow():
+            logger.warning("the Redis cache is unavailable: other replicas may serve answers older than this write")
+            return
+        try:
+            await self._start_generation()
+            await self.client.incr(self.generation_key)
+        except _FAULTS as exc:
+            self._failed(exc)
+            logger.warning("the Redis cache is unavailable: other replicas may serve answers older than this write")
+            return
+        except BaseException:
+            self.breaker.release()
+            raise
+        self._succeeded()
+
+    async def generation(self) -> int | None:
+        """The shared count of invalidations; None while Redis cannot be read."""
+        if not self._allow():
+            return None
+        try:
+            value = await self.client.get(self.generation_key)
+            if value is None:
+                await self._start_generation()
+                value = await self.client.get(self.generation_key)
+        except _FAULTS as exc:
+            self._failed(exc)
+            return None
+        except BaseException:
+            self.breaker.release()
+            raise
+        self._succeeded()
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            logger.warning("ignoring an unreadable generation in the Redis cache")
+            return None
+
+    async def _start_generation(self) -> None:
+        # A Redis that lost its data (restarted without persistence) must not count again from where an earlier
+        # count was: answers kept in the processes under that number would come back. So a missing count starts
+        # from the clock in nanoseconds (NX: once, whoever is first), above any count the earlier run reached.
+        await self.client.set(self.generation_key, time.time_ns(), nx=True)
 
     async def aclear(self) -> None:
         """:meth:`clear`, returning when the keys are deleted from Redis (or Redis failed)."""

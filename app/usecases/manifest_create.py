@@ -58,7 +58,7 @@ class ManifestWriter:
         uid_batch: int,
         subject_keys: Callable[[str], Awaitable[list[PatientKey]]],
         conditional_search: Callable[[str], Awaitable[SearchRequest]],
-        stored: Callable[[], None],
+        stored: Callable[[], Awaitable[None]],
         writable: bool,
         device_observer_uid: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -172,7 +172,9 @@ class ManifestWriter:
         )
         parts = [encode(ds) for ds in documents]
         await self._store.store(parts)
-        self._stored()
+        # Every cache sharing process sees a new generation before this answers: the client's next search, through
+        # any worker or replica, is made after the write (app.pacs.cache.CachedQido.invalidate).
+        await self._stored()
         # Read back from the bytes stored, so the answer shows exactly what the PACS now holds.
         doc = parse_kos(dcmread(io.BytesIO(parts[0])).to_json_dict())
         return selections_of(doc, self._mapping)

@@ -132,7 +132,7 @@ class Facade:
             uid_batch=s.uid_batch,
             subject_keys=self._subject_keys,
             conditional_search=self._conditional_search,
-            stored=self.qido.clear,
+            stored=self.qido.invalidate,
             writable=s.manifests_writable,
             device_observer_uid=s.device_observer_uid,
         )

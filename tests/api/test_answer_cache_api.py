@@ -62,7 +62,7 @@ def test_a_stored_manifest_clears_the_answers(pacs, client):
     client.get(SEARCH)
     studies.mock(return_value=httpx.Response(200, json=[study_row("1.2.3", accession="ACCNEW")]))
     # ManifestWriter calls ``stored`` (= CachedQido.clear, app.usecases.service) after a STOW-RS of a new manifest.
-    assert client.app.state.facade.writer._stored == client.app.state.facade.qido.clear
+    assert client.app.state.facade.writer._stored == client.app.state.facade.qido.invalidate
     client.app.state.facade.qido.clear()
     assert "ACCNEW" in client.get(SEARCH).text
 

@@ -26,6 +26,7 @@ from app.errors import UpstreamBadResponse
 from app.pacs.cache import CachedQido
 from app.pacs.cache_redis import FORMAT, RedisCache
 from app.pacs.upstream import DicomWebUpstream
+from tests.support.facade import free_port
 from tests.support.redis import RedisServer, redis_binary
 
 pytestmark = pytest.mark.integration
@@ -301,6 +302,41 @@ class TestThroughCachedQido:
         assert ours == []
         assert unrelated == b"keep me"
         assert others_entry is not None  # a prefix that only starts like ours is not ours
+
+    def test_the_generation_is_shared_moves_on_with_each_write_and_never_comes_back(self, redis_server, request):
+        """What every replica keys its cached answers on (app.http.answers.cache_partition)."""
+
+        async def go():
+            a = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request))
+            b = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request))
+            try:
+                first = await a.generation()
+                assert first is not None and await b.generation() == first
+                await a.invalidate()  # awaited: b sees it when this returns
+                second = await b.generation()
+                assert second is not None and second > first
+                await b.aclear()  # deleting the entries leaves the count alone
+                assert await a.generation() == second
+                await a.client.delete(a.generation_key)  # as a Redis restarted without its data
+                third = await b.generation()
+                assert third is not None and third not in (first, second) and third > second
+            finally:
+                await a.aclose()
+                await b.aclose()
+
+        run(go())
+
+    def test_without_redis_there_is_no_generation(self, request):
+        async def go():
+            cache = RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0", ttl=60, prefix=prefix(request))
+            try:
+                assert await cache.generation() is None
+                await cache.invalidate()  # logged, not raised: the manifest is stored already
+                assert await cache.generation() is None
+            finally:
+                await cache.aclose()
+
+        run(go())
 
     def test_an_unreadable_entry_is_a_miss(self, redis_server, request):
         pacs = Pacs()
