@@ -12,9 +12,8 @@ import sys
 from typing import Any
 
 import uvicorn
-from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors import Multiprocess
 
+from . import supervisor
 from .http.observability import log_config
 from .settings import Settings, SettingsError
 
@@ -71,14 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         gc.freeze()
         uvicorn.run(app, **options)
         return 0
-    # Several workers: uvicorn's supervisor binds the port here, starts the workers (spawned, not forked: each
-    # imports the app afresh), restarts one that dies and stops them all on SIGTERM/SIGINT. Each builds its app
-    # with app.main.worker_app from the same sources this process has just validated: the environment, and the
-    # file named on the command line passed down as FACADE_CONFIG (it wins over an inherited one, as here).
+    # Several workers (app.supervisor): each on a socket of its own, bound here; each builds its app with
+    # app.main.worker_app from the same sources this process has just validated: the environment, and the file
+    # named on the command line passed down as FACADE_CONFIG (it wins over an inherited one, as here).
     if args.config:
         os.environ["FACADE_CONFIG"] = os.path.abspath(args.config)
+    logging.config.dictConfig(options["log_config"])
     if not settings.cache_redis_url:
-        logging.config.dictConfig(options["log_config"])
         logger.warning(
             "%d workers with the in-process cache: each worker keeps its own QIDO and answer caches (a miss in "
             "each, memory in each), and a manifest created through one worker shows in the others' searches only "
@@ -86,13 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             settings.cache_ttl,
         )
-    # uvicorn.run would end here with status 0 even when the workers could not start (the supervisor stops when
-    # one fails before serving): run the supervisor itself, so that exits 3 as one process does (uvicorn's
-    # STARTUP_FAILURE), and a service manager sees a failure.
-    config = uvicorn.Config("app.main:worker_app", factory=True, workers=args.workers, **options)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
-    return STARTUP_FAILURE if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
+    config = uvicorn.Config("app.main:worker_app", factory=True, **options)
+    return supervisor.run(config, args.workers, shutdown_grace=settings.shutdown_grace)
 
 
 if __name__ == "__main__":

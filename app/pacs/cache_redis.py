@@ -39,6 +39,7 @@ hold other data); :meth:`aclear` awaits the deletion.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -225,11 +226,11 @@ class RedisCache:
             self.breaker.release()
             raise
         self._succeeded()
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            logger.warning("ignoring an unreadable generation in the Redis cache")
-            return None
+        if isinstance(value, bytes | str):
+            with contextlib.suppress(ValueError):
+                return int(value)
+        logger.warning("ignoring an unreadable generation in the Redis cache")
+        return None
 
     async def _start_generation(self) -> None:
         # A Redis that lost its data (restarted without persistence) must not count again from where an earlier

@@ -13,9 +13,11 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ import pytest
 from pydicom import Dataset
 
 from app.fhir import patient_ids
+from app.supervisor import bind_sockets
 from tests.support.facade import ROOT, FacadeProcess, free_port, stop_process
 from tests.support.kos import make_study
 from tests.support.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary, store
@@ -260,6 +263,37 @@ def test_a_manifest_created_through_one_worker_is_in_the_next_search_through_the
         found = reader.json(selections)
         assert created_id in {e["resource"]["id"] for e in found["entry"]}
         assert reader.json(search)["entry"][0]["resource"]["numberOfSeries"] == 2 + round_
+
+
+def test_connections_are_spread_over_the_workers(facade):
+    """Each worker listens on a socket of its own (app.supervisor, SO_REUSEPORT): the kernel spreads connections by
+    address hash, instead of the first worker awake taking every waiting connection of a shared socket."""
+    pids = workers(facade.pid)
+    opened = [Worker(facade.port, pids) for _ in range(16)]
+    try:
+        held = Counter(w.pid for w in opened)
+    finally:
+        for w in opened:
+            w.close()
+    assert set(held) == set(pids), held  # all 16 on one worker: 1 in 32,768 by chance
+
+
+def test_the_sockets_share_one_port_and_a_port_in_use_is_refused():
+    sockets = bind_sockets("127.0.0.1", 0, 3)
+    try:
+        ports = {s.getsockname()[1] for s in sockets}
+        assert len(ports) == 1
+        port = ports.pop()
+        with pytest.raises(OSError):  # a second facade on the same port, even one that also sets SO_REUSEPORT
+            bind_sockets("127.0.0.1", port, 2)
+    finally:
+        for s in sockets:
+            s.close()
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        with pytest.raises(OSError):
+            bind_sockets("127.0.0.1", plain.getsockname()[1], 2)
 
 
 def test_sigterm_stops_every_process_within_shutdown_grace(pacs, tmp_path):
