@@ -167,11 +167,13 @@ def rendered_query(items: Sequence[tuple[str, str]], *, thumbnail: bool) -> str 
     """The query string for the PACS of a ``rendered`` (or ``thumbnail``) request, rebuilt from the client's
     decoded parameters (PS3.18 §8.3.5.1, Table 8.3.5-1): ``viewport`` (vw,vh or vw,vh,sx,sy,sw,sh), ``quality``
     (1-100) and ``window`` (center,width,function); a thumbnail takes the viewport only, and gets
-    :data:`THUMBNAIL_VIEWPORT` without one. None when a parameter is unknown, repeated or malformed.
+    :data:`THUMBNAIL_VIEWPORT` without one. None when a parameter is unknown, repeated or malformed. ``accept``
+    (§8.3.3.1, OHIF sends ``thumbnail?accept=image/jpeg``) is allowed and left out: it stands for the Accept
+    header, which the caller takes from it.
 
     Never the client's spelling: Orthanc 1.10 does not percent-decode query values (shared/docs/orthanc-qido.md
     TL;DR 1) and answers ``viewport=256%2C256``, as OHIF sends it, with 400."""
-    allowed = ("viewport",) if thumbnail else ("viewport", "quality", "window")
+    allowed = ("viewport", "accept") if thumbnail else ("viewport", "quality", "window", "accept")
     seen: dict[str, str] = {}
     for key, value in items:
         if key not in allowed or key in seen:

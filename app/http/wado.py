@@ -160,12 +160,11 @@ async def retrieve(request: Request, prefix: str, template: str) -> Response:
         base = wado_address(settings, fhir_base(request, settings.public_url, "R4"))
         if cap:
             base += f"/c/{cap}"
+        query = _rendered_query(request, target)
+        # PS3.18 §8.3.3.1: an ``accept`` query parameter stands for the Accept header (rendered and thumbnail take it).
+        accept = request.query_params.get("accept") if query is not None else None
         body = await retrieval.body(
-            target,
-            study,
-            accept=request.headers.get("accept"),
-            query=_rendered_query(request, target),
-            public_base=base,
+            target, study, accept=accept or request.headers.get("accept"), query=query or "", public_base=base
         )
     except FacadeError as exc:
         finish(exc.status, 0, False)
@@ -232,12 +231,12 @@ def _raw_path_check(request: Request) -> None:
         raise NotFound("no such WADO-RS resource")
 
 
-def _rendered_query(request: Request, target: WadoPath) -> str:
-    """A rendered or thumbnail request's parameters, decoded and rebuilt (never as the client spelled them); any
-    other route ignores its query string."""
+def _rendered_query(request: Request, target: WadoPath) -> str | None:
+    """A rendered or thumbnail request's parameters, decoded and rebuilt (never as the client spelled them); None
+    for any other route, which ignores its query string."""
     thumbnail = target.resource == "thumbnail"
     if not (thumbnail or target.resource == "rendered" or target.rendered):
-        return ""
+        return None
     query = rendered_query(request.query_params.multi_items(), thumbnail=thumbnail)
     if query is None:
         raise InvalidRequest(

@@ -478,6 +478,9 @@ def test_thumbnails_at_every_level_and_rendered_parameters_rebuilt(token_mode: S
         r = httpx.get(f"{token_mode.root}/dicomweb/{instance}/rendered{bad}", headers=h)
         assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", bad
     assert httpx.get(f"{token_mode.root}/dicomweb/{instance}/thumbnail?quality=80", headers=h).status_code == 400
+    # The accept query parameter stands for the Accept header (PS3.18 §8.3.3.1; OHIF's thumbnails).
+    r = httpx.get(f"{token_mode.root}/dicomweb/{instance}/thumbnail?accept=image%2Fpng", headers=h)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     # Another patient's thumbnail: as every other retrieval, 404.
     assert httpx.get(f"{token_mode.root}/dicomweb/{study}/thumbnail", headers=KEYS.headers(READ, P1)).status_code == 404
 

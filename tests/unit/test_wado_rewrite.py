@@ -353,6 +353,8 @@ def test_no_pacs_url_survives(datasets: list[dict[str, Any]]) -> None:
         ([("viewport", "1,1"), ("viewport", "2,2")], False, None),
         ([("window", "40,400,gamma")], False, None),
         ([("annotation", "patient")], False, None),
+        ([("accept", "image/jpeg")], True, "viewport=128,128"),  # OHIF: stands for the Accept header
+        ([("accept", "image/png"), ("quality", "50")], False, "quality=50"),
     ],
 )
 def test_rendered_query_is_rebuilt(items, thumbnail, query):
