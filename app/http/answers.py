@@ -52,6 +52,23 @@ class Answer:
     audit: Mapping[str, Any]
 
 
+class _Key:
+    """A key whose hash is worked out once. A canonical key holds the parsed search (dataclasses of tuples, hashed
+    field by field): a repeat found through its alias would hash it again at every lookup of the store."""
+
+    __slots__ = ("_hash", "key")
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self._hash = hash(key)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and self._hash == other._hash and self.key == other.key
+
+
 class AnswerCache:
     """Finished answers by key (the partition first), for ``ttl`` seconds, at most ``max_bytes`` of bodies."""
 
@@ -60,13 +77,13 @@ class AnswerCache:
     ) -> None:
         self._qido = qido
         self._generation = qido.generation
-        self._store: TTLCache[Hashable, Answer] = TTLCache(
+        self._store: TTLCache[_Key, Answer] = TTLCache(
             maxsize=max_bytes, ttl=ttl, timer=clock, getsizeof=lambda a: len(a.body) + 1
         )
         # The raw request (query string as sent, with the partition and all that parsing depends on) → the
         # canonical key its parse gave: a repeat is found without parsing again. Parsing is a pure function of
         # those inputs, so an alias can only point where a new parse would.
-        self._aliases: TTLCache[Hashable, Hashable] = TTLCache(maxsize=ALIASES, ttl=ttl, timer=clock)
+        self._aliases: TTLCache[Hashable, _Key] = TTLCache(maxsize=ALIASES, ttl=ttl, timer=clock)
         self.hits = 0
         self.misses = 0
 
@@ -87,14 +104,14 @@ class AnswerCache:
     def find(self, key: Hashable) -> Answer | None:
         """:meth:`get` without counting a miss: for a lookup that hands a miss on to one that counts it."""
         self._sync()
-        answer = self._store.get(key)
+        answer = self._store.get(_Key(key))
         if answer is not None:
             self.hits += 1
         return answer
 
     def get(self, key: Hashable) -> Answer | None:
         self._sync()
-        answer = self._store.get(key)
+        answer = self._store.get(_Key(key))
         if answer is None:
             self.misses += 1
         else:
@@ -104,13 +121,14 @@ class AnswerCache:
     def put(self, key: Hashable, answer: Answer, alias: Hashable = None) -> None:
         self._sync()
         if len(answer.body) < self._store.maxsize:  # larger than the whole budget: served, not kept
-            self._store[key] = answer
+            kept = _Key(key)
+            self._store[kept] = answer
             if alias is not None:
-                self._aliases[alias] = key
+                self._aliases[alias] = kept
 
     def alias(self, alias: Hashable, key: Hashable) -> None:
         """Remember that ``alias`` parses to ``key``, without touching the answer's own expiry."""
-        self._aliases[alias] = key
+        self._aliases[alias] = _Key(key)
 
     def clear(self) -> None:
         self._store.clear()

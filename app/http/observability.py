@@ -185,6 +185,8 @@ def audit_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _audit(scope: Scope, route: str, status: int, elapsed: float) -> None:
+    if not audit_log.isEnabledFor(logging.INFO):  # not logged at this level: build nothing (once per request)
+        return
     fields = (scope.get("state") or {}).get("audit") or {}
     audit_log.info(
         "access",
