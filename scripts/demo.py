@@ -34,6 +34,8 @@ from app.fhir import patient_ids  # noqa: E402
 from tests.support.dataset import build_dataset  # noqa: E402
 from tests.support.facade import FacadeProcess, free_port, port_is_free  # noqa: E402
 from tests.support.kos import FOR_CONFERENCE, FOR_TEACHING, make_kos  # noqa: E402
+from tests.support.ohif import VERSION as OHIF_VERSION  # noqa: E402
+from tests.support.ohif import app_config  # noqa: E402
 from tests.support.orthanc import OrthancServer, store  # noqa: E402
 
 
@@ -157,6 +159,20 @@ def _selection(datasets: list[Any], pid: str) -> dict[str, Any]:
     }
 
 
+def _ohif(wado: str, study_uid: str, logs: Path) -> None:
+    """A ready OHIF v3 configuration with the gateway as its DICOMweb data source (README "Viewing in OHIF")."""
+    config = logs / "ohif-app-config.js"
+    config.write_text(app_config(wado), encoding="utf-8")
+    print(
+        f"\n# View a study in OHIF {OHIF_VERSION} (its published build; the gateway is its DICOMweb data source):\n"
+        f"npm pack @ohif/app@{OHIF_VERSION} && tar xzf ohif-app-{OHIF_VERSION}.tgz\n"
+        f"cp {config} package/dist/app-config.js\n"
+        "npx --yes serve@14 --single --listen 3000 package/dist\n"
+        f"# then open http://localhost:3000/viewer?StudyInstanceUIDs={study_uid}\n"
+        f"# ({config}:)\n{app_config(wado)}"
+    )
+
+
 def _log_tail(path: Path, lines: int = 5) -> str:
     try:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
@@ -193,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         _step(f"Starting the facade on 127.0.0.1:{port} (its log: {facade_log}) ...")
         try:
             facade = FacadeProcess(
-                pacs.dicomweb_url, port=port, log=facade_log, env={"FACADE_LOG_FORMAT": "text"}
+                # CORS for any origin: a viewer served elsewhere (OHIF, README "Viewing in OHIF") calls the gateway.
+                pacs.dicomweb_url,
+                port=port,
+                log=facade_log,
+                env={"FACADE_LOG_FORMAT": "text", "FACADE_CORS_ORIGINS": "*"},
             ).__enter__()
         except RuntimeError as exc:
             print(f"demo: the facade did not start: {exc}\n{_log_tail(facade_log)}", file=sys.stderr)
@@ -263,6 +283,7 @@ def _run(facade: FacadeProcess, manifest: Any, datasets: list[Any], *, check: bo
     if failed:
         print(f"demo: the viewer page failed; the facade's log: {facade.log_path}", file=sys.stderr)
         return 1
+    _ohif(wado, mueller.study_uid, logs)
     if check:
         return 0
     print("Both keep running; Ctrl-C stops them.", flush=True)

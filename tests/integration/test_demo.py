@@ -37,6 +37,9 @@ def test_demo_runs_its_example_queries(tmp_path):
     assert f"Open in a browser: http://127.0.0.1:{port}/" in out
     assert f"'http://127.0.0.1:{port}/dicomweb/studies/" in out  # the WADO-RS download line, through the gateway
     assert "bytes (--check)" in out
+    # A ready OHIF configuration: the gateway is its DICOMweb data source (issue 20).
+    assert "npm pack @ohif/app@3.13.2" in out and "window.config = {" in out
+    assert f'"qidoRoot": "http://127.0.0.1:{port}/dicomweb"' in out
     # No machine log lines (JSON) among the human output.
     assert not [line for line in (out + done.stderr).splitlines() if line.lstrip().startswith('{"')]
     # selection.json is a manifest of the demo data, and the demo POSTed it (201) in --check mode.

@@ -3,11 +3,11 @@
 OHIF's published build comes from the package registry at test time (``npm pack @ohif/app@3.13.2``, its ready
 ``dist/`` unpacked into ``.cache/ohif``, never committed; the 113 MB ``dist/ort`` and the source maps are not
 needed to view images), with puppeteer-core driving Debian's chromium (tests/support/ohif_driver.cjs). ``dist/`` is
-served from a loopback port with an ``app-config.js`` of the test's own, whose DICOMweb data source is the
-Endpoint.address under test (shared/docs/viewers.md has the configuration and what OHIF asks). Cases: smart mode
-with a patient token handed over OHIF's way (``&token=``), a capability address without a token, open mode; each
-waits for a viewport canvas with real pixels. The study list and prior-study lookups answer only the patient's
-studies, and another patient's study UID in the address opens nothing.
+served from a loopback port with an ``app-config.js`` of the test's own (tests/support/ohif.py, which the demo
+prints), whose DICOMweb data source is the Endpoint.address under test; shared/docs/viewers.md has what OHIF asks.
+Cases: smart mode with a patient token handed over OHIF's way (``&token=``), a capability address without a
+token, open mode; each waits for a viewport canvas with real pixels. The study list and prior-study lookups answer
+only the patient's studies, and another patient's study UID in the address opens nothing.
 
 Data: tests/integration/test_gateway_qido.py's Orthanc (patient QIDO0001: studies A and A2; QIDO0002: B; the
 same PatientID of another issuer: C).
@@ -39,9 +39,9 @@ from tests.integration.test_gateway_qido import (  # noqa: F401  (fixtures)
 )
 from tests.integration.test_wado_gateway import KEYS, Served
 from tests.support.facade import free_port
+from tests.support.ohif import VERSION, app_config
 
 pytestmark = pytest.mark.integration
-VERSION = "3.13.2"
 PUPPETEER = "24.43.1"  # 25.x needs Node >= 22.12
 CHROMIUM = "/usr/bin/chromium"
 CACHE = Path(os.environ.get("FACADE_TEST_CACHE", Path(__file__).resolve().parents[2] / ".cache")) / "ohif"
@@ -79,47 +79,11 @@ def ohif() -> tuple[Path, Path]:
     return dist, module
 
 
-def app_config(root: str) -> bytes:
-    """shared/docs/viewers.md's working configuration, the data source at ``root`` (Endpoint.address)."""
-    source = {
-        "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
-        "sourceName": "gw",
-        "configuration": {
-            "friendlyName": "imaging FHIR facade",
-            "name": "gw",
-            "qidoRoot": root,
-            "wadoRoot": root,
-            "wadoUriRoot": root,
-            "imageRendering": "wadors",
-            "thumbnailRendering": "thumbnail",
-            "enableStudyLazyLoad": True,
-            "supportsFuzzyMatching": False,
-            "supportsWildcard": False,
-            "staticWado": False,
-            "singlepart": False,
-            "qidoSupportsIncludeField": True,
-            "omitQuotationForMultipartRequest": True,
-            "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
-        },
-    }
-    config = {
-        "routerBasename": "/",
-        "showStudyList": True,
-        "investigationalUseDialog": {"option": "never"},
-        "defaultDataSourceName": "gw",
-        "maxNumberOfWebWorkers": 1,
-        "extensions": [],
-        "modes": [],
-        "dataSources": [source],
-    }
-    return f"window.config = {json.dumps(config)};\n".encode()
-
-
 class Ohif:
     """dist/ on 127.0.0.1 (a free port): our app-config.js, files as they are, any other path index.html."""
 
     def __init__(self, dist: Path, root: str, port: int) -> None:
-        config = app_config(root)
+        config = app_config(root).encode()
 
         class Handler(SimpleHTTPRequestHandler):
             extensions_map: ClassVar[dict[str, str]] = {
