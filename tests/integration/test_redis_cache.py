@@ -326,6 +326,37 @@ class TestThroughCachedQido:
 
         run(go())
 
+    def test_generation_reads_are_shared_only_by_callers_that_came_before_them(self, redis_server, request):
+        async def go():
+            cache = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request))
+            writer = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request))
+            sent = []
+            real_get = cache.client.get
+
+            async def counted_get(name):
+                sent.append(name)
+                return await real_get(name)
+
+            cache.client.get = counted_get
+            try:
+                before = await writer.generation()
+                sent.clear()
+                together = await asyncio.gather(*(cache.generation() for _ in range(10)))
+                assert together == [before] * 10 and len(sent) == 1  # one read for ten callers
+                early = asyncio.ensure_future(cache.generation())
+                await asyncio.sleep(0)  # its read is scheduled ...
+                await asyncio.sleep(0)  # ... and sent
+                await writer.invalidate()  # a write that returns while that read may be out
+                late = await cache.generation()  # asked after the write: never the read sent before it
+                await early
+                return before, late
+            finally:
+                await cache.aclose()
+                await writer.aclose()
+
+        before, late = run(go())
+        assert late == before + 1
+
     def test_without_redis_there_is_no_generation(self, request):
         async def go():
             cache = RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0", ttl=60, prefix=prefix(request))
