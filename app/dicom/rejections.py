@@ -127,3 +127,57 @@ def screen_series(
     alive = {dj.text(r, dj.SERIES_UID) for r in screen_instances(instance_rows, rejected)}
     gone = set(doubtful) - alive
     return [r for r in rows if dj.text(r, dj.SERIES_UID) not in gone] if gone else rows
+
+
+# -- the WADO-RS gateway's search answers (app.usecases.gateway_search): QIDO rows whose counts and modalities must
+# agree with what is served. Rows may be DICOM JSON or slim (app.dicom.dicom_json reads both); a changed attribute
+# is written as DICOM JSON, and only an attribute the PACS sent is changed.
+
+
+def recount_series(rows: list[dj.Dataset], present: list[dj.Dataset]) -> list[dj.Dataset]:
+    """Series rows with NumberOfSeriesRelatedInstances (0020,1209) lowered by the rejected instances the PACS
+    holds in them (``present``: instance rows of rejected SOP Instance UIDs); a series left with none is left out."""
+    gone = Counter(dj.text(r, dj.SERIES_UID) for r in present)
+    out = []
+    for row in rows:
+        n = gone.get(dj.text(row, dj.SERIES_UID), 0)
+        had = dj.integer(row, dj.NUMBER_OF_SERIES_INSTANCES)
+        if not n or had is None:
+            out.append(row)
+        elif had > n:
+            out.append(_set(row, dj.NUMBER_OF_SERIES_INSTANCES, "IS", [had - n]))
+    return out
+
+
+def recount_studies(rows: list[dj.Dataset], series: list[dj.Dataset], touched: Iterable[str]) -> list[dj.Dataset]:
+    """Study rows of the ``touched`` studies (those holding a rejected instance) with their series and instance
+    counts and ModalitiesInStudy (PS3.4 C.6.2.1.1: the modalities of the study's series) taken from ``series``:
+    every series row of those studies, already through :func:`recount_series`."""
+    touched = set(touched)
+    out = []
+    for row in rows:
+        study = dj.text(row, dj.STUDY_UID)
+        if study not in touched:
+            out.append(row)
+            continue
+        kept = [s for s in series if dj.text(s, dj.STUDY_UID) == study]
+        shown = {dj.text(s, dj.MODALITY) for s in kept}
+        row = _set(row, dj.NUMBER_OF_SERIES, "IS", [len(kept)])
+        row = _set(
+            row,
+            dj.NUMBER_OF_STUDY_INSTANCES,
+            "IS",
+            [sum(dj.integer(s, dj.NUMBER_OF_SERIES_INSTANCES) or 0 for s in kept)],
+        )
+        if None not in shown:  # a PACS that leaves Modality out of its rows: what is shown cannot be told
+            row = _set(
+                row, dj.MODALITIES_IN_STUDY, "CS", [m for m in dj.texts(row, dj.MODALITIES_IN_STUDY) if m in shown]
+            )
+        out.append(row)
+    return out
+
+
+def _set(row: dj.Dataset, tag: str, vr: str, values: list[object]) -> dj.Dataset:
+    if tag not in row:
+        return row
+    return {**row, tag: {"vr": vr, "Value": values} if values else {"vr": vr}}

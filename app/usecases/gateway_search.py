@@ -7,8 +7,10 @@
 
 * **Scope** (rule 1): a patient-context token's patient becomes its PACS keys (PatientID + issuer, an EHR id
   resolved, as for the FHIR API), a capability its study, the path its study and series; app.planning.gateway_qido
-  forces them into the PACS query and checks every row. IOCM-rejected instances never appear: instance rows they
-  are go, series rows whose every instance they are go (app.usecases.rejected, the FHIR search's screen).
+  forces them into the PACS query and checks every row. IOCM-rejected instances never appear: their instance rows
+  go, series and study rows count only the instances still served (a series left with none goes) and name only
+  the modalities still shown, and a ModalitiesInStudy search is asked again of the rows so narrowed
+  (app.usecases.rejected, with the FHIR search's rules).
 * **In-study searches** (``studies/{s}/series``...) are asked as the level's search with the study's (and
   series') UID as a key: the rows then carry the patient and study attributes every check reads (PS3.18
   §10.6.3.3 lets a server return more attributes than asked for), and no path of the client's reaches the PACS.
@@ -16,7 +18,8 @@
   whether more exist; with ModalitiesInStudy from offset 0 and cut here, the Orthanc 1.10 quirk of
   app.usecases.studies). When rows can fail them (a widened value, a patient check, IOCM), a first page is still
   asked of the PACS and kept if nothing in it was left out; otherwise, and for any later page, the matches are
-  read from the first, checked, and the page cut from what is left, so pages never overlap or skip.
+  read from the first, checked, and the page cut from what is left, so pages never overlap or skip (a later page
+  past the ``max_rows`` that can be read that way is 400 too-costly, as the FHIR side's deep modality pages are).
 * **Truncation**: one answer holds at most ``max_rows`` (the FHIR side's ``prequery_limit``, ``instance_limit`` at
   instance level, so a whole large study can be listed). A search with more matches than the client's limit (or
   than that bound, with no limit) is answered with its first rows and ``Warning: 299`` saying so (PS3.18
@@ -92,7 +95,10 @@ class GatewaySearch:
         bound = self.max_rows(req.level)
         want = min(req.limit or bound, bound)
         capped = req.limit is None or req.limit > bound
-        screened = req.level != "studies" and self.facade.rejected.screen_rows(self.facade._fetcher(False)) is not None
+        # IOCM can leave rows out: series and instance rows, and study rows whose ModalitiesInStudy no longer matches.
+        recount = self.facade.rejected.recount(self.facade._fetcher(False))
+        modalities = req.match(dj.MODALITIES_IN_STUDY)
+        screened = recount is not None and (req.level != "studies" or (modalities is not None and modalities.values))
         broken = req.level == "studies" and OFFSET_BROKEN_BY in plan.keys and req.offset > 0
         if req.offset == 0 or (plan.exact and not screened):
             if broken and req.offset + want > bound:
@@ -103,20 +109,28 @@ class GatewaySearch:
                 rows = rows[req.offset :]
             more = len(rows) > want
             page = rows[:want]
-            kept = await self._kept(req.level, plan, page)
+            kept = await self._kept(req, plan, page)
             if len(kept) == len(page) or not more:  # nothing left out, or only from the last matches
                 return kept, more and capped
         rows = await self._rows(req.level, plan, limit=bound + 1, offset=0)
         over = len(rows) > bound
-        kept = await self._kept(req.level, plan, rows[:bound])
+        kept = await self._kept(req, plan, rows[:bound])
         page = kept[req.offset : req.offset + want]
+        if over and req.offset and len(page) < want:
+            # The page reaches past the rows that could be checked: a later page would skip or repeat rows.
+            raise TooCostly(f"a page past the first {bound} matches of this search is too costly; narrow the search")
         more = len(kept) > req.offset + want
         return page, over or (more and capped)
 
-    async def _kept(self, level: str, plan: GatewayPlan, rows: list[dj.Dataset]) -> list[dj.Dataset]:
+    async def _kept(self, req: QidoRequest, plan: GatewayPlan, rows: list[dj.Dataset]) -> list[dj.Dataset]:
+        """The rows that pass the checks, with IOCM applied (app.usecases.rejected.RejectedInstances.recount)."""
         kept = [r for r in rows if plan.accepts(r)]
-        screen = self.facade.rejected.screen_rows(self.facade._fetcher(False)) if level != "studies" else None
-        return await screen(level, kept) if screen is not None and kept else kept
+        recount = self.facade.rejected.recount(self.facade._fetcher(False))
+        if recount is None or not kept:
+            return kept
+        kept = await recount(req.level, kept)
+        modalities = req.match(dj.MODALITIES_IN_STUDY)
+        return [r for r in kept if modalities.accepts(r)] if modalities is not None else kept
 
     async def _rows(self, level: str, plan: GatewayPlan, *, limit: int, offset: int) -> list[dj.Dataset]:
         query = QidoQuery.build(level, plan.keys, fields=plan.fields, limit=limit, offset=offset)

@@ -61,6 +61,39 @@ class RejectedInstances:
 
         return prequery
 
+    def recount(self, fetch: Fetch) -> Callable[[str, list[dj.Dataset]], Awaitable[list[dj.Dataset]]] | None:
+        """IOCM for the WADO-RS gateway's search answers (app.usecases.gateway_search), rows of any QIDO level:
+        instance rows of rejected instances go (:meth:`screen_rows`); series rows get their instance counts
+        lowered, and go when none is left; study rows get their series and instance counts and ModalitiesInStudy
+        as the series still shown. None when rejected instances are shown.
+
+        Cost, only for rows of studies that hold a rejection note: the notes' QIDO row query (as for the FHIR
+        search), one instance query of the rejected SOP Instance UIDs (which of them the PACS holds), and for study
+        rows one series query of the studies concerned; all cached like any."""
+        screen = self.screen_rows(fetch)
+        documents = self._documents
+        if screen is None or documents is None:
+            return None
+        batch, limit = self._uid_batch, self._row_limit
+
+        async def recount(level: str, rows: list[dj.Dataset]) -> list[dj.Dataset]:
+            if level == "instances":
+                return await screen(level, rows)
+            studies = sorted({uid for r in rows if (uid := dj.text(r, dj.STUDY_UID))})
+            notes = await _rows_of(fetch, batch, limit, "instances", "StudyInstanceUID", studies, {"Modality": "KO"})
+            rejected = rejections.rejected_references(await documents.of_rows(notes))
+            if not rejected:
+                return rows
+            sops = sorted({sop for _, sop in rejected})
+            present = await _rows_of(fetch, batch, limit, "instances", "SOPInstanceUID", sops, {}, ())
+            if level == "series":
+                return rejections.recount_series(rows, present)
+            touched = sorted({uid for r in present if (uid := dj.text(r, dj.STUDY_UID))})
+            series = await _rows_of(fetch, batch, limit, "series", "StudyInstanceUID", touched, {}, ())
+            return rejections.recount_studies(rows, rejections.recount_series(series, present), touched)
+
+        return recount
+
     def screen_rows(self, fetch: Fetch) -> Callable[[str, list[dj.Dataset]], Awaitable[list[dj.Dataset]]] | None:
         """IOCM for the series/instance-level criteria: a study found only through rejected instances is not found
         (the search must agree with the content, :meth:`hide`). The rejection notes of the studies the pre-query
@@ -75,17 +108,7 @@ class RejectedInstances:
         batch, limit = self._uid_batch, self._row_limit
 
         async def rows_of(key: str, uids: list[str], more: dict[str, str], fields: tuple[str, ...]) -> list[dj.Dataset]:
-            """Instance rows whose ``key`` is one of ``uids`` (one UID list per ``uid_batch``)."""
-            out: list[dj.Dataset] = []
-            for i in range(0, len(uids), batch):
-                keys = {key: uid_list(uids[i : i + batch])} | more
-                rows = (await fetch(QidoQuery.build("instances", keys, fields=fields, limit=limit + 1))).rows
-                if len(rows) > limit:
-                    raise TooCostly(
-                        "too many manifests or rejected instances to check in the studies found; narrow the search"
-                    )
-                out += rows
-            return out
+            return await _rows_of(fetch, batch, limit, "instances", key, uids, more, fields)
 
         async def screen(level: str, rows: list[dj.Dataset]) -> list[dj.Dataset]:
             """``rows``: series or instance rows (QIDO ``level``); the WADO-RS gateway's searches use it too."""
@@ -101,3 +124,24 @@ class RejectedInstances:
             return rejections.screen_series(rows, doubtful, instances, rejected)
 
         return screen
+
+
+async def _rows_of(
+    fetch: Fetch,
+    batch: int,
+    limit: int,
+    level: str,
+    key: str,
+    uids: list[str],
+    more: dict[str, str],
+    fields: tuple[str, ...] = KO_FIELDS,
+) -> list[dj.Dataset]:
+    """Rows at ``level`` whose ``key`` is one of ``uids`` (one UID list per ``batch``); TooCostly past ``limit``."""
+    out: list[dj.Dataset] = []
+    for i in range(0, len(uids), batch):
+        keys = {key: uid_list(uids[i : i + batch])} | more
+        rows = (await fetch(QidoQuery.build(level, keys, fields=fields, limit=limit + 1))).rows
+        if len(rows) > limit:
+            raise TooCostly("too many manifests or rejected instances to check in the studies found; narrow the search")
+        out += rows
+    return out

@@ -6,6 +6,8 @@
     patient QIDO0002:             study B  CT, series 1: b0, b1
     patient QIDO0001 of issuer OTHER (another person, same PatientID; Orthanc keys patients by PatientID alone):
                                   study C  CT, series 1: c0
+    patient QIDO0003:             study D  CT series: d0; MR series: its only instance rejected by a note in D
+                                           (so D is no longer an MR study: counts and ModalitiesInStudy follow)
 
 What is compared: the gateway's answer (dicomweb-client, or a request whose query is spelled as a client would)
 and Orthanc's own answer to the same query sent raw, filtered to the caller's scope and without the rejected
@@ -50,6 +52,7 @@ READ = "patient/ImagingStudy.rs"
 USER = "user/ImagingStudy.rs"
 JSON = "application/dicom+json"
 STUDY, SERIES, SOP, PID, ISSUER_TAG = "0020000D", "0020000E", "00080018", "00100020", "00100021"
+MODALITIES = "00080061"
 
 
 @dataclass
@@ -60,13 +63,18 @@ class Pacs:
     note: Dataset
     b: list[Dataset]
     c: list[Dataset]
+    d: list[Dataset]
 
     def uid(self, name: str) -> str:
         return str(getattr(self, name)[0].StudyInstanceUID)
 
     @property
-    def rejected(self) -> str:
-        return str(self.a[0].SOPInstanceUID)
+    def rejected(self) -> frozenset[str]:
+        return frozenset({str(self.a[0].SOPInstanceUID), str(self.d[1].SOPInstanceUID)})
+
+    @property
+    def everything(self) -> set[str]:
+        return {self.uid(s) for s in ("a", "a2", "b", "c", "d")}
 
     @property
     def mine(self) -> set[str]:
@@ -89,9 +97,14 @@ def pacs() -> Iterator[Pacs]:
     note = make_kos([a[0]], title=REJECTED_FOR_QUALITY, seed=20)
     b = make_study(20, "b", patient_id="QIDO0002", patient_name="Qido^Bert", series_sizes=(2,), accession="ACC-B")
     c = make_study(20, "c", patient_id="QIDO0001", patient_name="Other^Carl", issuer="OTHER", series_sizes=(1,))
+    d = make_study(20, "d", patient_id="QIDO0003", patient_name="Mixed^Dora", series_sizes=(1,))
+    mr = make_study(20, "d-mr", patient_id="QIDO0003", patient_name="Mixed^Dora", modality="MR", series_sizes=(1,))
+    for ds in mr:  # one more series of study D
+        ds.StudyInstanceUID, ds.AccessionNumber, ds.SeriesNumber = d[0].StudyInstanceUID, d[0].AccessionNumber, 2
+    note_d = make_kos([mr[0]], title=REJECTED_FOR_QUALITY, seed=21)
     with OrthancServer() as server:
-        store(server.dicomweb_url, [*a, *a2, note, *b, *c])
-        yield Pacs(server, a, a2, note, b, c)
+        store(server.dicomweb_url, [*a, *a2, note, *b, *c, *d, *mr, note_d])
+        yield Pacs(server, a, a2, note, b, c, [*d, *mr])
 
 
 def _settings(pacs: Pacs, tmp: pytest.TempPathFactory, port: int, **extra: Any) -> Settings:
@@ -151,10 +164,31 @@ def norm(rows: list[dict[str, Any]], base: str) -> list[dict[str, Any]]:
 
 
 def theirs(pacs: Pacs, path: str, keep: Any = None) -> list[dict[str, Any]]:
-    """Orthanc's own answer, without the rejected instance's row and rows ``keep`` refuses."""
-    rows = [r for r in pacs.raw(path) if r.get(SOP, {}).get("Value", [None])[0] != pacs.rejected]
+    """Orthanc's own answer as IOCM leaves it (the rejected instances' rows out, the counts and modalities of their
+    series and studies lowered, D's MR series out; a ModalitiesInStudy search asked again), without rows ``keep``
+    refuses."""
+    rows = [iocm(pacs, r) for r in pacs.raw(path) if r.get(SOP, {}).get("Value", [None])[0] not in pacs.rejected]
+    wanted = path.partition("ModalitiesInStudy=")[2].partition("&")[0]
+    rows = [r for r in rows if r and (not wanted or wanted in r.get(MODALITIES, {}).get("Value", []))]
     rows = [r for r in rows if keep is None or keep(r)]
     return norm(rows, f"http://127.0.0.1:{pacs.server.port}/dicom-web")
+
+
+def iocm(pacs: Pacs, row: dict[str, Any]) -> dict[str, Any]:
+    """What the gateway answers for this row of Orthanc's (module docstring; {} for a row it leaves out)."""
+    row = json.loads(json.dumps(row))
+    study, series = row[STUDY]["Value"][0], row.get(SERIES, {}).get("Value", [None])[0]
+    if SOP not in row and series == str(pacs.d[1].SeriesInstanceUID):
+        return {}  # D's MR series: its only instance is rejected
+    lowered = {str(pacs.a[0].SeriesInstanceUID)}
+    if SOP not in row and series in lowered and "00201209" in row:
+        row["00201209"]["Value"][0] -= 1
+    if series is None and study in (pacs.uid("a"), pacs.uid("d")):
+        row["00201208"]["Value"][0] -= 1
+        if study == pacs.uid("d"):
+            row["00201206"]["Value"][0] -= 1
+            row[MODALITIES]["Value"].remove("MR")
+    return row
 
 
 def studies_of(rows: list[dict[str, Any]]) -> set[str]:
@@ -242,10 +276,11 @@ def test_dicomweb_client_at_every_level(token_mode: Served, pacs: Pacs) -> None:
 
 def test_exact_paging_with_the_modalities_quirk(open_mode: Served, pacs: Pacs) -> None:
     base = f"{open_mode.root}/dicomweb"
-    everything = theirs(pacs, "studies?ModalitiesInStudy=CT")
-    assert len(everything) == 3
-    pages = [get(f"{base}/studies?ModalitiesInStudy=CT&limit=1&offset={i}").json() for i in range(4)]
-    assert [norm(p, base) for p in pages] == [[everything[0]], [everything[1]], [everything[2]], []]
+    for modality, n in (("CT", 4), ("MR", 1)):  # D is no longer an MR study (its MR series is rejected)
+        everything = theirs(pacs, f"studies?ModalitiesInStudy={modality}")
+        assert len(everything) == n
+        pages = [get(f"{base}/studies?ModalitiesInStudy={modality}&limit=1&offset={i}").json() for i in range(n + 1)]
+        assert [norm(p, base) for p in pages] == [[row] for row in everything] + [[]]
 
 
 def test_fuzzymatching_and_truncation_say_so(open_mode: Served, pacs: Pacs) -> None:
@@ -259,10 +294,18 @@ def test_fuzzymatching_and_truncation_say_so(open_mode: Served, pacs: Pacs) -> N
 
 def test_truncation_beyond_the_bound(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> None:
     port = free_port()
-    with Served(_settings(pacs, tmp_path_factory, port, open=True, prequery_limit=2), port) as served:
-        r = get(f"{served.root}/dicomweb/studies")
-        assert len(r.json()) == 2 and TRUNCATED in r.headers["warning"]
-        assert "warning" not in get(f"{served.root}/dicomweb/studies?limit=2").headers
+    with Served(_settings(pacs, tmp_path_factory, port, open=True, instance_limit=3), port) as served:
+        clean = f"instances?Modality=CT&StudyInstanceUID={pacs.uid('b')},{pacs.uid('c')},{pacs.uid('d')}"  # 4 rows
+        r = get(f"{served.root}/dicomweb/{clean}")
+        assert r.status_code == 200 and len(r.json()) == 3 and TRUNCATED in r.headers["warning"]
+        assert "warning" not in get(f"{served.root}/dicomweb/{clean}&limit=3").headers
+        # The first rows hold a rejected instance: the first page is what is left of them, said to be truncated;
+        # a later page that would reach past the rows that can be checked is refused rather than skip rows.
+        r = get(f"{served.root}/dicomweb/instances")
+        assert r.status_code == 200 and len(r.json()) == 2 and TRUNCATED in r.headers["warning"]
+        assert len(get(f"{served.root}/dicomweb/instances?limit=1&offset=1").json()) == 1
+        r = get(f"{served.root}/dicomweb/instances?offset=2")
+        assert r.status_code == 400 and r.json()["issue"][0]["code"] == "too-costly"
 
 
 def test_widened_values_are_rechecked(open_mode: Served, pacs: Pacs) -> None:
@@ -270,7 +313,7 @@ def test_widened_values_are_rechecked(open_mode: Served, pacs: Pacs) -> None:
     # A space cannot travel raw to Orthanc: it goes as "?" and the rows are checked against the real value.
     assert get(f"{base}/studies?PatientName=Qido%5EAnna%20X").json() == []
     found = get(f"{base}/studies?AccessionNumber=ACC-%2A,nothing").json()
-    assert studies_of(found) == {pacs.uid(s) for s in ("a", "a2", "b", "c")}
+    assert studies_of(found) == pacs.everything
     assert studies_of(get(f"{base}/studies?AccessionNumber=acc-b,ACC-A").json()) == {pacs.uid("a"), pacs.uid("b")}
 
 
@@ -367,7 +410,7 @@ def battery(url: str, pacs: Pacs, headers: dict[str, str], allowed: set[str], st
             assert r.status_code == 200, (path, trick, r.text)
             rows = r.json()
             assert studies_of(rows) <= here, (path, trick, studies_of(rows))
-            assert pacs.rejected not in r.text
+            assert not [sop for sop in pacs.rejected if sop in r.text]
             seen += len(rows)
     return seen
 
@@ -393,9 +436,8 @@ def test_battery_capability(capability_mode: Served, pacs: Pacs) -> None:
 
 
 def test_battery_open_and_user_token(open_mode: Served, token_mode: Served, pacs: Pacs) -> None:
-    everything = {pacs.uid(s) for s in ("a", "a2", "b", "c")}
-    assert battery(f"{open_mode.root}/dicomweb", pacs, {}, everything, "b") > 0
-    assert battery(f"{token_mode.root}/dicomweb", pacs, KEYS.headers(USER), everything, "c") > 0
+    assert battery(f"{open_mode.root}/dicomweb", pacs, {}, pacs.everything, "b") > 0
+    assert battery(f"{token_mode.root}/dicomweb", pacs, KEYS.headers(USER), pacs.everything, "c") > 0
 
 
 def test_patient_token_finds_exactly_its_own(token_mode: Served, pacs: Pacs) -> None:
@@ -505,7 +547,7 @@ def test_dicomtrolley_downloads_a_study_and_searches_instances(token_mode: Serve
     a = pacs.uid("a")
     t.download(StudyReference(study_uid=a), output_dir=str(tmp_path))  # studies/{s}/series, then each series, */*
     got = {str(dcmread(f).SOPInstanceUID) for f in tmp_path.rglob("*") if f.is_file()}
-    kept = {str(ds.SOPInstanceUID) for ds in [*pacs.a, pacs.note]} - {pacs.rejected}
+    kept = {str(ds.SOPInstanceUID) for ds in [*pacs.a, pacs.note]} - pacs.rejected
     assert got == kept
     (study,) = t.find_studies(Query(StudyInstanceUID=a, query_level=QueryLevels.INSTANCE))  # studies/{s}/instances
     found = {i.uid for s in study.series for i in s.instances}

@@ -77,7 +77,7 @@ class Rejected:
     def __init__(self, sops: frozenset[str]) -> None:
         self.sops = sops
 
-    def screen_rows(self, fetch: Any) -> Any:
+    def recount(self, fetch: Any) -> Any:
         if not self.sops:
             return None
 

@@ -170,3 +170,46 @@ def test_candidate_uids_do_not_screen_an_empty_answer():
     # Rows, but none of a study the UID constraint allows: nothing to screen either.
     found = answering([{dj.STUDY_UID: ("B",), dj.SERIES_UID: ("7.7",)}])
     assert asyncio.run(_candidate_uids(Plan(study_uids=("Z",), prequeries=(pre,)), found, 100, screen)) == []
+
+
+# -- the gateway's search answers: DICOM JSON rows recounted (app.usecases.gateway_search)
+
+
+def json_row(**attrs: tuple[str, list[object]]) -> dj.Dataset:
+    return {tag: {"vr": vr, "Value": values} for tag, (vr, values) in attrs.items()}
+
+
+def test_series_rows_count_only_instances_still_served_and_empty_ones_go():
+    rows = [
+        json_row(
+            **{dj.STUDY_UID: ("UI", ["1"]), dj.SERIES_UID: ("UI", [s]), dj.NUMBER_OF_SERIES_INSTANCES: ("IS", [n])}
+        )
+        for s, n in (("1.1", 3), ("1.2", 1), ("1.3", 2))
+    ]
+    present = [instance("1", "1.1", "1.1.1"), instance("1", "1.2", "1.2.1")]  # rejected ones the PACS holds
+    out = rejections.recount_series(rows, present)
+    assert [(dj.text(r, dj.SERIES_UID), dj.integer(r, dj.NUMBER_OF_SERIES_INSTANCES)) for r in out] == [
+        ("1.1", 2),
+        ("1.3", 2),
+    ]
+    assert out[0][dj.NUMBER_OF_SERIES_INSTANCES] == {"vr": "IS", "Value": [2]} and out[1] is rows[2]
+
+
+def test_study_rows_take_counts_and_modalities_from_the_series_still_shown():
+    study = json_row(
+        **{
+            dj.STUDY_UID: ("UI", ["1"]),
+            dj.MODALITIES_IN_STUDY: ("CS", ["CT", "MR", "KO"]),
+            dj.NUMBER_OF_SERIES: ("IS", [3]),
+            dj.NUMBER_OF_STUDY_INSTANCES: ("IS", [4]),
+        }
+    )
+    other = json_row(**{dj.STUDY_UID: ("UI", ["2"]), dj.MODALITIES_IN_STUDY: ("CS", ["MR"])})
+    series = [
+        {dj.STUDY_UID: ("1",), dj.SERIES_UID: ("1.1",), dj.MODALITY: ("CT",), dj.NUMBER_OF_SERIES_INSTANCES: (2,)},
+        {dj.STUDY_UID: ("1",), dj.SERIES_UID: ("1.9",), dj.MODALITY: ("KO",), dj.NUMBER_OF_SERIES_INSTANCES: (1,)},
+    ]  # the MR series is gone (its only instance rejected)
+    (row, untouched) = rejections.recount_studies([study, other], series, ["1"])
+    assert dj.texts(row, dj.MODALITIES_IN_STUDY) == ["CT", "KO"]
+    assert (dj.integer(row, dj.NUMBER_OF_SERIES), dj.integer(row, dj.NUMBER_OF_STUDY_INSTANCES)) == (2, 3)
+    assert untouched is other
