@@ -76,7 +76,7 @@ class GatewaySearch:
         """``patient``: the token's patient context (a FHIR Patient id), None when unconfined; ``agent``: the
         warn-agent of Warning values (the gateway's host)."""
         # Keys as the FHIR API confines a search (app.usecases.service): ours decode, an EHR id is looked up.
-        patients = None if patient is None else tuple(await self.facade._subject_keys(patient))
+        patients = None if patient is None else tuple(await self.facade.subject_keys(patient))
         plan = plan_gateway(req, Scope(patients, capability_study), study=study, series=series)
         notes = [FUZZY] if req.fuzzy else []
         rows, truncated = ([], False) if plan.nothing else await self._page(req, plan)

@@ -130,7 +130,7 @@ class Facade:
             manifests=self.manifests,
             mapping=self.mapping,
             uid_batch=s.uid_batch,
-            subject_keys=self._subject_keys,
+            subject_keys=self.subject_keys,
             conditional_search=self._conditional_search,
             stored=self.qido.invalidate,
             writable=s.manifests_writable,
@@ -164,7 +164,7 @@ class Facade:
         pairs = await self.rejected.hide(page.studies)
         return [imaging_study(row, rows, self.mapping) for row, rows in pairs]
 
-    async def _subject_keys(self, patient_id: str) -> list[PatientKey]:
+    async def subject_keys(self, patient_id: str) -> list[PatientKey]:
         """The PACS keys of a Patient id: ours decodes, an EHR id is looked up (app.pacs.ehr); unknown: none."""
         req = parse_search([("_id", patient_id)], self.search_context("", strict=False), PATIENT)
         req, _ = await self._resolve(req, fresh=True)
@@ -241,7 +241,7 @@ class Facade:
         if patient is not None:
             ref = f"Patient/{resource['id']}" if resource_type == "Patient" else subject_of(resource)
             if ref != f"Patient/{patient}" and not covered(
-                await self._subject_keys(ref.removeprefix("Patient/")), await self._subject_keys(patient)
+                await self.subject_keys(ref.removeprefix("Patient/")), await self.subject_keys(patient)
             ):
                 raise NotFound(f"{resource_type}/{rid[:70]} is not known")
         return resource
@@ -254,7 +254,7 @@ class Facade:
         spec = specs.get(resource_type, IMAGING_STUDY)
         mine = parse_search([(names[0], patient)], self.search_context("", strict=False), spec)
         resolved, _ = await self._resolve(req, fresh=fresh)
-        allowed = await self._subject_keys(patient)
+        allowed = await self.subject_keys(patient)
         for c in resolved.criteria:
             if c.name in names and c.modifier != "missing" and not covered(list(c.values), allowed):
                 raise Forbidden("the search names a patient outside the access token's patient context")
@@ -342,7 +342,7 @@ class Facade:
         row, instances = found
         if patient is not None:
             ref = patient_ids.encode(dj.text(row, dj.PATIENT_ID) or "", dj.text(row, dj.ISSUER_OF_PATIENT_ID))
-            if ref != patient and not covered(await self._subject_keys(ref), await self._subject_keys(patient)):
+            if ref != patient and not covered(await self.subject_keys(ref), await self.subject_keys(patient)):
                 raise NotFound(f"ImagingStudy/{study_uid} is not known")
         return row, instances, await self.rejected.rejected_in(instances)
 

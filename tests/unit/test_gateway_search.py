@@ -92,7 +92,7 @@ class Facade:
         self.settings = Settings(**settings)
         self.rejected = Rejected(rejected)
 
-    async def _subject_keys(self, patient: str) -> list[PatientKey]:
+    async def subject_keys(self, patient: str) -> list[PatientKey]:
         return [PatientKey(patient.upper(), None)] if patient else []
 
     def _fetcher(self, fresh: bool) -> None:
