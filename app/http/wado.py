@@ -151,6 +151,8 @@ async def retrieve(request: Request, prefix: str, template: str) -> Response:
     try:
         target = _target(request, prefix)
         audit["study"] = request.path_params.get("study")
+        if target.resource == "metadata" and not accepts_dicom_json(request.headers.get("accept")):
+            raise NotAcceptable("metadata is answered as application/dicom+json here (PS3.18 §10.4.3)")
         cap = request.path_params.get("capability")
         patient = await (_capability(request, settings, cap, audit) if cap else _token(request, settings, audit))
         audit["study"] = target.study

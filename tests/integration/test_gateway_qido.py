@@ -336,11 +336,15 @@ def test_what_cannot_be_passed_on_is_400(open_mode: Served, query: str, status: 
     assert r.status_code == status and r.json()["resourceType"] == "OperationOutcome", r.text
 
 
-def test_accept(open_mode: Served) -> None:
+def test_accept(open_mode: Served, pacs: Pacs) -> None:
     for accept in ("*/*", "application/json", JSON, "application/dicom+json, */*;q=0.1"):
         assert get(f"{open_mode.root}/dicomweb/studies", {"Accept": accept}).status_code == 200, accept
     r = get(f"{open_mode.root}/dicomweb/studies", {"Accept": 'multipart/related; type="application/dicom+xml"'})
     assert r.status_code == 406
+    metadata = f"{open_mode.root}/dicomweb/studies/{pacs.uid('b')}/metadata"
+    for accept in ("*/*", "application/json", JSON):
+        assert get(metadata, {"Accept": accept}).status_code == 200, accept
+    assert get(metadata, {"Accept": 'multipart/related; type="application/dicom+xml"'}).status_code == 406
 
 
 # ------------------------------------------------------------------------------------ cross-patient battery
