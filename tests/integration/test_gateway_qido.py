@@ -35,6 +35,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset, dcmread
 from requests import HTTPError
 
+from app.dicom.qido_rs import parse_qido
 from app.fhir import patient_ids
 from app.settings import Settings
 from app.usecases.gateway_search import FUZZY, TRUNCATED
@@ -560,3 +561,14 @@ def test_dicomtrolley_downloads_a_study_and_searches_instances(token_mode: Serve
     assert t.find_studies(Query(StudyInstanceUID=pacs.uid("b"), query_level=QueryLevels.INSTANCE)) == []
     assert t.find_studies(Query(PatientID="QIDO0002")) == []
     assert {s.uid for s in t.find_studies(Query(PatientID="*"))} == pacs.mine
+
+
+@pytest.mark.parametrize("level", ["studies", "series", "instances"])
+def test_includefield_all_asks_for_every_attribute_the_pacs_can_name(open_mode: Served, pacs: Pacs, level: str) -> None:
+    # Orthanc ignores includefield=all (orthanc-qido.md TL;DR 6): the gateway spells it out.
+    fields = ",".join(parse_qido(level, [("includefield", "all")]).wanted_fields)
+    base = f"{open_mode.root}/dicomweb"
+    r = get(f"{base}/{level}?includefield=all&PatientID=QIDO0002")
+    assert norm(r.json(), base) == theirs(pacs, f"{level}?PatientID=QIDO0002&includefield={fields}")
+    if level == "studies":
+        assert all("00081030" in row for row in r.json())  # StudyDescription, which Orthanc leaves out by default
