@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                                 for f, b in zip(fs, bs, strict=True)
                                 if f.server_cpu and b.server_cpu
                             ),
-                            "facade_p50_ms": statistics.median(f.p50_ms for f in fs),
-                            "bare_p50_ms": statistics.median(b.p50_ms for b in bs),
+                            "facade_p50_ms": round(statistics.median(f.p50_ms for f in fs), 2),
+                            "bare_p50_ms": round(statistics.median(b.p50_ms for b in bs), 2),
                             "facade_cpu": round(statistics.mean(f.server_cpu or 0.0 for f in fs), 2),
                             "bare_cpu": round(statistics.mean(b.server_cpu or 0.0 for b in bs), 2),
                             "errors": sum(f.errors for f in fs) + sum(b.errors for b in bs),
