@@ -2,7 +2,8 @@
 
 Why: Debian's Orthanc 1.10 works through one instance query on one core, and two instance queries sent at once
 run on both (a study query and an instance query do not: it serializes those). The instance query is most of a
-page's PACS time, so splitting it is the one upstream concurrency that shortens a cold page (bench/README.md, "Cold answers").
+page's PACS time, so splitting it is the one upstream concurrency that shortens a cold page (bench/README.md,
+"Cold answers").
 Each extra request costs the PACS a few ms of fixed work, so a split is made only where it pays:
 
 * a page of two or more studies: its StudyInstanceUIDs in groups of about equal instance counts (the study rows'
@@ -24,7 +25,8 @@ from ..dicom import dicom_json as dj
 from ..dicom.qido import INSTANCE_FIELDS, SERIES_FIELDS, QidoQuery, uid_list
 
 # One study's rows are split past this many: below it the fixed cost of a second request (and its extra lookup of
-# the study's instances) outweighs the halved per-instance work; measured on Orthanc 1.10, bench/README.md, "Cold answers".
+# the study's instances) outweighs the halved per-instance work; measured on Orthanc 1.10 (bench/README.md, "Cold
+# answers").
 SPLIT_ROWS = 500
 # A page of several studies whose rows are counted is split only from this many rows on (about 3 ms of PACS CPU
 # per request against about 0.5 ms per instance row).
