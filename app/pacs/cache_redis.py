@@ -63,6 +63,7 @@ __all__ = ["FORMAT", "RedisCache"]
 logger = logging.getLogger(__name__)
 
 FORMAT = 1  # part of every key: bump it when the value format changes
+GENERATION_LEASE = 0.02  # seconds a generation read is used again (RedisCache.generation)
 _COMPRESS_ABOVE = 1024
 _PLAIN, _ZLIB = b"j", b"z"
 _FAULTS = (RedisError, OSError)  # OSError covers TimeoutError and refused connections the client did not wrap
@@ -89,7 +90,9 @@ class RedisCache:
         stale_ttl: float = 0,
         prefix: str = "facade:qido",
         retry_after: float = 5.0,
+        lease: float = GENERATION_LEASE,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl < 0 or stale_ttl < 0:
             raise ValueError("ttl and stale_ttl must not be negative")
@@ -106,6 +109,9 @@ class RedisCache:
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_read: asyncio.Future[int | None] | None = None
         self._reads: set[asyncio.Task[int | None]] = set()
+        self.lease = lease
+        self._monotonic = monotonic
+        self._known: tuple[int, float] | None = None  # the last generation read, and when its read was sent
         self.errors = 0
         self.skipped = 0
 
@@ -197,6 +203,7 @@ class RedisCache:
         """:meth:`clear` here, and a new generation for every process sharing this Redis (INCR, awaited); the old
         entries are deleted in the background (keyed on the old generation, they are not read again anyway)."""
         self.clear()
+        self._known = None  # this process reads the new generation at its next request
         if not self._allow():
             logger.warning("the Redis cache is unavailable: other replicas may serve answers older than this write")
             return
@@ -211,6 +218,10 @@ class RedisCache:
             self.breaker.release()
             raise
         self._succeeded()
+        # Every other process trusts a generation only for ``lease`` seconds after sending the read that gave it:
+        # once this wait is over, none of them holds one read before the INCR, so the writer's client, asking any
+        # of them next, gets an answer made after the write (generation()).
+        await asyncio.sleep(self.lease)
 
     async def generation(self) -> int | None:
         """The shared count of invalidations; None while Redis cannot be read.
@@ -219,7 +230,16 @@ class RedisCache:
         rest of a warm answer. So concurrent callers share reads, but only reads *sent after they asked*: the first
         caller schedules a read for the next turn of the event loop, and every caller that comes before it goes
         out joins it. A caller never gets a value read before it arrived, so a write whose INCR had returned by
-        then is always seen (reading earlier, as joining a read already in flight would, could miss it)."""
+        then is always seen (reading earlier, as joining a read already in flight would, could miss it).
+
+        And a value is used again, without a read, for ``lease`` seconds after its read was sent (a lease): a
+        write waits that long after its INCR before it answers (:meth:`invalidate`), so a request that comes
+        after the write's answer never finds a value read before the write. A worker then asks Redis at most
+        once per lease, however many requests it serves (the read cost about 50 us of a worker's CPU per request,
+        bench/README.md "Workers"), and a manifest POST answers ``lease`` later (20 ms by default)."""
+        known = self._known
+        if known is not None and self._monotonic() - known[1] < self.lease:
+            return known[0]
         if self._next_read is None:
             loop = asyncio.get_running_loop()
             self._next_read = loop.create_future()
@@ -239,12 +259,12 @@ class RedisCache:
             else:
                 done.set_result(task.result())
 
-        task = asyncio.ensure_future(self._read_generation())
+        task = asyncio.ensure_future(self._read_generation(self._monotonic()))
         self._reads.add(task)  # held until done: the loop keeps only a weak reference to a task
         task.add_done_callback(self._reads.discard)
         task.add_done_callback(deliver)
 
-    async def _read_generation(self) -> int | None:
+    async def _read_generation(self, sent_at: float) -> int | None:
         if not self._allow():
             return None
         try:
@@ -261,7 +281,10 @@ class RedisCache:
         self._succeeded()
         if isinstance(value, bytes | str):
             with contextlib.suppress(ValueError):
-                return int(value)
+                generation = int(value)
+                if self._known is None or self._known[1] <= sent_at:
+                    self._known = (generation, sent_at)
+                return generation
         logger.warning("ignoring an unreadable generation in the Redis cache")
         return None
 

@@ -307,8 +307,9 @@ class TestThroughCachedQido:
         """What every replica keys its cached answers on (app.http.answers.cache_partition)."""
 
         async def go():
-            a = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request))
-            b = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request))
+            # lease=0: every call reads (the lease is tested on its own below)
+            a = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request), lease=0)
+            b = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request), lease=0)
             try:
                 first = await a.generation()
                 assert first is not None and await b.generation() == first
@@ -356,6 +357,38 @@ class TestThroughCachedQido:
 
         before, late = run(go())
         assert late == before + 1
+
+    def test_a_generation_is_used_again_for_its_lease_and_a_write_waits_it_out(self, redis_server, request):
+        async def go():
+            now = [100.0]
+            cache = RedisCache.from_url(
+                redis_server.url, ttl=60, prefix=prefix(request), lease=0.5, monotonic=lambda: now[0]
+            )
+            writer = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request), lease=0.05)
+            sent = []
+            real_get = cache.client.get
+
+            async def counted_get(name):
+                sent.append(name)
+                return await real_get(name)
+
+            cache.client.get = counted_get
+            try:
+                first = await cache.generation()
+                n = len(sent)
+                now[0] += 0.4
+                assert await cache.generation() == first and len(sent) == n  # within the lease: no read
+                started = time.perf_counter()
+                await writer.invalidate()
+                waited = time.perf_counter() - started
+                now[0] += 0.11  # 0.51 s after the read was sent: the lease is over
+                assert await cache.generation() == first + 1 and len(sent) == n + 1
+                return waited
+            finally:
+                await cache.aclose()
+                await writer.aclose()
+
+        assert run(go()) >= 0.05  # the write answers only after the lease of every reader's last read
 
     def test_without_redis_there_is_no_generation(self, request):
         async def go():
