@@ -360,11 +360,12 @@ class TestThroughCachedQido:
 
     def test_a_generation_is_used_again_for_its_lease_and_a_write_waits_it_out(self, redis_server, request):
         async def go():
-            now = [100.0]
+            now = [100.0]  # the reader's clock: moved by hand, never less than the real time that passes
+            lease = 0.3
             cache = RedisCache.from_url(
-                redis_server.url, ttl=60, prefix=prefix(request), lease=0.5, monotonic=lambda: now[0]
+                redis_server.url, ttl=60, prefix=prefix(request), lease=lease, monotonic=lambda: now[0]
             )
-            writer = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request), lease=0.05)
+            writer = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request), lease=lease)
             sent = []
             real_get = cache.client.get
 
@@ -376,19 +377,23 @@ class TestThroughCachedQido:
             try:
                 first = await cache.generation()
                 n = len(sent)
-                now[0] += 0.4
+                now[0] += 0.1
                 assert await cache.generation() == first and len(sent) == n  # within the lease: no read
                 started = time.perf_counter()
                 await writer.invalidate()
                 waited = time.perf_counter() - started
-                now[0] += 0.11  # 0.51 s after the read was sent: the lease is over
+                now[0] += waited  # as much time as the write took: past the lease of the first read
                 assert await cache.generation() == first + 1 and len(sent) == n + 1
+                now[0] += 0.2  # past half the lease: still served, and renewed in the background
+                assert await cache.generation() == first + 1
+                await asyncio.sleep(0.05)
+                assert len(sent) == n + 2
                 return waited
             finally:
                 await cache.aclose()
                 await writer.aclose()
 
-        assert run(go()) >= 0.05  # the write answers only after the lease of every reader's last read
+        assert run(go()) >= 0.3  # the write answers only after the lease of every reader's last read
 
     def test_without_redis_there_is_no_generation(self, request):
         async def go():
