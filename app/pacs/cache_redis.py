@@ -45,8 +45,8 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import orjson
 from redis.asyncio import Redis
@@ -67,6 +67,7 @@ GENERATION_LEASE = 0.02  # seconds a generation read is used again (RedisCache.g
 _COMPRESS_ABOVE = 1024
 _PLAIN, _ZLIB = b"j", b"z"
 _FAULTS = (RedisError, OSError)  # OSError covers TimeoutError and refused connections the client did not wrap
+_SKIPPED: Final = object()  # a Redis call not made or failed (RedisCache._guarded)
 
 
 class RedisCache:
@@ -144,18 +145,8 @@ class RedisCache:
 
     async def get(self, key: CacheKey) -> Hit | None:
         name = self.key(key)
-        if not self._allow():
-            return None
-        try:
-            value = await self.client.get(name)
-        except _FAULTS as exc:
-            self._failed(exc)
-            return None
-        except BaseException:
-            self.breaker.release()
-            raise
-        self._succeeded()
-        if not isinstance(value, bytes):
+        value = await self._guarded(lambda: self.client.get(name))
+        if not isinstance(value, bytes):  # _SKIPPED too
             return None
         entry = _decode(value)
         if entry is None:
@@ -176,18 +167,8 @@ class RedisCache:
         if keep <= 0:
             return
         name = self.key(key)
-        if not self._allow():
-            return
-        value = _encode(self._clock(), result)
-        try:
-            await self.client.set(name, value, px=max(1, math.ceil(round(keep * 1000, 3))))
-        except _FAULTS as exc:
-            self._failed(exc)
-            return
-        except BaseException:
-            self.breaker.release()
-            raise
-        self._succeeded()
+        px = max(1, math.ceil(round(keep * 1000, 3)))
+        await self._guarded(lambda: self.client.set(name, _encode(self._clock(), result), px=px))
 
     def clear(self) -> None:
         self._cleared_at = self._clock()
@@ -204,20 +185,14 @@ class RedisCache:
         entries are deleted in the background (keyed on the old generation, they are not read again anyway)."""
         self.clear()
         self._known = None  # this process reads the new generation at its next request
-        if not self._allow():
-            logger.warning("the Redis cache is unavailable: other replicas may serve answers older than this write")
-            return
-        try:
+
+        async def incr() -> None:
             await self._start_generation()
             await self.client.incr(self.generation_key)
-        except _FAULTS as exc:
-            self._failed(exc)
+
+        if await self._guarded(incr) is _SKIPPED:
             logger.warning("the Redis cache is unavailable: other replicas may serve answers older than this write")
             return
-        except BaseException:
-            self.breaker.release()
-            raise
-        self._succeeded()
         # Every other process trusts a generation only for ``lease`` seconds after sending the read that gave it:
         # once this wait is over, none of them holds one read before the INCR, so the writer's client, asking any
         # of them next, gets an answer made after the write (generation()).
@@ -274,20 +249,16 @@ class RedisCache:
         task.add_done_callback(deliver)
 
     async def _read_generation(self, sent_at: float) -> int | None:
-        if not self._allow():
-            return None
-        try:
+        async def read() -> Any:
             value = await self.client.get(self.generation_key)
             if value is None:
                 await self._start_generation()
                 value = await self.client.get(self.generation_key)
-        except _FAULTS as exc:
-            self._failed(exc)
+            return value
+
+        value = await self._guarded(read)
+        if value is _SKIPPED:
             return None
-        except BaseException:
-            self.breaker.release()
-            raise
-        self._succeeded()
         if isinstance(value, bytes | str):
             with contextlib.suppress(ValueError):
                 generation = int(value)
@@ -330,6 +301,22 @@ class RedisCache:
         self._succeeded()
 
     # -- the small breaker around Redis ---------------------------------------------------------------------------
+
+    async def _guarded(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call``'s result through the breaker, or :data:`_SKIPPED` when Redis is left alone (counted in
+        ``skipped``) or fails now (counted in ``errors``; the breaker opens). Never raises for Redis's faults."""
+        if not self._allow():
+            return _SKIPPED
+        try:
+            result = await call()
+        except _FAULTS as exc:
+            self._failed(exc)
+            return _SKIPPED
+        except BaseException:
+            self.breaker.release()
+            raise
+        self._succeeded()
+        return result
 
     def _allow(self) -> bool:
         if self.breaker.allow():

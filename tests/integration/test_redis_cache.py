@@ -106,6 +106,19 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def count_gets(cache: RedisCache) -> list[Any]:
+    """The names of the GETs ``cache`` sends from now on."""
+    sent: list[Any] = []
+    real_get = cache.client.get
+
+    async def counted_get(name: Any) -> Any:
+        sent.append(name)
+        return await real_get(name)
+
+    cache.client.get = counted_get  # type: ignore[method-assign]
+    return sent
+
+
 class TestThroughCachedQido:
     def test_set_then_get_gives_the_same_slim_rows_back(self, redis_server, request):
         pacs = Pacs()
@@ -331,14 +344,7 @@ class TestThroughCachedQido:
         async def go():
             cache = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request))
             writer = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request))
-            sent = []
-            real_get = cache.client.get
-
-            async def counted_get(name):
-                sent.append(name)
-                return await real_get(name)
-
-            cache.client.get = counted_get
+            sent = count_gets(cache)
             try:
                 before = await writer.generation()
                 sent.clear()
@@ -366,14 +372,7 @@ class TestThroughCachedQido:
                 redis_server.url, ttl=60, prefix=prefix(request), lease=lease, monotonic=lambda: now[0]
             )
             writer = RedisCache.from_url(redis_server.url, ttl=60, prefix=prefix(request), lease=lease)
-            sent = []
-            real_get = cache.client.get
-
-            async def counted_get(name):
-                sent.append(name)
-                return await real_get(name)
-
-            cache.client.get = counted_get
+            sent = count_gets(cache)
             try:
                 first = await cache.generation()
                 n = len(sent)
