@@ -39,7 +39,6 @@ from .fhir_http import (
     pretty,
     raw_query,
     search_items,
-    wants_fresh,
 )
 from .landing import HEADERS as LANDING_HEADERS
 from .landing import landing_page
@@ -78,6 +77,12 @@ class Access:
     patient: str | None  # the token's patient context, when the grant is patient-level (app.security.auth)
     ctx: AuthContext
     cache_trusted: bool = True  # False: no cached answer may be used (see _authorize)
+    no_cache: bool = False  # the client asked for an answer the PACS just gave (app.http.cache_control)
+
+    @property
+    def fresh(self) -> bool:
+        """Nothing kept may answer this request: the client said so, or the cache cannot be trusted now."""
+        return self.no_cache or not self.cache_trusted
 
     @property
     def retrieval(self) -> RetrievalGrant | None:
@@ -125,12 +130,13 @@ async def _authorize(request: Request, resource_type: str, interaction: Interact
     # Cached answers are shared only by requests that may see the same data and began in the same cache generation.
     generation = await facade.qido.current_generation()
     CACHE_SCOPE.set(cache_partition(ctx, forward=forward, generation=generation))
-    STALE_IF_ERROR.set(StaleIfError(stale_accepted(cache_directives(request), settings.cache_stale_ttl)))
+    directives = cache_directives(request)
+    STALE_IF_ERROR.set(StaleIfError(stale_accepted(directives, settings.cache_stale_ttl)))
     if forward and ctx.token:
         PACS_TOKEN.set(ctx.token)
     # A shared cache whose generation cannot be read (Redis down) may hold answers older than a write made through
     # another replica: this request goes to the PACS, as with no-cache.
-    return Access(restriction, ctx, cache_trusted=generation is not None)
+    return Access(restriction, ctx, cache_trusted=generation is not None, no_cache=directives.no_cache)
 
 
 async def search(request: Request, version: FhirVersion, resource_type: str) -> Response:
@@ -138,7 +144,7 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     access = await _authorize(request, resource_type, "search")
     facade = _facade(request)
     base = _base(request, version)
-    strict, fresh = prefers_strict(request), wants_fresh(request) or not access.cache_trusted
+    strict, fresh = prefers_strict(request), access.fresh
     patient_read = access.ctx.scopes.allows("Patient", "read")
     # A GET seen before is found by its query string as sent (no parsing); else by the parsed request.
     query = raw_query(request.scope)
@@ -204,7 +210,7 @@ async def read(request: Request, version: FhirVersion, resource_type: str) -> Re
     access = await _authorize(request, scope_type, "read")
     facade = _facade(request)
     base, indent = _base(request, version), pretty(request)
-    fresh = wants_fresh(request) or not access.cache_trusted
+    fresh = access.fresh
     rid = request.path_params["id"]
     answers, key = _answer_key(request, access, version, resource_type, "read", rid, base, indent)
     if answers is not None and not fresh and (hit := answers.get(key)) is not None:

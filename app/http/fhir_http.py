@@ -103,11 +103,6 @@ def cache_directives(request: Request) -> CacheDirectives:
     return parse_cache_control(headers.get("cache-control"), headers.get("pragma"))
 
 
-def wants_fresh(request: Request) -> bool:
-    """The client asked for an answer the PACS just gave (app.http.cache_control)."""
-    return cache_directives(request).no_cache
-
-
 def pretty(request: Request) -> bool:
     return request.query_params.get("_pretty") == "true"
 
