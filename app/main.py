@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -31,14 +32,17 @@ from .http.observability import Metrics, ObservabilityMiddleware
 from .http.warm import WARM_TYPES, WarmAnswers, WarmRoute
 from .mapping.versions import VERSIONS
 from .pacs.breaker import CircuitBreaker
-from .pacs.cache import CachedQido
+from .pacs.cache import CachedQido, QidoPort
 from .pacs.cache_redis import RedisCache
 from .pacs.dicomweb_write import DicomWebStore
 from .pacs.ehr import EhrPatients, MrnRule
-from .pacs.upstream import DicomWebUpstream, UpstreamStats
+from .pacs.federation import FederatedQido, Source, StampedQido
+from .pacs.upstream import DicomWebUpstream, Qido, UpstreamStats
 from .pacs.wado import WadoUpstream
+from .planning import fanout
 from .security.auth import Authorizer
 from .settings import Settings, SettingsError
+from .source_settings import ResolvedSource
 from .usecases.retrieve import Retrieval
 from .usecases.service import Facade
 
@@ -62,28 +66,10 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False) as ehr_client,
             httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False) as auth_client,
         ):
-            breaker = (
-                CircuitBreaker(
-                    failure_threshold=settings.breaker_failures,
-                    reset_after=settings.breaker_reset,
-                    initial_reset=settings.breaker_initial_reset,
-                    # No PACS call outlives its request's budget: a probe out longer than that is lost, not slow.
-                    probe_timeout=settings.upstream_budget + 1.0,
-                )
-                if settings.breaker_failures
-                else None
-            )
-            resilience: dict[str, Any] = {
-                "breaker": breaker,  # one per PACS: QIDO, metadata and STOW share it
-                "retries": settings.upstream_retries,
-                "backoff": settings.upstream_backoff,
-                "budget": settings.upstream_budget,
-                "retry_timeouts": settings.upstream_retry_timeouts,
-                "stats": UpstreamStats(on_call=app.state.metrics.observe_upstream),
-                "token": settings.pacs_token,
-            }
-            upstream = DicomWebUpstream(pool, settings.dicomweb_url, timeout, **resilience)
-            app.state.upstream = upstream
+            # One set of clients per archive (issue 21): its own breaker, budget, credentials, cache and counters.
+            archives = [_archive(settings, source, pool, app.state.metrics) for source in settings.pacs_sources]
+            first = archives[0]
+            app.state.upstream = first.upstream
             ehr = None
             if settings.ehr_fhir_url:
                 rule = MrnRule(
@@ -103,25 +89,27 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     "before any real patient data is behind this server."
                 )
             app.state.auth = Authorizer(settings.auth, auth_client)
-            qido = _cache(settings, upstream)
+            qido: QidoPort = FederatedQido([a.source for a in archives]) if settings.federated else first.source.qido
             facade = Facade(settings, qido, ehr)
-            store = DicomWebStore(pool, settings.dicomweb_url, timeout, **resilience)
+            store = first.store
             app.state.store = store
             facade.attach_manifests(store)
             app.state.facade = facade
             app.state.answers = answer_cache(settings, qido, ehr=ehr is not None)  # issue 14: finished answers
             # The WADO-RS gateway (issue 12): same pool, credentials, breaker, retries and budget as QIDO.
-            app.state.retrieval = Retrieval(facade, WadoUpstream(pool, settings.dicomweb_url, timeout, **resilience))
-            app.state.metrics.bind(
-                cache=qido, answers=app.state.answers, breaker_state=(lambda: breaker.state) if breaker else None
-            )
+            app.state.retrieval = Retrieval(facade, first.wado)
+            app.state.metrics.bind(cache=qido, answers=app.state.answers)
+            for a in archives:
+                if a.breaker is not None:
+                    app.state.metrics.bind_breaker(a.source.name, a.breaker)
             try:
                 yield
             finally:
-                if isinstance(qido.backend, RedisCache):
-                    await qido.backend.aclose()
+                for a in archives:
+                    if isinstance(a.source.qido.backend, RedisCache):
+                        await a.source.qido.backend.aclose()
 
-    metrics = Metrics()
+    metrics = Metrics(per_source=settings.federated)
     routes = [
         Route("/", endpoints.landing, methods=["GET"]),
         Route("/viewer", viewer.viewer, methods=["GET"]),
@@ -197,11 +185,64 @@ def worker_app() -> Starlette:
     return app
 
 
-def _cache(settings: Settings, upstream: DicomWebUpstream) -> CachedQido:
+@dataclass(frozen=True)
+class _Archive:
+    """One archive's clients: QIDO (cached), WADO-RS metadata and STOW-RS, the gateway's WADO-RS; one breaker."""
+
+    source: Source
+    upstream: DicomWebUpstream
+    store: DicomWebStore
+    wado: WadoUpstream
+    breaker: CircuitBreaker | None
+
+
+def _archive(settings: Settings, source: ResolvedSource, pool: httpx.AsyncBaseTransport, metrics: Metrics) -> _Archive:
+    timeout = httpx.Timeout(source.upstream_read_timeout, connect=source.upstream_connect_timeout)
+    breaker = (
+        CircuitBreaker(
+            failure_threshold=source.breaker_failures,
+            reset_after=source.breaker_reset,
+            initial_reset=settings.breaker_initial_reset,
+            # No PACS call outlives its request's budget: a probe out longer than that is lost, not slow.
+            probe_timeout=source.upstream_budget + 1.0,
+        )
+        if source.breaker_failures
+        else None
+    )
+    resilience: dict[str, Any] = {
+        "breaker": breaker,  # one per archive: QIDO, metadata and STOW share it
+        "retries": settings.upstream_retries,
+        "backoff": settings.upstream_backoff,
+        "budget": source.upstream_budget,
+        "retry_timeouts": settings.upstream_retry_timeouts,
+        "stats": UpstreamStats(on_call=partial(metrics.observe_upstream, source=source.name)),
+        "token": source.pacs_token,
+    }
+    upstream = DicomWebUpstream(pool, source.dicomweb_url, timeout, **resilience)
+    qido: Qido = upstream
+    if settings.federated:
+        qido = StampedQido(upstream, fanout.domain(source.name, source.issuer))
+    return _Archive(
+        source=Source(
+            source.name,
+            fanout.domain(source.name, source.issuer),
+            _cache(settings, qido, source.dicomweb_url),
+            breaker,
+        ),
+        upstream=upstream,
+        store=DicomWebStore(pool, source.dicomweb_url, timeout, **resilience),
+        wado=WadoUpstream(pool, source.dicomweb_url, timeout, **resilience),
+        breaker=breaker,
+    )
+
+
+def _cache(settings: Settings, upstream: Qido, dicomweb_url: str) -> CachedQido:
     """In-process by default; Redis (shared by replicas) when cache_redis_url is set. Keys are prefixed with the
     PACS they came from, so two facades in front of different archives never mix answers in one Redis."""
     if settings.cache_redis_url:
-        pacs = hashlib.sha256(settings.wado_base.encode()).hexdigest()[:12]
+        # One PACS: its address as the Endpoint names it (as before issue 21); several: each one's own root.
+        where = settings.wado_base if not settings.federated else dicomweb_url.rpartition("@")[2]
+        pacs = hashlib.sha256(where.encode()).hexdigest()[:12]
         backend = RedisCache.from_url(
             settings.cache_redis_url,
             ttl=settings.cache_ttl,

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .security.tokens import AuthSettings
+from .source_settings import ResolvedSource, SourceError, SourceSettings, parse_sources
 
 ENV_PREFIX = "FACADE_"
 DEVICE_OBSERVER_UID = "2.25.47771164827287536617190863160507559093"
@@ -37,7 +38,11 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    dicomweb_url: str
+    # One PACS (the shorthand), or ``sources``: several behind one FHIR base (app.source_settings; issue 21).
+    dicomweb_url: str = ""
+    sources: tuple[SourceSettings, ...] = ()
+    # An IHE PIXm (ITI-83) patient identifier cross-reference manager's FHIR base (app.pacs.pixm); None: none.
+    pixm_url: str | None = None
     public_url: str | None = None
     wado_url: str | None = None
     pacs_timezone: str | None = None
@@ -126,6 +131,19 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
 
     @property
+    def federated(self) -> bool:
+        """Several archives behind this base (``[[sources]]``), even a list of one: a source's rows without
+        IssuerOfPatientID then belong to its ``issuer`` (or, without one, to a domain named after it)."""
+        return bool(self.sources)
+
+    @property
+    def pacs_sources(self) -> tuple[ResolvedSource, ...]:
+        """Every archive with its effective settings; the ``dicomweb_url`` shorthand is one source named "pacs"."""
+        if self.sources:
+            return tuple(s.resolve(self) for s in self.sources)
+        return (SourceSettings(name="pacs", dicomweb_url=self.dicomweb_url).resolve(self),)
+
+    @property
     def wado_base(self) -> str:
         """Endpoint.address: never with the credentials a DICOMweb URL may carry for the facade's own calls."""
         parts = urlsplit(self.wado_url or self.dicomweb_url)
@@ -165,8 +183,15 @@ class Settings:
         return ZoneInfo(self.pacs_timezone) if self.pacs_timezone else None
 
     def __post_init__(self) -> None:
+        if self.sources and self.dicomweb_url:
+            raise SettingsError("dicomweb_url and [[sources]] are mutually exclusive: give one PACS or a list")
+        if not self.sources and not self.dicomweb_url:
+            raise SettingsError("dicomweb_url is required (set FACADE_DICOMWEB_URL or [facade].dicomweb_url)")
+        if self.sources and self.wado_mode == "direct":
+            raise SettingsError("wado_mode = direct needs one PACS: with [[sources]] the gateway serves the images")
         for name in (
             "dicomweb_url",
+            "pixm_url",
             "public_url",
             "wado_url",
             "ehr_fhir_url",
@@ -174,7 +199,7 @@ class Settings:
             "smart_token_endpoint",
         ):
             value = getattr(self, name)
-            if value is None:
+            if not value:
                 continue
             parts = urlsplit(value)
             try:
@@ -267,7 +292,10 @@ class Settings:
         values: dict[str, Any] = {}
         if path is not None and path.exists():
             try:
-                values.update(tomllib.loads(path.read_text(encoding="utf-8")).get("facade", {}))
+                document = tomllib.loads(path.read_text(encoding="utf-8"))
+                values.update(document.get("facade", {}))
+                if "sources" in document:  # top-level [[sources]] tables, beside [facade] (issue 21)
+                    values["sources"] = document["sources"]
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise SettingsError(f"{path}: not valid TOML ({exc})") from None
             except OSError as exc:
@@ -282,10 +310,14 @@ class Settings:
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None:
                 values[name] = raw
-        if not values.get("dicomweb_url"):
-            raise SettingsError("dicomweb_url is required (set FACADE_DICOMWEB_URL or [facade].dicomweb_url)")
+        if not values.get("dicomweb_url") and not values.get("sources"):
+            raise SettingsError(
+                "dicomweb_url is required (set FACADE_DICOMWEB_URL or [facade].dicomweb_url), or [[sources]]"
+            )
         try:
             coerced = {name: _coerce(name, str(types[name]), value) for name, value in values.items()}
+        except SourceError as exc:
+            raise SettingsError(str(exc)) from None
         except (TypeError, ValueError) as exc:
             raise SettingsError(str(exc)) from None
         return cls(**coerced)
@@ -302,6 +334,8 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
     """Turn TOML or environment strings into the declared field type."""
     if value == "" and "None" in type_name:
         return None
+    if name == "sources":
+        return parse_sources(value, where="[[sources]]" if isinstance(value, list) else "FACADE_SOURCES")
     if type_name.startswith("bool"):
         if value == "" and "None" in type_name:
             return None

@@ -13,7 +13,7 @@ sent, so a repeat is one dict lookup. It keeps every rule of the QIDO cache (app
   past the budget), like the QIDO MemoryCache. An answer is never older than the QIDO rows it was made from would be.
 * ``Cache-Control: no-cache`` (R4 http.html#cache-control; RFC 9111 §5.2.1.4): not looked up, and the new answer
   replaces the kept one.
-* **Cleared with the QIDO cache** (:attr:`app.pacs.cache.CachedQido.generation`): after a manifest is created the
+* **Cleared with the QIDO cache** (:attr:`app.pacs.cache.QidoPort.generation`): after a manifest is created the
   next search sees it.
 * **Never errors, never stale-if-error answers** (those carry a warning about this moment only): the handler stores
   only a 200 built without a stale QIDO answer.
@@ -35,7 +35,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from ..pacs.cache import CachedQido
+from ..pacs.cache import QidoPort
 from ..security.context import AuthContext
 from ..settings import Settings
 
@@ -73,7 +73,7 @@ class AnswerCache:
     """Finished answers by key (the partition first), for ``ttl`` seconds, at most ``max_bytes`` of bodies."""
 
     def __init__(
-        self, qido: CachedQido, *, ttl: float, max_bytes: int, clock: Callable[[], float] = time.monotonic
+        self, qido: QidoPort, *, ttl: float, max_bytes: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._qido = qido
         self._generation = qido.generation
@@ -143,7 +143,7 @@ def cache_partition(ctx: AuthContext, *, forward: bool, generation: int | None) 
     """What cached answers (QIDO rows and finished answers) a request may share with others: those of requests
     that may see the same data (the AuthContext isolation key; narrowed to the caller when its token is forwarded,
     since the PACS then answers per caller) and that began in the same cache generation
-    (:meth:`app.pacs.cache.CachedQido.current_generation`): a write through any process sharing the cache moves the
+    (:meth:`app.pacs.cache.QidoPort.current_generation`): a write through any process sharing the cache moves the
     generation on before it answers, so nothing made before the write is served after it."""
     return (generation, ctx.private_cache_key if forward else ctx.cache_key)
 
@@ -162,7 +162,7 @@ def answer_key(
     return key
 
 
-def answer_cache(settings: Settings, qido: CachedQido, *, ehr: bool) -> AnswerCache | None:
+def answer_cache(settings: Settings, qido: QidoPort, *, ehr: bool) -> AnswerCache | None:
     """The answer cache these settings allow, or None (see the module docstring for when it is off)."""
     if settings.cache_ttl <= 0 or settings.uses_capabilities or ehr:
         return None

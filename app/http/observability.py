@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -32,9 +32,13 @@ audit_log = logging.getLogger("facade.audit")
 class Metrics:
     """The app's own registry (not the process-global one), so several apps in one test process do not clash."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, per_source: bool = False) -> None:
+        """``per_source``: several archives (issue 21): upstream requests, latency and breaker carry a ``source``
+        label (one PACS keeps the series it always had)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._per_source = per_source
+        source = ["source"] if per_source else []
         self.requests = Counter(
             "facade_http_requests",
             "HTTP requests by route template, method and status",
@@ -49,12 +53,15 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.upstream = Counter(
-            "facade_upstream_requests", "Requests to the PACS/EHR by kind and outcome", ["kind", "outcome"], registry=r
+            "facade_upstream_requests",
+            "Requests to the PACS/EHR by kind and outcome",
+            ["kind", "outcome", *source],
+            registry=r,
         )
         self.upstream_latency = Histogram(
             "facade_upstream_request_seconds",
             "Latency of requests to the PACS/EHR by kind",
-            ["kind"],
+            ["kind", *source],
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
@@ -72,7 +79,10 @@ class Metrics:
         self.answer_misses = Gauge("facade_answer_cache_misses", "Finished-answer cache misses since start", registry=r)
         self.answer_bytes = Gauge("facade_answer_cache_bytes", "Bytes of finished answers held", registry=r)
         self.breaker_open = Gauge(
-            "facade_upstream_breaker_state", "PACS circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
+            "facade_upstream_breaker_state",
+            "PACS circuit breaker: 0 closed, 1 half-open, 2 open",
+            source,
+            registry=r,
         )
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -88,19 +98,27 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_upstream(self, kind: str, outcome: str, seconds: float) -> None:
-        self.upstream.labels(kind, outcome).inc()
-        self.upstream_latency.labels(kind).observe(seconds)
+    def observe_upstream(self, kind: str, outcome: str, seconds: float, *, source: str | None = None) -> None:
+        """``source``: the archive's name, a label only with several (``per_source``)."""
+        if self._per_source:
+            self.upstream.labels(kind, outcome, source or "").inc()
+            self.upstream_latency.labels(kind, source or "").observe(seconds)
+        else:
+            self.upstream.labels(kind, outcome).inc()
+            self.upstream_latency.labels(kind).observe(seconds)
 
-    def bind(self, *, cache: Any = None, answers: Any = None, breaker_state: Callable[[], str] | None = None) -> None:
+    def bind(self, *, cache: Any = None, answers: Any = None) -> None:
         """Gauges read at scrape time from the objects that own the numbers."""
         if cache is not None:
             _read_counts(cache, self.cache_hits, self.cache_misses, self.cache_bytes)
         if answers is not None:
             _read_counts(answers, self.answer_hits, self.answer_misses, self.answer_bytes)
-        if breaker_state is not None:
-            codes = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
-            self.breaker_open.set_function(lambda: codes.get(breaker_state(), 0.0))
+
+    def bind_breaker(self, source: str, breaker: Any) -> None:
+        """An archive's breaker state, read at scrape time."""
+        codes = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+        gauge = self.breaker_open.labels(source) if self._per_source else self.breaker_open
+        gauge.set_function(lambda: codes.get(breaker.state, 0.0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -33,7 +33,7 @@ from ..errors import UpstreamError
 from .request_scope import CACHE_SCOPE, STALE_IF_ERROR
 from .upstream import Qido, QidoResult
 
-__all__ = ["CacheBackend", "CacheKey", "CachedQido", "Hit", "MemoryCache"]
+__all__ = ["CacheBackend", "CacheKey", "CachedQido", "Hit", "MemoryCache", "QidoPort"]
 
 # (context, query): the context first, so no lookup can ignore it.
 CacheKey = tuple[Hashable, QidoQuery]
@@ -263,12 +263,41 @@ def _retrieve(task: asyncio.Future[QidoResult]) -> None:
         task.exception()
 
 
+class QidoPort(Protocol):
+    """What the use cases ask of the PACS's cached QIDO: one archive's :class:`CachedQido`, or several behind one
+    base (app.pacs.federation.FederatedQido)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def hits(self) -> int: ...
+
+    @property
+    def misses(self) -> int: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    async def search(
+        self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: float = 0
+    ) -> QidoResult: ...
+
+    def cached(self, query: QidoQuery, context: Hashable = None) -> bool: ...
+
+    def clear(self) -> None: ...
+
+    async def invalidate(self) -> None: ...
+
+    async def current_generation(self) -> int | None: ...
+
+
 class CachedFetch:
     """One request's view of the cached QIDO port: its cache partition and the stale-if-error it accepts
     (app.pacs.request_scope, set by the HTTP layer; outside a request: none), no-cache, stale answers noted for the
     response, and ``cached`` for callers that can skip concurrency on hits."""
 
-    def __init__(self, qido: CachedQido, *, fresh: bool) -> None:
+    def __init__(self, qido: QidoPort, *, fresh: bool) -> None:
         self._qido = qido
         self._fresh = fresh
         self._context = CACHE_SCOPE.get()

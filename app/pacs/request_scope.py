@@ -61,3 +61,20 @@ class UpstreamBudget:
 
 # None outside a request (scripts, tests that call a client directly): each send then has a budget of its own.
 UPSTREAM_BUDGET: contextvars.ContextVar[UpstreamBudget | None] = contextvars.ContextVar("upstream_budget", default=None)
+
+
+class SourceFailures:
+    """The archives that failed one request (issue 21), by source name, with the error each gave.
+
+    Written where the archives are asked (app.pacs.federation), read when the answer is made: a search then carries
+    an OperationOutcome entry per failed archive (IHE XCA PartialSuccess), ``Prefer: handling=strict`` turns one
+    into an error, a read that found nothing is 503 rather than a false 404, and the answer is not kept."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed: dict[str, Exception] = {}
+
+
+# Set per request by the HTTP layer (and by the use cases when called without one).
+SOURCE_FAILURES: contextvars.ContextVar[SourceFailures | None] = contextvars.ContextVar("source_failures", default=None)

@@ -21,7 +21,7 @@ from ..fhir.subsetting import drop_narrative, subset
 from ..mapping.endpoint import wado_endpoint
 from ..mapping.imaging_study import MappingContext, imaging_study
 from ..mapping.patient import patient
-from ..pacs.cache import CachedFetch, CachedQido
+from ..pacs.cache import CachedFetch, QidoPort
 from ..pacs.dicomweb_write import DicomWebStore
 from ..pacs.ehr import EhrPatients
 from ..planning.patient_plan import covered, distinct_patients, linked_ehr_id, plan_patients
@@ -46,7 +46,7 @@ from .wado_links import RetrievalGrant, keep_contained, study_mapping, wado_addr
 
 
 class Facade:
-    def __init__(self, settings: Settings, qido: CachedQido, ehr: EhrPatients | None = None) -> None:
+    def __init__(self, settings: Settings, qido: QidoPort, ehr: EhrPatients | None = None) -> None:
         self.settings = settings
         self.clock = time.time  # capability issue times (tests replace it)
         self.qido = qido

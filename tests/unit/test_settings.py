@@ -121,7 +121,9 @@ class TestSources:
         import tomllib
 
         documented = set(tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))["facade"])
-        assert documented == {f.name for f in dataclasses.fields(Settings)}
+        # sources: [[sources]] tables of their own, shown commented out at the end of the file
+        assert documented | {"sources"} == {f.name for f in dataclasses.fields(Settings)}
+        assert "# [[sources]]" in EXAMPLE_CONFIG.read_text(encoding="utf-8")
 
     def test_the_example_config_states_the_built_in_defaults(self):
         # What an installed service has without any file must be what the example file (and the README) says.

@@ -1,0 +1,126 @@
+"""Several archives behind one FHIR base, as one cached QIDO port (issue 21).
+
+Each archive is a :class:`Source`: its own connection settings, breaker, time budget, cache and counters
+(app.main builds them), so one sick archive never opens another's breaker or eats its budget.
+:class:`FederatedQido` offers the use cases the same port as one archive's :class:`~app.pacs.cache.CachedQido`:
+every query goes to every archive at once (a search costs about the slowest archive, not the sum) and the answers
+are merged by UID (app.planning.fanout). An archive that fails does not sink the answer: its error is noted for the
+request (:data:`~app.pacs.request_scope.SOURCE_FAILURES`) and the others' rows are returned (IHE XCA
+"PartialSuccess"); only when every archive failed is the error raised, as with one PACS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from ..dicom.qido import QidoQuery
+from ..errors import UpstreamError
+from ..planning import fanout
+from .breaker import CircuitBreaker
+from .cache import CachedQido
+from .request_scope import SOURCE_FAILURES
+from .upstream import Qido, QidoResult
+
+__all__ = ["FederatedQido", "Source", "StampedQido"]
+
+
+class StampedQido:
+    """An archive's QIDO answers with its patient domain written into the rows that carry none
+    (app.planning.fanout.stamp), before they are cached."""
+
+    def __init__(self, upstream: Qido, issuer: str) -> None:
+        self._upstream = upstream
+        self._issuer = issuer
+
+    async def search(self, query: QidoQuery) -> QidoResult:
+        result = await self._upstream.search(query)
+        fanout.stamp(result.rows, self._issuer)
+        return result
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    domain: str  # the IssuerOfPatientID of its rows that carry none
+    qido: CachedQido
+    breaker: CircuitBreaker | None = None
+
+    def query(self, query: QidoQuery) -> QidoQuery:
+        return fanout.source_query(query, self.domain)
+
+
+class FederatedQido:
+    """The cached QIDO port of several archives (module docstring); the same methods as CachedQido."""
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        assert sources, "at least one source"
+        self.sources = tuple(sources)
+
+    async def search(
+        self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: float = 0
+    ) -> QidoResult:
+        answers = await asyncio.gather(
+            *(
+                s.qido.search(s.query(query), fresh=fresh, context=context, stale_if_error=stale_if_error)
+                for s in self.sources
+            ),
+            return_exceptions=True,
+        )
+        results: list[QidoResult] = []
+        failed: list[tuple[str, UpstreamError]] = []
+        for source, answer in zip(self.sources, answers, strict=True):
+            if isinstance(answer, UpstreamError):
+                failed.append((source.name, answer))
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                results.append(answer)
+        if failed:
+            noted = SOURCE_FAILURES.get()
+            if noted is not None:
+                for name, error in failed:
+                    noted.failed.setdefault(name, error)
+            if not results:
+                raise failed[0][1]
+        offset, limit = fanout.window(query)
+        rows = fanout.merge(query.level, [r.rows for r in results], offset=offset, limit=limit)
+        return QidoResult(rows, sum(r.nbytes for r in results), stale=any(r.stale for r in results))
+
+    def cached(self, query: QidoQuery, context: Hashable = None) -> bool:
+        return all(s.qido.cached(s.query(query), context) for s in self.sources)
+
+    @property
+    def generation(self) -> int:
+        """Moves whenever any archive's cache is cleared (each only grows, so the sum never repeats)."""
+        return sum(s.qido.generation for s in self.sources)
+
+    async def current_generation(self) -> int | None:
+        generations = await asyncio.gather(*(s.qido.current_generation() for s in self.sources))
+        return None if any(g is None for g in generations) else sum(g for g in generations if g is not None)
+
+    def clear(self) -> None:
+        for s in self.sources:
+            s.qido.clear()
+
+    async def invalidate(self) -> None:
+        """After a write to any archive: a stored manifest (or rejection note) changes what every archive's studies
+        show, so every archive's cached answers go."""
+        await asyncio.gather(*(s.qido.invalidate() for s in self.sources))
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.qido.size_bytes for s in self.sources)
+
+    @property
+    def hits(self) -> int:
+        return sum(s.qido.hits for s in self.sources)
+
+    @property
+    def misses(self) -> int:
+        return sum(s.qido.misses for s in self.sources)
+
+    @property
+    def stale_served(self) -> int:
+        return sum(s.qido.stale_served for s in self.sources)

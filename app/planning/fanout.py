@@ -1,0 +1,109 @@
+"""One QIDO query asked of several archives, and their answers made one (issue 21; IHE XCA-I's initiating gateway).
+
+**Patient domains.** A row's patient domain is its IssuerOfPatientID, or else its archive's ``issuer`` (a source
+without one is a domain of its own, named after the source): :func:`stamp` writes that issuer into the rows that
+carry none, as they come from the archive, so everything above (patient ids, matching, confinement) sees one
+convention. An archive stores no issuer in those rows, so a query for IssuerOfPatientID = its own domain would
+match none of them: :func:`source_query` leaves that key out for it, and the caller re-checks every row (the plans
+do, app.planning.plan: ``accepts``). A key naming another domain stays: rows of that domain carry it explicitly.
+
+**Paging.** QIDO pages each archive on its own (PS3.18 §8.3.4.4), so a merged page cannot be asked for with the
+same offset everywhere. The merged order is the archives' answers one after the other, in configuration order, a
+row already given by an earlier archive left out (a Study, Series or SOP Instance UID is global). Its first
+``offset + limit`` rows are decided by the first ``offset + limit`` rows of every archive (an archive with fewer is
+exhausted, so every row it could repeat is known), so each archive is asked for those from row 0 and the merge is
+cut: pages are exact and disjoint however the rows fall across archives, at the price of reading every earlier row
+again (as the ModalitiesInStudy quirk already makes a deep page do, app.usecases.studies).
+"""
+
+from __future__ import annotations
+
+from ..dicom import dicom_json as dj
+from ..dicom.qido import QidoQuery
+
+ISSUER_KEYS = ("IssuerOfPatientID", dj.ISSUER_OF_PATIENT_ID)
+# What identifies a row at each level: a UID, the same in every archive (PS3.3 C.7.2.1, C.7.3.1, C.12.1).
+ROW_KEY = {"studies": dj.STUDY_UID, "series": dj.SERIES_UID, "instances": dj.SOP_INSTANCE_UID}
+_COUNTS = (dj.NUMBER_OF_SERIES, dj.NUMBER_OF_STUDY_INSTANCES, dj.NUMBER_OF_SERIES_INSTANCES)
+
+
+def domain(name: str, issuer: str | None) -> str:
+    """The patient domain of an archive's rows without IssuerOfPatientID."""
+    return issuer or name
+
+
+def source_query(query: QidoQuery, own_domain: str | None) -> QidoQuery:
+    """``query`` as one archive is asked it: from row 0, ``offset + limit`` rows (module docstring), and without an
+    IssuerOfPatientID key that its unmarked rows would fail (its own domain, or a pattern that may match it)."""
+    params: list[tuple[str, str]] = []
+    limit: int | None = None
+    offset = 0
+    for key, value in query.params:
+        if key == "limit":
+            limit = int(value)
+        elif key == "offset":
+            offset = int(value)
+        elif key in ISSUER_KEYS and own_domain is not None and (value == own_domain or "*" in value or "?" in value):
+            continue
+        else:
+            params.append((key, value))
+    if limit is not None:
+        params.append(("limit", str(offset + limit)))
+    return QidoQuery(query.level, tuple(sorted(params)))
+
+
+def window(query: QidoQuery) -> tuple[int, int | None]:
+    """The (offset, limit) a query asks for."""
+    offset, limit = 0, None
+    for key, value in query.params:
+        if key == "offset":
+            offset = int(value)
+        elif key == "limit":
+            limit = int(value)
+    return offset, limit
+
+
+def stamp(rows: list[dj.Dataset], issuer: str) -> list[dj.Dataset]:
+    """Give the rows that name a patient without an issuer this archive's issuer (fresh rows: changed in place)."""
+    for row in rows:
+        if dj.PATIENT_ID in row and not dj.text(row, dj.ISSUER_OF_PATIENT_ID):
+            row[dj.ISSUER_OF_PATIENT_ID] = {"vr": "LO", "Value": [issuer]}
+    return rows
+
+
+def merge(
+    level: str, answers: list[list[dj.Dataset]], *, offset: int = 0, limit: int | None = None
+) -> list[dj.Dataset]:
+    """The archives' rows (in configuration order) as one answer: each UID once, cut to the window asked for.
+
+    A study held by several archives is one row whose ModalitiesInStudy is the union and whose counts are the
+    largest any copy gives (a lower bound of the union's: the instance rows, merged the same way, say the rest).
+    Rows are never changed in place: they may be cached answers."""
+    tag = ROW_KEY[level]
+    out: list[dj.Dataset] = []
+    at: dict[str, int] = {}
+    for rows in answers:
+        for row in rows:
+            uid = dj.text(row, tag)
+            if uid is None:
+                out.append(row)
+            elif uid not in at:
+                at[uid] = len(out)
+                out.append(row)
+            elif level == "studies":
+                out[at[uid]] = _joined_study(out[at[uid]], row)
+    return out[offset : None if limit is None else offset + limit]
+
+
+def _joined_study(first: dj.Dataset, other: dj.Dataset) -> dj.Dataset:
+    joined = dict(first)
+    modalities = list(
+        dict.fromkeys([*dj.texts(first, dj.MODALITIES_IN_STUDY), *dj.texts(other, dj.MODALITIES_IN_STUDY)])
+    )
+    if modalities:
+        joined[dj.MODALITIES_IN_STUDY] = {"vr": "CS", "Value": modalities}
+    for tag in _COUNTS:
+        mine, theirs = dj.integer(first, tag), dj.integer(other, tag)
+        if theirs is not None and (mine is None or theirs > mine):
+            joined[tag] = other[tag]
+    return joined
