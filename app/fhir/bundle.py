@@ -7,6 +7,7 @@ across pages.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -74,3 +75,15 @@ def _entry(base: str, resource: dict[str, Any], mode: str) -> dict[str, Any]:
         "resource": resource,
         "search": {"mode": mode},
     }
+
+
+def with_outcome(bundle: dict[str, Any], severity: str, code: str, messages: list[str]) -> dict[str, Any]:
+    """The Bundle with one more entry: an OperationOutcome of these issues, ``search.mode = outcome`` (R4
+    search.html "Handling Errors"; bundle.html: an outcome entry carries information about the search). Its
+    fullUrl is a urn:uuid: it is no resource of this server, and cannot be read back."""
+    resource = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": m} for m in messages],
+    }
+    entry = {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource, "search": {"mode": "outcome"}}
+    return bundle | {"entry": [*bundle.get("entry", []), entry]}

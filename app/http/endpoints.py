@@ -6,7 +6,6 @@ Each handler is bound to one FHIR version (and resource type) by app.main with f
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,10 +15,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from .. import __version__
-from ..errors import NotFound, outcome
+from ..errors import NotFound
+from ..fhir import bundle
 from ..fhir.search import parse_search
 from ..mapping.versions import VERSIONS, FhirVersion
-from ..pacs.request_scope import CACHE_SCOPE, PACS_TOKEN, STALE_IF_ERROR, StaleIfError
+from ..pacs.request_scope import (
+    CACHE_SCOPE,
+    PACS_TOKEN,
+    SOURCE_FAILURES,
+    STALE_IF_ERROR,
+    SourceFailures,
+    StaleIfError,
+)
 from ..security.auth import Authorizer
 from ..security.context import OPEN, AuthContext, Forbidden
 from ..security.scopes import Interaction
@@ -47,20 +54,10 @@ from .warm import WARM_TYPES
 
 STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 PATIENT_INCLUDES = frozenset({"ImagingStudy:patient", "DocumentReference:subject"})  # need Patient read
-STALE_OUTCOME = {
-    "resource": {
-        "resourceType": "OperationOutcome",
-        "issue": [
-            {
-                "severity": "warning",
-                "code": "transient",
-                "diagnostics": "The PACS could not be reached; some of these results come from an earlier answer "
-                "and may be out of date.",
-            }
-        ],
-    },
-    "search": {"mode": "outcome"},
-}
+FAILED_SOURCE = "The archive {!r} did not answer, so its studies are missing from these results"
+STALE_MESSAGE = (
+    "The PACS could not be reached; some of these results come from an earlier answer and may be out of date."
+)
 
 
 def _facade(request: Request) -> Facade:
@@ -132,6 +129,7 @@ async def _authorize(request: Request, resource_type: str, interaction: Interact
     CACHE_SCOPE.set(cache_partition(ctx, forward=forward, generation=generation))
     directives = cache_directives(request)
     STALE_IF_ERROR.set(StaleIfError(stale_accepted(directives, settings.cache_stale_ttl)))
+    SOURCE_FAILURES.set(SourceFailures())  # archives that fail this request (several behind this base, issue 21)
     if forward and ctx.token:
         PACS_TOKEN.set(ctx.token)
     # A shared cache whose generation cannot be read (Redis down) may hold answers older than a write made through
@@ -163,16 +161,18 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
             answers.alias((alias, patient_read), key)  # not put(): that would restart the answer's TTL
         return _replay(request, "search", resource_type, hit)
     result = await facade.search(
-        resource_type, req, base, fresh=fresh, patient=access.patient, retrieval=access.retrieval
+        resource_type, req, base, fresh=fresh, patient=access.patient, retrieval=access.retrieval, strict=strict
     )
     audit = audit_fields(result)
     record(request.state, interaction="search", type=resource_type, **audit)
     stale = _served_stale()
     if stale:  # stale-if-error: say so in the Bundle (search.mode outcome, R4 bundle.html)
-        outcome_entry = {"fullUrl": f"urn:uuid:{uuid.uuid4()}", **STALE_OUTCOME}  # not a resource of this server
-        result = result | {"entry": [*result.get("entry", []), outcome_entry]}
+        result = bundle.with_outcome(result, "warning", "transient", [STALE_MESSAGE])
+    incomplete = _failed_sources()
+    if incomplete:  # an archive did not answer: the others' results, and a word per missing one (IHE XCA)
+        result = bundle.with_outcome(result, "warning", "incomplete", incomplete)
     response = FHIRResponse(version.present(result), pretty=req.pretty)
-    if answers is not None and not stale:  # never an answer that carries a stale-if-error warning
+    if answers is not None and not stale and not incomplete:  # never an answer with a warning
         answers.put(key, Answer(bytes(response.body), audit), alias=None if alias is None else (alias, patient_read))
     return response
 
@@ -181,6 +181,14 @@ def _served_stale() -> bool:
     """Whether a PACS call of this request was answered from a stale entry (stale-if-error)."""
     stale = STALE_IF_ERROR.get()
     return stale is not None and bool(stale.served)
+
+
+def _failed_sources() -> list[str]:
+    """One sentence per archive that failed this request, naming it (never its address)."""
+    noted = SOURCE_FAILURES.get()
+    if noted is None:
+        return []
+    return [f"{FAILED_SOURCE.format(name)}: {getattr(e, 'message', 'failed')}" for name, e in noted.failed.items()]
 
 
 def _replay(request: Request, interaction: str, resource_type: str, hit: Answer) -> Response:
@@ -220,10 +228,15 @@ async def read(request: Request, version: FhirVersion, resource_type: str) -> Re
     )
     audit = audit_fields(resource)
     record(request.state, interaction="read", type=resource_type, **audit)
-    # A read has no Bundle to carry an OperationOutcome: RFC 9111 §5.5 (obsolete but understood) Warning 110.
-    stale = {"Warning": '110 - "Response is Stale"'} if _served_stale() else None
-    response = FHIRResponse(version.present(resource), pretty=indent, headers=stale)
-    if answers is not None and stale is None:
+    # A read has no Bundle to carry an OperationOutcome: RFC 9111 §5.5 (obsolete but understood) Warning 110,
+    # and 199 (miscellaneous) when an archive that may hold more of the study did not answer.
+    warnings = ['110 - "Response is Stale"'] if _served_stale() else []
+    warnings += [
+        f'199 - "archive {name} did not answer"' for name in (SOURCE_FAILURES.get() or SourceFailures()).failed
+    ]
+    headers = {"Warning": ", ".join(warnings)} if warnings else None
+    response = FHIRResponse(version.present(resource), pretty=indent, headers=headers)
+    if answers is not None and not warnings:
         answers.put(key, Answer(bytes(response.body), audit))
     return response
 
@@ -257,16 +270,20 @@ async def _create(request: Request, version: FhirVersion, *, transaction: bool) 
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when the PACS answers a minimal QIDO query (uncached) in time and its circuit is not open."""
-    problem = await _facade(request).ready()
-    if problem:
-        return FHIRResponse(outcome("transient", problem), 503, headers={"Retry-After": "5"})
-    return FHIRResponse(
+    """Ready while the PACS (with several archives: at least one) answers a minimal QIDO query (uncached) in time
+    and its circuit is not open; one issue per archive that does not, named (never its address)."""
+    ready, states = await _facade(request).ready()
+    several = len(states) > 1
+    issues = [
         {
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "information", "code": "informational", "diagnostics": "ready"}],
+            "severity": "information" if problem is None else "error" if not ready else "warning",
+            "code": "informational" if problem is None else "transient",
+            "diagnostics": (f"{name}: " if several else "") + (problem or "ready"),
         }
-    )
+        for name, problem in states.items()
+    ]
+    body = {"resourceType": "OperationOutcome", "issue": issues}
+    return FHIRResponse(body, 200 if ready else 503, headers=None if ready else {"Retry-After": "5"})
 
 
 async def metrics(request: Request) -> Response:

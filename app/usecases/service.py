@@ -29,6 +29,7 @@ from ..planning.plan import Plan, PlanContext, plan
 from ..security.context import Forbidden, User
 from ..settings import Settings
 from .documents import Documents, subject_of
+from .federation import not_found_unless_all_answered, noted_failures, strict_error
 from .manifest_create import Created, ManifestWriter
 from .manifests import KosDocuments, ManifestLimits, Manifests
 from .rejected import RejectedInstances
@@ -178,15 +179,17 @@ class Facade:
             raise InvalidRequest("If-None-Exist must name a search, e.g. identifier=urn:dicom:uid|urn:oid:<uid>")
         return (await self._resolve(req, fresh=True))[0]
 
-    async def ready(self) -> str | None:
-        """None when the PACS answers a one-row QIDO query within 3 s; else why not (for /readyz)."""
-        try:
-            await asyncio.wait_for(self.qido.search(QidoQuery.build("studies", {}, limit=1), fresh=True), 3.0)
-        except TimeoutError:
-            return "the PACS did not answer within 3 s"
-        except FacadeError as exc:
-            return exc.message
-        return None
+    async def ready(self) -> tuple[bool, dict[str, str | None]]:
+        """Whether to take traffic, and each archive's problem (None: it answers a one-row QIDO query, uncached,
+        within 3 s, and its circuit is not open). Ready while at least one archive is (issue 21: the others'
+        studies are still served, with an outcome entry for the missing one)."""
+        sources = getattr(self.qido, "sources", None)
+        if sources is None:  # one PACS
+            problem = await _probe(self.qido)
+            return problem is None, {"pacs": problem}
+        problems = await asyncio.gather(*(_probe(s.qido) for s in sources))
+        states = {s.name: p for s, p in zip(sources, problems, strict=True)}
+        return any(p is None for p in problems), states
 
     async def search(
         self,
@@ -197,9 +200,27 @@ class Facade:
         fresh: bool,
         patient: str | None = None,
         retrieval: RetrievalGrant | None = None,
+        strict: bool = False,
     ) -> dict[str, Any]:
         """``patient``: the access token's patient context (app.security.auth); the search is confined to it.
-        ``retrieval``: what the caller may retrieve (capability mode: no grant, no Endpoint in the studies)."""
+        ``retrieval``: what the caller may retrieve (capability mode: no grant, no Endpoint in the studies).
+        ``strict`` (``Prefer: handling=strict``): an archive that did not answer fails the search (issue 21)."""
+        with noted_failures() as failed:
+            result = await self._search(resource_type, req, base, fresh=fresh, patient=patient, retrieval=retrieval)
+        if strict and failed.failed:
+            raise strict_error(failed)
+        return result
+
+    async def _search(
+        self,
+        resource_type: str,
+        req: SearchRequest,
+        base: str,
+        *,
+        fresh: bool,
+        patient: str | None,
+        retrieval: RetrievalGrant | None,
+    ) -> dict[str, Any]:
         if patient is not None:
             req = await self._confine(resource_type, req, patient, fresh=fresh)
         if resource_type == "ImagingStudy":
@@ -226,6 +247,19 @@ class Facade:
     ) -> dict[str, Any]:
         """``patient``: the token's patient context; another patient's resource reads as 404 (SMART Imaging Access:
         do not confirm that it exists)."""
+        with noted_failures() as failed, not_found_unless_all_answered(failed):
+            return await self._read(resource_type, rid, base, fresh=fresh, patient=patient, retrieval=retrieval)
+
+    async def _read(
+        self,
+        resource_type: str,
+        rid: str,
+        base: str,
+        *,
+        fresh: bool,
+        patient: str | None,
+        retrieval: RetrievalGrant | None,
+    ) -> dict[str, Any]:
         if resource_type == "Endpoint":
             return self.endpoint(base, rid)
         if resource_type == "ImagingStudy":
@@ -336,6 +370,12 @@ class Facade:
     ) -> tuple[dj.Dataset, list[dj.Dataset], frozenset[str]]:
         """What the WADO-RS gateway may serve of a study (app.usecases.retrieve): its row, its instance rows and the
         SOP Instance UIDs IOCM notes reject. 404 as :meth:`read`: not a UID, unknown, or another patient's."""
+        with noted_failures() as failed, not_found_unless_all_answered(failed):
+            return await self._retrievable(study_uid, patient=patient)
+
+    async def _retrievable(
+        self, study_uid: str, *, patient: str | None
+    ) -> tuple[dj.Dataset, list[dj.Dataset], frozenset[str]]:
         found = await read_study(study_uid, self._fetcher(False), self.limits) if is_uid(study_uid) else None
         if found is None:
             raise NotFound(f"ImagingStudy/{study_uid[:70]} is not known")
@@ -409,3 +449,13 @@ class Facade:
         s = self.settings
         requires = s.requires_token or s.uses_capabilities
         return wado_endpoint(s.endpoint_id, wado_address(s, base), requires_token=requires)
+
+
+async def _probe(qido: QidoPort) -> str | None:
+    try:
+        await asyncio.wait_for(qido.search(QidoQuery.build("studies", {}, limit=1), fresh=True), 3.0)
+    except TimeoutError:
+        return "the PACS did not answer within 3 s"
+    except FacadeError as exc:
+        return exc.message
+    return None

@@ -1,0 +1,252 @@
+"""Several archives behind one base (issue 21), through the app with in-memory archives on a mock transport.
+
+The real-Orthanc tests (tests/integration/test_federation_orthanc.py) show the same on three live archives; these
+show what a live archive cannot easily do on demand: refusing, timing out and answering garbage, each alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from app.source_settings import SourceSettings
+from tests.api.conftest import instance_row, study_row
+from tests.support.fhir_check import checking_client
+
+R4 = "/fhir/R4"
+
+
+class Archive:
+    """QIDO-RS over lists of rows: PatientID, IssuerOfPatientID, StudyInstanceUID (lists), limit and offset."""
+
+    def __init__(self, studies: list[dict[str, Any]], instances: list[dict[str, Any]]) -> None:
+        self.studies = studies
+        self.instances = instances
+        self.mode = "up"
+        self.asked: list[tuple[str, dict[str, str]]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        level = urlsplit(str(request.url)).path.rsplit("/", 1)[1]
+        params = dict(parse_qsl(request.url.query.decode(), keep_blank_values=True))
+        self.asked.append((level, params))
+        if self.mode == "down":
+            raise httpx.ConnectError("refused", request=request)
+        if self.mode == "hang":
+            raise httpx.ReadTimeout("timed out", request=request)
+        if self.mode == "garbage":
+            return httpx.Response(200, content=b"<html>not json", headers={"content-type": "application/dicom+json"})
+        rows = [r for r in (self.studies if level == "studies" else self.instances) if _matches(r, params)]
+        offset = int(params.get("offset", 0))
+        limit = int(params["limit"]) if "limit" in params else None
+        rows = rows[offset : None if limit is None else offset + limit]
+        return httpx.Response(200, json=rows, headers={"content-type": "application/dicom+json"})
+
+
+def _matches(row: dict[str, Any], params: dict[str, str]) -> bool:
+    for key, tag in (("PatientID", "00100020"), ("IssuerOfPatientID", "00100021"), ("StudyInstanceUID", "0020000D")):
+        if key in params:
+            value = (row.get(tag, {}).get("Value") or [None])[0]
+            if value not in params[key].split(","):
+                return False
+    return True
+
+
+def _north() -> Archive:
+    # P1 (domain NORTH, no issuer stored): studies 1.1 and the shared 1.9; MRN-X of NORTH: study 1.5
+    return Archive(
+        [
+            study_row("1.1", patient_id="P1", date="20200101"),
+            study_row("1.9", patient_id="P1", date="20210101"),
+            study_row("1.5", patient_id="MRN-X", name="North^Person"),
+        ],
+        [
+            instance_row("1.1", "1.1.1", "1.1.1.1"),
+            instance_row("1.9", "1.9.1", "1.9.1.1"),
+            instance_row("1.9", "1.9.2", "1.9.2.1", series_number=2),
+            instance_row("1.5", "1.5.1", "1.5.1.1"),
+        ],
+    )
+
+
+def _south() -> Archive:
+    # P1's study 2.1 sent from north (issuer NORTH kept), the shared 1.9 with another series; MRN-X of SOUTH: 2.5
+    return Archive(
+        [
+            study_row("2.1", patient_id="P1", issuer="NORTH", date="20220101", modalities=("MR",)),
+            study_row("1.9", patient_id="P1", issuer="NORTH", date="20210101", modalities=("MR",)),
+            study_row("2.5", patient_id="MRN-X", name="South^Person"),
+        ],
+        [
+            instance_row("2.1", "2.1.1", "2.1.1.1", modality="MR"),
+            instance_row("1.9", "1.9.2", "1.9.2.1", series_number=2),
+            instance_row("1.9", "1.9.3", "1.9.3.1", modality="MR", series_number=3),
+            instance_row("2.5", "2.5.1", "2.5.1.1"),
+        ],
+    )
+
+
+@pytest.fixture
+def archives() -> dict[str, Archive]:
+    return {"north": _north(), "south": _south()}
+
+
+@pytest.fixture
+def make_client(archives: dict[str, Archive]) -> Iterator[Any]:
+    clients: list[TestClient] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return archives[request.url.host.split(".")[0]](request)
+
+    def make(**overrides: Any) -> TestClient:
+        sources = tuple(
+            SourceSettings(name=name, dicomweb_url=f"http://{name}.test:8042/dicom-web", issuer=name.upper())
+            for name in archives
+        )
+        base = {"sources": sources, "auth_mode": "open", "cache_ttl": 60.0, "upstream_retries": 0}
+        app = create_app(Settings(**(base | overrides)), transport=httpx.MockTransport(handler))
+        client = checking_client(app, raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Any) -> TestClient:
+    return make_client()  # type: ignore[no-any-return]
+
+
+def _ids(bundle: dict[str, Any]) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def _outcomes(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "outcome"]
+
+
+def _patient(client: TestClient, pid: str, issuer: str) -> str:
+    found = client.get(f"{R4}/Patient", params={"identifier": f"urn:x-imaging-facade:issuer:{issuer}|{pid}"}).json()
+    (entry,) = found["entry"]
+    return str(entry["resource"]["id"])
+
+
+def test_a_patients_studies_come_from_every_archive_once_each(client):
+    patient = _patient(client, "P1", "NORTH")
+    bundle = client.get(f"{R4}/ImagingStudy", params={"patient": patient}).json()
+    assert sorted(_ids(bundle)) == ["1.1", "1.9", "2.1"]
+    assert not _outcomes(bundle)
+    (shared,) = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "1.9"]
+    # the union of the two copies by Series UID: 1.9.2 is in both, once here
+    assert sorted(s["uid"] for s in shared["series"]) == ["1.9.1", "1.9.2", "1.9.3"]
+    assert shared["numberOfSeries"] == 3 and shared["numberOfInstances"] == 3
+
+
+def test_two_people_sharing_a_patient_id_in_two_domains_are_never_mixed(client):
+    north = _patient(client, "MRN-X", "NORTH")
+    south = _patient(client, "MRN-X", "SOUTH")
+    assert north != south
+    assert _ids(client.get(f"{R4}/ImagingStudy", params={"patient": north}).json()) == ["1.5"]
+    assert _ids(client.get(f"{R4}/ImagingStudy", params={"patient": south}).json()) == ["2.5"]
+
+
+def test_an_archive_is_asked_without_the_issuer_its_own_rows_do_not_carry(client, archives):
+    patient = _patient(client, "P1", "NORTH")
+    client.get(f"{R4}/ImagingStudy", params={"patient": patient}, headers={"Cache-Control": "no-cache"})
+    north = [p for level, p in archives["north"].asked if level == "studies" and p.get("PatientID") == "P1"]
+    south = [p for level, p in archives["south"].asked if level == "studies" and p.get("PatientID") == "P1"]
+    assert north and all("IssuerOfPatientID" not in p for p in north)
+    assert south and all(p.get("IssuerOfPatientID") == "NORTH" for p in south)
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_following_next_links_gives_every_study_exactly_once(client, count):
+    seen: list[str] = []
+    url: str | None = f"{R4}/ImagingStudy?_count={count}"
+    pages = 0
+    while url:
+        bundle = client.get(url).json()
+        seen += _ids(bundle)
+        url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+        pages += 1
+        assert pages < 20
+    assert sorted(seen) == ["1.1", "1.5", "1.9", "2.1", "2.5"]
+
+
+@pytest.mark.parametrize("mode", ["down", "hang", "garbage"])
+def test_a_failing_archive_leaves_the_others_answer_with_an_outcome_naming_it(client, archives, mode):
+    patient = _patient(client, "P1", "NORTH")
+    archives["south"].mode = mode
+    response = client.get(f"{R4}/ImagingStudy", params={"patient": patient}, headers={"Cache-Control": "no-cache"})
+    assert response.status_code == 200
+    bundle = response.json()
+    assert sorted(_ids(bundle)) == ["1.1", "1.9"]
+    (outcome,) = _outcomes(bundle)
+    (issue,) = outcome["issue"]
+    assert (issue["severity"], issue["code"]) == ("warning", "incomplete")
+    assert "'south'" in issue["diagnostics"] and "south.test" not in response.text and "8042" not in response.text
+
+
+def test_an_incomplete_answer_is_not_kept(client, archives):
+    patient = _patient(client, "P1", "NORTH")
+    archives["south"].mode = "down"
+    assert _outcomes(client.get(f"{R4}/ImagingStudy", params={"patient": patient}).json())
+    archives["south"].mode = "up"
+    bundle = client.get(f"{R4}/ImagingStudy", params={"patient": patient}).json()
+    assert sorted(_ids(bundle)) == ["1.1", "1.9", "2.1"] and not _outcomes(bundle)
+
+
+def test_strict_handling_turns_a_failing_archive_into_an_error(client, archives):
+    patient = _patient(client, "P1", "NORTH")
+    archives["south"].mode = "down"
+    strict = {"Prefer": "handling=strict", "Cache-Control": "no-cache"}
+    response = client.get(f"{R4}/ImagingStudy", params={"patient": patient}, headers=strict)
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert "'south'" in response.json()["issue"][0]["diagnostics"]
+    archives["south"].mode = "hang"
+    assert client.get(f"{R4}/ImagingStudy", params={"patient": patient}, headers=strict).status_code == 504
+
+
+def test_every_archive_failing_is_an_error_as_with_one(client, archives):
+    for archive in archives.values():
+        archive.mode = "down"
+    response = client.get(f"{R4}/ImagingStudy", params={"_count": 5})
+    assert response.status_code == 503 and response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_read_is_404_only_when_every_archive_said_so(client, archives):
+    assert client.get(f"{R4}/ImagingStudy/9.9").status_code == 404
+    archives["south"].mode = "down"
+    nowhere = client.get(f"{R4}/ImagingStudy/9.9", headers={"Cache-Control": "no-cache"})
+    assert nowhere.status_code == 503 and nowhere.headers["Retry-After"]
+    assert "'south'" in nowhere.json()["issue"][0]["diagnostics"]
+    held = client.get(f"{R4}/ImagingStudy/1.9", headers={"Cache-Control": "no-cache"})
+    assert held.status_code == 200 and "south" in held.headers["Warning"]
+    assert sorted(s["uid"] for s in held.json()["series"]) == ["1.9.1", "1.9.2"]
+
+
+def test_readyz_is_ready_while_one_archive_is(client, archives):
+    assert client.get("/readyz").status_code == 200
+    archives["south"].mode = "down"
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert [i["severity"] for i in response.json()["issue"]] == ["information", "warning"]
+    archives["north"].mode = "down"
+    assert client.get("/readyz").status_code == 503
+
+
+def test_metrics_carry_the_archive(client, archives):
+    client.get(f"{R4}/ImagingStudy")
+    text = client.get("/metrics").text
+    assert 'facade_upstream_requests_total{kind="qido",outcome="ok",source="north"}' in text
+    assert 'facade_upstream_requests_total{kind="qido",outcome="ok",source="south"}' in text
+    assert 'facade_upstream_breaker_state{source="south"} 0.0' in text
