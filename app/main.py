@@ -36,7 +36,7 @@ from .pacs.cache import CachedQido, QidoPort
 from .pacs.cache_redis import RedisCache
 from .pacs.dicomweb_write import DicomWebStore
 from .pacs.ehr import EhrPatients, MrnRule
-from .pacs.federation import FederatedQido, Source, StampedQido
+from .pacs.federation import FederatedQido, Source, StampedQido, WadoSource
 from .pacs.upstream import DicomWebUpstream, Qido, UpstreamStats
 from .pacs.wado import WadoUpstream
 from .planning import fanout
@@ -97,7 +97,10 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             app.state.facade = facade
             app.state.answers = answer_cache(settings, qido, ehr=ehr is not None)  # issue 14: finished answers
             # The WADO-RS gateway (issue 12): same pool, credentials, breaker, retries and budget as QIDO.
-            app.state.retrieval = Retrieval(facade, first.wado)
+            app.state.retrieval = Retrieval(
+                facade,
+                [WadoSource(a.source.name, a.source.domain if settings.federated else None, a.wado) for a in archives],
+            )
             app.state.metrics.bind(cache=qido, answers=app.state.answers)
             for a in archives:
                 if a.breaker is not None:

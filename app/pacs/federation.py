@@ -12,8 +12,9 @@ request (:data:`~app.pacs.request_scope.SOURCE_FAILURES`) and the others' rows a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from ..dicom.qido import QidoQuery
 from ..errors import UpstreamError
@@ -22,8 +23,53 @@ from .breaker import CircuitBreaker
 from .cache import CachedQido
 from .request_scope import SOURCE_FAILURES
 from .upstream import Qido, QidoResult
+from .wado import WadoUpstream
 
-__all__ = ["FederatedQido", "Source", "StampedQido"]
+__all__ = ["FederatedQido", "Source", "StampedQido", "WadoSource", "each_source"]
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+S = TypeVar("S", bound=Named)
+R = TypeVar("R")
+
+
+async def each_source(sources: Sequence[S], call: Callable[[S], Awaitable[R]]) -> list[tuple[S, R]]:
+    """``call`` on every archive at once; the answers of those that answered, in configuration order. An archive
+    that fails (any UpstreamError: refused, timed out, garbage, breaker open) is noted for the request
+    (:data:`~app.pacs.request_scope.SOURCE_FAILURES`) and left out; when every one failed, the first one's error
+    is raised, as with one PACS. Anything else (a bug, a cancellation) is raised as it is."""
+    answers = await asyncio.gather(*(call(s) for s in sources), return_exceptions=True)
+    ok: list[tuple[S, R]] = []
+    failed: list[tuple[str, UpstreamError]] = []
+    for source, answer in zip(sources, answers, strict=True):
+        if isinstance(answer, UpstreamError):
+            failed.append((source.name, answer))
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            ok.append((source, answer))
+    if failed:
+        noted = SOURCE_FAILURES.get()
+        if noted is not None:
+            for name, error in failed:
+                noted.failed.setdefault(name, error)
+        if not ok:
+            raise failed[0][1]
+    return ok
+
+
+@dataclass(frozen=True)
+class WadoSource:
+    """An archive as the WADO-RS gateway reaches it; ``domain`` None: the one PACS (its rows are left as they
+    are, its queries sent as asked)."""
+
+    name: str
+    domain: str | None
+    wado: WadoUpstream
 
 
 class StampedQido:
@@ -61,32 +107,22 @@ class FederatedQido:
     async def search(
         self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: float = 0
     ) -> QidoResult:
-        answers = await asyncio.gather(
-            *(
-                s.qido.search(s.query(query), fresh=fresh, context=context, stale_if_error=stale_if_error)
-                for s in self.sources
-            ),
-            return_exceptions=True,
-        )
-        results: list[QidoResult] = []
-        failed: list[tuple[str, UpstreamError]] = []
-        for source, answer in zip(self.sources, answers, strict=True):
-            if isinstance(answer, UpstreamError):
-                failed.append((source.name, answer))
-            elif isinstance(answer, BaseException):
-                raise answer
-            else:
-                results.append(answer)
-        if failed:
-            noted = SOURCE_FAILURES.get()
-            if noted is not None:
-                for name, error in failed:
-                    noted.failed.setdefault(name, error)
-            if not results:
-                raise failed[0][1]
+        answers = await self.each(query, fresh=fresh, context=context, stale_if_error=stale_if_error)
+        results = [r for _, r in answers]
         offset, limit = fanout.window(query)
         rows = fanout.merge(query.level, [r.rows for r in results], offset=offset, limit=limit)
         return QidoResult(rows, sum(r.nbytes for r in results), stale=any(r.stale for r in results))
+
+    async def each(
+        self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: float = 0
+    ) -> list[tuple[Source, QidoResult]]:
+        """Every archive's own answer to ``query`` (as it is asked of it), for callers that need to know which
+        archive holds what (the gateway: app.usecases.retrieve)."""
+
+        async def one(s: Source) -> QidoResult:
+            return await s.qido.search(s.query(query), fresh=fresh, context=context, stale_if_error=stale_if_error)
+
+        return await each_source(self.sources, one)
 
     def cached(self, query: QidoQuery, context: Hashable = None) -> bool:
         return all(s.qido.cached(s.query(query), context) for s in self.sources)

@@ -36,7 +36,9 @@ from ..dicom.qido import QidoQuery
 from ..dicom.qido_rs import QidoRequest
 from ..dicom.wado_rewrite import rewrite_dicom_json
 from ..errors import TooCostly, UpstreamBadResponse
+from ..pacs.federation import WadoSource, each_source
 from ..pacs.wado import WadoUpstream
+from ..planning import fanout
 from ..planning.gateway_qido import GatewayPlan, Scope, plan_gateway
 from .service import Facade
 from .studies import OFFSET_BROKEN_BY
@@ -57,9 +59,9 @@ class Found:
 
 
 class GatewaySearch:
-    def __init__(self, facade: Facade, wado: WadoUpstream, *, max_json_bytes: int) -> None:
+    def __init__(self, facade: Facade, wados: list[WadoSource], *, max_json_bytes: int) -> None:
         self.facade = facade
-        self.wado = wado
+        self.wados = wados
         self.max_json_bytes = max_json_bytes
 
     async def search(
@@ -134,7 +136,19 @@ class GatewaySearch:
 
     async def _rows(self, level: str, plan: GatewayPlan, *, limit: int, offset: int) -> list[dj.Dataset]:
         query = QidoQuery.build(level, plan.keys, fields=plan.fields, limit=limit, offset=offset)
-        answer = await self.wado.search(query)
+        if len(self.wados) == 1 and self.wados[0].domain is None:  # one PACS: asked as it is
+            return await self._asked(self.wados[0].wado, query)
+
+        async def one(source: WadoSource) -> list[dj.Dataset]:
+            rows = await self._asked(source.wado, fanout.source_query(query, source.domain))
+            return fanout.stamp(rows, source.domain) if source.domain else rows
+
+        # Several archives (issue 21): asked at once, merged by UID, the window cut (app.planning.fanout).
+        answers = await each_source(self.wados, one)
+        return fanout.merge(level, [rows for _, rows in answers], offset=offset, limit=limit)
+
+    async def _asked(self, wado: WadoUpstream, query: QidoQuery) -> list[dj.Dataset]:
+        answer = await wado.search(query)
         if answer.status == 204:  # no match (PS3.18 §8.3.4.4 lets a server say so)
             await answer.aclose()
             return []

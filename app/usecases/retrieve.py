@@ -24,6 +24,11 @@ Rules (issue 12):
   instances out; a study or series retrieve that would include one is made of the series that hold none (one
   request each) and, for the series that do, of their other instances one by one, all under one new boundary.
   Study and series ``rendered`` then render the first instance that is not rejected.
+* **Several archives** (issue 21, rule 7): which archive holds which instance of the study is read from each one's
+  cached instance rows. A study, series or instance held whole by one archive is asked of it (the first in
+  configuration order); one split over several is made of each series from an archive that holds it whole, else
+  of its instances one by one from the first that holds each, all under one boundary; metadata is read from every
+  archive that holds part of the target and joined (each SOP Instance once).
 """
 
 from __future__ import annotations
@@ -38,9 +43,12 @@ import orjson
 from ..dicom import dicom_json as dj
 from ..dicom import multipart as mp
 from ..dicom.media_type import boundary_of, rendered_accept, retrieve_accept, with_boundary
+from ..dicom.qido import QidoQuery
 from ..dicom.wado_rewrite import WadoPath, drop_instances, rewrite_dicom_json, rewrite_part_headers
 from ..errors import NotFound, UpstreamBadResponse
 from ..fhir import patient_ids
+from ..pacs.federation import FederatedQido, WadoSource
+from ..pacs.request_scope import CACHE_SCOPE
 from ..pacs.wado import WadoAnswer, WadoUpstream
 from .gateway_search import GatewaySearch, datasets
 from .service import Facade
@@ -62,6 +70,25 @@ class AuthorizedStudy:
     patient: str
     instances: tuple[dj.Dataset, ...]
     rejected: frozenset[str]
+    # (archive, the SOP Instance UIDs it holds), in configuration order; empty: the one PACS holds it all
+    holders: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    def sops(self, series: str | None = None, instance: str | None = None) -> set[str]:
+        """The instances a target spans (rejected ones included: the PACS is asked for what it holds)."""
+        if instance is not None:
+            return {instance}
+        rows = self.instances if series is None else self.series_instances(series)
+        return {sop for r in rows if (sop := dj.text(r, dj.SOP_INSTANCE_UID))}
+
+    def holder(self, sops: set[str]) -> str | None:
+        """The first archive that holds all of ``sops``; with one PACS, "" (it holds everything)."""
+        if not self.holders:
+            return ""
+        return next((name for name, held in self.holders if sops <= held), None)
+
+    def holding(self, sops: set[str]) -> list[str]:
+        """Every archive that holds any of ``sops``."""
+        return [name for name, held in self.holders if sops & held] if self.holders else [""]
 
     def series_instances(self, series: str) -> list[dj.Dataset]:
         return [r for r in self.instances if dj.text(r, dj.SERIES_UID) == series]
@@ -109,17 +136,37 @@ class Body:
 class Retrieval:
     """The gateway's use case over the facade (study rows, patient check, IOCM) and the streaming WADO-RS client."""
 
-    def __init__(self, facade: Facade, wado: WadoUpstream, *, max_json_bytes: int = MAX_JSON_BYTES) -> None:
+    def __init__(self, facade: Facade, wados: list[WadoSource], *, max_json_bytes: int = MAX_JSON_BYTES) -> None:
         self.facade = facade
-        self.wado = wado
+        self.wados = {w.name: w.wado for w in wados}
+        self.wado = wados[0].wado
         self.max_json_bytes = max_json_bytes
-        self.searches = GatewaySearch(facade, wado, max_json_bytes=max_json_bytes)
+        self.searches = GatewaySearch(facade, wados, max_json_bytes=max_json_bytes)
 
     async def study(self, uid: str, *, patient: str | None) -> AuthorizedStudy:
         """The study if this caller may retrieve it (module docstring, Rule 1); NotFound otherwise."""
         row, instances, rejected = await self.facade.retrievable(uid, patient=patient)
         subject = patient_ids.encode(dj.text(row, dj.PATIENT_ID) or "", dj.text(row, dj.ISSUER_OF_PATIENT_ID))
-        return AuthorizedStudy(uid, subject, tuple(instances), rejected)
+        return AuthorizedStudy(uid, subject, tuple(instances), rejected, await self._holders(uid))
+
+    async def _holders(self, uid: str) -> tuple[tuple[str, frozenset[str]], ...]:
+        """Which archive holds which instance of the study: each one's instance rows (cached, as the FHIR side
+        reads them); empty with one PACS."""
+        qido = getattr(self.facade, "qido", None)
+        if not isinstance(qido, FederatedQido):
+            return ()
+        query = QidoQuery.build("instances", {"StudyInstanceUID": uid}, limit=self.facade.settings.instance_limit * 5)
+        answers = await qido.each(query, context=CACHE_SCOPE.get())
+        return tuple(
+            (source.name, frozenset(sop for r in found.rows if (sop := dj.text(r, dj.SOP_INSTANCE_UID))))
+            for source, found in answers
+        )
+
+    def _wado(self, study: AuthorizedStudy, sops: set[str]) -> WadoUpstream:
+        name = study.holder(sops)
+        if name is None:  # split over archives: the caller asks for the parts
+            raise NotFound("no archive that answered holds this")
+        return self.wados[name] if name else self.wado
 
     async def body(
         self, target: WadoPath, study: AuthorizedStudy, *, accept: str | None, query: str, public_base: str
@@ -138,42 +185,56 @@ class Retrieval:
                 target = replace(target, resource="rendered")
             if target.instance is None and study.rejected_in(target.series):
                 target = self._first_kept(target, study)
+            if study.holder(study.sops(target.series, target.instance)) is None:
+                target = self._first_kept(target, study)  # split over archives: one that holds its first image
             # One image type to the PACS, however many the client listed (app.dicom.media_type.rendered_accept).
-            return await self._passed(target.path, accept=rendered_accept(accept or "image/jpeg"), query=query)
+            wado = self._wado(study, study.sops(target.series, target.instance))
+            return await self._passed(wado, target.path, accept=rendered_accept(accept or "image/jpeg"), query=query)
         # No preference (no Accept, */*): the standard's default, not whatever the PACS makes of it.
         accept = retrieve_accept(accept, resource)
+        whole = study.holder(study.sops(target.series, target.instance))
         if resource in ("frames", "bulk"):
-            return await self._rewrapped([target.path], accept=accept, base=public_base)
+            return await self._rewrapped(
+                [(self._wado(study, {target.instance or ""}), target.path)], accept, public_base
+            )
         # A retrieve: study, series or instance.
-        if target.instance is None and study.rejected_in(target.series):
-            return await self._rewrapped(self._units(target, study), accept=accept, base=public_base)
-        return await self._rewrapped([target.path], accept=accept, base=public_base)
+        if whole is None or (target.instance is None and study.rejected_in(target.series)):
+            return await self._rewrapped(self._units(target, study), accept, public_base)
+        return await self._rewrapped([(self.wados[whole] if whole else self.wado, target.path)], accept, public_base)
 
     # -- the kinds of answer
 
-    async def _passed(self, path: str, *, accept: str | None, query: str) -> Body:
+    async def _passed(self, wado: WadoUpstream, path: str, *, accept: str | None, query: str) -> Body:
         """Bytes passed unchanged (rendered images): status, type and length as the PACS sent them."""
-        answer = await self.wado.open(path, accept=accept, query=query)
+        answer = await wado.open(path, accept=accept, query=query)
         await answer.raise_for_status()
         return Body(answer.status, answer.content_type, _chunks(answer), answer.content_length, rewritten=False)
 
     async def _metadata(self, target: WadoPath, study: AuthorizedStudy, *, base: str) -> Body:
         """Metadata: read, rejected instances left out, URLs rewritten. (Searches, QIDO-RS inside the study too,
         are app.usecases.gateway_search's.)"""
-        answer = await self.wado.open(target.path, accept=DICOM_JSON)
-        await answer.raise_for_status()
-        found = datasets(await answer.read(self.max_json_bytes))
+        found: list[dj.Dataset] = []
+        seen: set[str] = set()
+        for name in study.holding(study.sops(target.series, target.instance)):
+            answer = await (self.wados[name] if name else self.wado).open(target.path, accept=DICOM_JSON)
+            await answer.raise_for_status()
+            for d in datasets(await answer.read(self.max_json_bytes)):
+                sop = dj.text(d, dj.SOP_INSTANCE_UID)
+                if sop is None or sop not in seen:  # a copy held by two archives: once
+                    seen.add(sop or "")
+                    found.append(d)
         found = [d for d in found if _in(d, dj.STUDY_UID, study.uid)]
         if target.series is not None:
             found = [d for d in found if _in(d, dj.SERIES_UID, target.series)]
         body = orjson.dumps(rewrite_dicom_json(drop_instances(found, study.rejected), base))
         return Body(200, DICOM_JSON, _one(body), str(len(body)))
 
-    async def _rewrapped(self, paths: list[str], *, accept: str | None, base: str) -> Body:
-        """The multipart answers to ``paths``, in order, as one multipart body under a new boundary, part headers
-        rewritten. The first answer's headers decide the status and type; a later one that is gone (404, deleted
-        since the QIDO rows were read) is skipped, any other failure cuts the body (no close delimiter)."""
-        first = await self.wado.open(paths[0], accept=accept)
+    async def _rewrapped(self, paths: list[tuple[WadoUpstream, str]], accept: str | None, base: str) -> Body:
+        """The multipart answers to ``paths`` (each asked of its archive), in order, as one multipart body under a
+        new boundary, part headers rewritten. The first answer's headers decide the status and type; a later one
+        that is gone (404, deleted since the QIDO rows were read) is skipped, any other failure cuts the body (no
+        close delimiter)."""
+        first = await paths[0][0].open(paths[0][1], accept=accept)
         await first.raise_for_status()
         boundary = boundary_of(first.content_type or "")
         if boundary is None:
@@ -191,11 +252,11 @@ class Retrieval:
             answer: WadoAnswer | None = first
             upstream_boundary: str | None = boundary
             try:
-                for i, path in enumerate(paths):
+                for i, (wado, path) in enumerate(paths):
                     if i:
                         # Each further request gets a budget of its own: the request's budget bounds the wait for
                         # the first headers, and a long study outlives it by design (app.pacs.wado).
-                        answer = await self.wado.open(path, accept=accept, own_budget=True)
+                        answer = await wado.open(path, accept=accept, own_budget=True)
                         if answer.status == 404:
                             await answer.aclose()
                             continue
@@ -216,19 +277,25 @@ class Retrieval:
 
     # -- IOCM
 
-    def _units(self, target: WadoPath, study: AuthorizedStudy) -> list[str]:
-        """The requests that make up a study or series retrieve without its rejected instances (module doc)."""
+    def _units(self, target: WadoPath, study: AuthorizedStudy) -> list[tuple[WadoUpstream, str]]:
+        """The requests that make up a study or series retrieve without its rejected instances, or split over
+        archives (module doc): whole series where one archive can give them, else instance by instance."""
+        if target.instance is not None:  # an instance no archive that answered holds
+            raise NotFound("no archive that answered holds this instance")
         series = [target.series] if target.series else list(dict.fromkeys(_series_order(study)))
-        paths: list[str] = []
+        paths: list[tuple[WadoUpstream, str]] = []
         for uid in series:
             rows = study.series_instances(uid)
-            if not any(dj.text(r, dj.SOP_INSTANCE_UID) in study.rejected for r in rows):
-                paths.append(replace(target, series=uid, instance=None).path)
+            whole = study.holder(study.sops(uid))
+            if whole is not None and not any(dj.text(r, dj.SOP_INSTANCE_UID) in study.rejected for r in rows):
+                paths.append(
+                    (self.wados[whole] if whole else self.wado, replace(target, series=uid, instance=None).path)
+                )
                 continue
             for r in rows:
                 sop = dj.text(r, dj.SOP_INSTANCE_UID)
-                if sop and sop not in study.rejected:
-                    paths.append(WadoPath(study.uid, uid, sop).path)
+                if sop and sop not in study.rejected and (name := study.holder({sop})) is not None:
+                    paths.append((self.wados[name] if name else self.wado, WadoPath(study.uid, uid, sop).path))
         if not paths:
             raise NotFound("every instance here is rejected (IOCM)")
         return paths

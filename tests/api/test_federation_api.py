@@ -33,20 +33,47 @@ class Archive:
         self.asked: list[tuple[str, dict[str, str]]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        level = urlsplit(str(request.url)).path.rsplit("/", 1)[1]
+        path = urlsplit(str(request.url)).path.split("/dicom-web/", 1)[1]
+        level = path.rsplit("/", 1)[-1]
         params = dict(parse_qsl(request.url.query.decode(), keep_blank_values=True))
-        self.asked.append((level, params))
+        self.asked.append((path if "/" in path else level, params))
         if self.mode == "down":
             raise httpx.ConnectError("refused", request=request)
         if self.mode == "hang":
             raise httpx.ReadTimeout("timed out", request=request)
         if self.mode == "garbage":
             return httpx.Response(200, content=b"<html>not json", headers={"content-type": "application/dicom+json"})
+        if "/" in path:
+            return self._wado(path)
         rows = [r for r in (self.studies if level == "studies" else self.instances) if _matches(r, params)]
         offset = int(params.get("offset", 0))
         limit = int(params["limit"]) if "limit" in params else None
         rows = rows[offset : None if limit is None else offset + limit]
         return httpx.Response(200, json=rows, headers={"content-type": "application/dicom+json"})
+
+    def _wado(self, path: str) -> httpx.Response:
+        """WADO-RS: one part per instance held (its SOP Instance UID as the body), or their metadata."""
+        parts = path.split("/")
+        uids = dict(zip(parts[0::2], parts[1::2], strict=False))
+        held = [
+            r for r in self.instances if all(r[tag]["Value"][0] == uids[key] for key, tag in _PATH_TAGS if key in uids)
+        ]
+        if not held:
+            return httpx.Response(404)
+        if parts[-1] == "metadata":
+            return httpx.Response(200, json=held, headers={"content-type": "application/dicom+json"})
+        body = b"".join(
+            b"--B\r\nContent-Type: application/dicom\r\n\r\n" + r["00080018"]["Value"][0].encode() + b"\r\n"
+            for r in held
+        )
+        return httpx.Response(
+            200,
+            content=body + b"--B--\r\n",
+            headers={"content-type": 'multipart/related; type="application/dicom"; boundary=B'},
+        )
+
+
+_PATH_TAGS = (("studies", "0020000D"), ("series", "0020000E"), ("instances", "00080018"))
 
 
 def _matches(row: dict[str, Any], params: dict[str, str]) -> bool:
@@ -250,3 +277,40 @@ def test_metrics_carry_the_archive(client, archives):
     assert 'facade_upstream_requests_total{kind="qido",outcome="ok",source="north"}' in text
     assert 'facade_upstream_requests_total{kind="qido",outcome="ok",source="south"}' in text
     assert 'facade_upstream_breaker_state{source="south"} 0.0' in text
+
+
+def _parts(response: httpx.Response) -> list[str]:
+    boundary = response.headers["content-type"].split("boundary=")[1].strip('"')
+    chunks = response.content.split(f"--{boundary}".encode())[1:-1]
+    return sorted(c.split(b"\r\n\r\n", 1)[1].rstrip(b"\r\n").decode() for c in chunks)
+
+
+def test_a_study_split_over_two_archives_is_retrieved_whole(client, archives):
+    response = client.get("/dicomweb/studies/1.9", headers={"Accept": "multipart/related; type=application/dicom"})
+    assert response.status_code == 200
+    assert _parts(response) == ["1.9.1.1", "1.9.2.1", "1.9.3.1"]  # 1.9.2.1 is in both: once
+    asked = [p for a in archives.values() for p, _ in a.asked if p.startswith("studies/1.9")]
+    assert "studies/1.9" not in asked  # neither archive holds it whole: series by series
+    metadata = client.get("/dicomweb/studies/1.9/metadata").json()
+    assert sorted(m["00080018"]["Value"][0] for m in metadata) == ["1.9.1.1", "1.9.2.1", "1.9.3.1"]
+
+
+def test_a_series_comes_from_the_first_archive_that_holds_it(client, archives):
+    response = client.get(
+        "/dicomweb/studies/1.9/series/1.9.3", headers={"Accept": "multipart/related; type=application/dicom"}
+    )
+    assert _parts(response) == ["1.9.3.1"]
+    shared = client.get(
+        "/dicomweb/studies/1.9/series/1.9.2/instances/1.9.2.1",
+        headers={"Accept": "multipart/related; type=application/dicom"},
+    )
+    assert _parts(shared) == ["1.9.2.1"]
+    asked = {name: [p for p, _ in a.asked if p.startswith("studies/1.9/series/1.9.2")] for name, a in archives.items()}
+    assert asked == {"north": ["studies/1.9/series/1.9.2/instances/1.9.2.1"], "south": []}
+
+
+def test_the_gateway_search_merges_the_archives(client):
+    rows = client.get("/dicomweb/studies", params={"PatientID": "P1"}).json()
+    assert sorted(r["0020000D"]["Value"][0] for r in rows) == ["1.1", "1.9", "2.1"]
+    instances = client.get("/dicomweb/studies/1.9/instances").json()
+    assert sorted(r["00080018"]["Value"][0] for r in instances) == ["1.9.1.1", "1.9.2.1", "1.9.3.1"]

@@ -20,6 +20,7 @@ from app.dicom.qido import QidoQuery
 from app.dicom.qido_rs import parse_qido
 from app.errors import TooCostly
 from app.fhir.search import PatientKey
+from app.pacs.federation import WadoSource
 from app.pacs.wado import WadoAnswer
 from app.usecases.gateway_search import FUZZY, TRUNCATED, GatewaySearch
 from tests.unit.helpers import Stream
@@ -102,7 +103,7 @@ class Facade:
 def search(
     pacs: Pacs, facade: Facade, level: str, query: str, *, patient: str | None = None, **kw: Any
 ) -> tuple[list[dj.Dataset], list[str]]:
-    searches = GatewaySearch(facade, pacs, max_json_bytes=10**7)  # type: ignore[arg-type]
+    searches = GatewaySearch(facade, [WadoSource("pacs", None, pacs)], max_json_bytes=10**7)  # type: ignore[arg-type]
     req = parse_qido(level, parse_qsl(query, keep_blank_values=True))
     args: dict[str, Any] = {"capability_study": None, "study": None, "series": None} | kw
     found = asyncio.run(

@@ -15,6 +15,7 @@ import pytest
 from app.dicom import dicom_json as dj
 from app.dicom.wado_rewrite import WadoPath, parse_wado_path
 from app.errors import NotFound, UpstreamBadResponse
+from app.pacs.federation import WadoSource
 from app.pacs.wado import WadoUpstream
 from app.usecases.retrieve import Retrieval
 
@@ -90,7 +91,7 @@ class Pacs:
 
 def retrieval(pacs: Pacs, *, rejected: frozenset[str] = frozenset({"1.1.1"}), max_json: int = 1 << 20) -> Retrieval:
     wado = WadoUpstream(httpx.MockTransport(pacs), PACS, httpx.Timeout(5.0))
-    return Retrieval(Facade(rejected), wado, max_json_bytes=max_json)  # type: ignore[arg-type]
+    return Retrieval(Facade(rejected), [WadoSource("pacs", None, wado)], max_json_bytes=max_json)  # type: ignore[arg-type]
 
 
 async def answer(r: Retrieval, path: str, *, accept: str | None = RELATED, query: str = "") -> tuple[Any, bytes]:

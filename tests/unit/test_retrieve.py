@@ -23,6 +23,7 @@ from app.dicom import dicom_json as dj
 from app.dicom.wado_rewrite import parse_wado_path
 from app.errors import NotAcceptable, NotFound, UpstreamBadResponse, UpstreamUnavailable
 from app.fhir import patient_ids
+from app.pacs.federation import WadoSource
 from app.pacs.wado import WadoAnswer
 from app.usecases.retrieve import Body, Retrieval
 from tests.unit.helpers import Stream
@@ -116,7 +117,7 @@ def serve_instances(wado: Wado, *paths_and_sops: tuple[str, str]) -> None:
 
 def setup(rejected: frozenset[str] = frozenset({"1.1.1"}), **kw: Any) -> tuple[Retrieval, Facade, Wado]:
     facade, wado = Facade(rejected), Wado()
-    return Retrieval(facade, wado, **kw), facade, wado  # type: ignore[arg-type]
+    return Retrieval(facade, [WadoSource("pacs", None, wado)], **kw), facade, wado  # type: ignore[arg-type]
 
 
 async def open_body(r: Retrieval, path: str, *, accept: str | None = DICOM, query: str = "") -> Body:
