@@ -36,7 +36,7 @@ from .pacs.cache import CachedQido, QidoPort
 from .pacs.cache_redis import RedisCache
 from .pacs.dicomweb_write import DicomWebStore
 from .pacs.ehr import EhrPatients, MrnRule
-from .pacs.federation import FederatedQido, Source, StampedQido, WadoSource
+from .pacs.federation import FederatedQido, FederatedStore, Source, StampedQido, StoreSource, WadoSource
 from .pacs.upstream import DicomWebUpstream, Qido, UpstreamStats
 from .pacs.wado import WadoUpstream
 from .planning import fanout
@@ -91,7 +91,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             app.state.auth = Authorizer(settings.auth, auth_client)
             qido: QidoPort = FederatedQido([a.source for a in archives]) if settings.federated else first.source.qido
             facade = Facade(settings, qido, ehr)
-            store = first.store
+            store: DicomWebStore | FederatedStore = first.store
+            if isinstance(qido, FederatedQido):
+                writable = [source.manifests_writable for source in settings.pacs_sources]
+                store = FederatedStore(
+                    [StoreSource(a.source.name, a.store, w) for a, w in zip(archives, writable, strict=True)], qido
+                )
             app.state.store = store
             facade.attach_manifests(store)
             app.state.facade = facade

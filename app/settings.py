@@ -144,6 +144,11 @@ class Settings:
         return (SourceSettings(name="pacs", dicomweb_url=self.dicomweb_url).resolve(self),)
 
     @property
+    def accepts_manifests(self) -> bool:
+        """Whether POST ImagingSelection is served: manifests_writable, or with several archives, any archive's."""
+        return any(s.manifests_writable for s in self.pacs_sources)
+
+    @property
     def wado_base(self) -> str:
         """Endpoint.address: never with the credentials a DICOMweb URL may carry for the facade's own calls."""
         parts = urlsplit(self.wado_url or self.dicomweb_url)

@@ -15,7 +15,7 @@ from ..settings import Settings
 def capability_statement(
     base: str, version: FhirVersion, settings: Settings, *, software_version: str, date: str
 ) -> dict[str, Any]:
-    writable = "ImagingSelection" in version.searches and settings.manifests_writable
+    writable = "ImagingSelection" in version.searches and settings.accepts_manifests
     statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -39,9 +39,7 @@ def capability_statement(
                 "_sort=started|-started and _total=accurate|estimate read every matching study (up to the "
                 "server's prequery_limit; more is refused as too costly), since QIDO-RS can neither sort nor count.",
                 "resource": [
-                    _searchable(
-                        spec, _DOCS[rtype], writable=rtype == "ImagingSelection" and settings.manifests_writable
-                    )
+                    _searchable(spec, _DOCS[rtype], writable=rtype == "ImagingSelection" and settings.accepts_manifests)
                     for rtype, spec in version.searches.items()
                 ]
                 + [

@@ -91,8 +91,9 @@ class DicomWebStore(DicomWebClient):
     * stats - an :class:`~app.pacs.upstream.UpstreamStats`, may be shared with the upstream; sleep, jitter - for tests.
     """
 
-    async def store(self, parts: Sequence[bytes]) -> StowResult:
+    async def store(self, parts: Sequence[bytes], *, study: str | None = None) -> StowResult:
         """STOW-RS ``POST {base}/studies`` (PS3.18 §10.5) of DICOM Part 10 files, in one multipart/related body.
+        ``study``: the study the files belong to (one archive takes them whatever it is; several: app.pacs.federation).
 
         200 (all stored) and 202 (some failed or warned) give a :class:`StowResult`. Any other status raises
         :class:`StowRefused` (an UpstreamBadResponse, 502) naming the status and the FailureReasons; its ``result``

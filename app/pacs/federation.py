@@ -16,16 +16,18 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from ..dicom import dicom_json as dj
 from ..dicom.qido import QidoQuery
-from ..errors import UpstreamError
+from ..errors import Unprocessable, UpstreamError, UpstreamUnavailable
 from ..planning import fanout
 from .breaker import CircuitBreaker
 from .cache import CachedQido
+from .dicomweb_write import DicomWebStore, StowResult
 from .request_scope import SOURCE_FAILURES
 from .upstream import Qido, QidoResult
 from .wado import WadoUpstream
 
-__all__ = ["FederatedQido", "Source", "StampedQido", "WadoSource", "each_source"]
+__all__ = ["FederatedQido", "FederatedStore", "Source", "StampedQido", "StoreSource", "WadoSource", "each_source"]
 
 
 class Named(Protocol):
@@ -160,3 +162,59 @@ class FederatedQido:
     @property
     def stale_served(self) -> int:
         return sum(s.qido.stale_served for s in self.sources)
+
+
+@dataclass(frozen=True)
+class StoreSource:
+    """An archive as the manifests reach it: WADO-RS metadata of KOS series, STOW-RS of new ones."""
+
+    name: str
+    store: DicomWebStore
+    writable: bool  # its manifests_writable
+
+
+class FederatedStore:
+    """The KOS documents of every archive, and new ones stored where their study is (issue 21, rule 8).
+
+    A KOS series is read from every archive that holds it (a copy in two is joined, each instance once); a new
+    manifest goes to the first archive, in configuration order, that holds its first referenced study (the
+    archive a viewer retrieving that study reaches first), and is refused when that archive does not accept
+    manifests."""
+
+    def __init__(self, stores: Sequence[StoreSource], qido: FederatedQido) -> None:
+        self.stores = tuple(stores)
+        self._qido = qido
+
+    async def series_metadata(self, study_uid: str, series_uid: str) -> list[dict[str, object]]:
+        answers = await each_source(self.stores, lambda s: s.store.series_metadata(study_uid, series_uid))
+        seen: set[str] = set()
+        joined: list[dict[str, object]] = []
+        for _, datasets in answers:
+            for ds in datasets:
+                sop = dj.text(ds, dj.SOP_INSTANCE_UID)
+                if sop is None or sop not in seen:
+                    seen.add(sop or "")
+                    joined.append(ds)
+        return joined
+
+    async def store(self, parts: Sequence[bytes], *, study: str | None = None) -> StowResult:
+        holder = await self._holder(study)
+        if not holder.writable:
+            raise Unprocessable(
+                f"the study is held by the archive {holder.name!r}, which does not accept manifests "
+                "(manifests_writable = false for it)"
+            )
+        return await holder.store.store(parts)
+
+    async def _holder(self, study: str | None) -> StoreSource:
+        by_name = {s.name: s for s in self.stores}
+        if study is None:
+            return self.stores[0]
+        query = QidoQuery.build("studies", {"StudyInstanceUID": study})
+        for source, found in await self._qido.each(query, fresh=True):
+            if found.rows:
+                return by_name[source.name]
+        noted = SOURCE_FAILURES.get()
+        if noted is not None and noted.failed:
+            raise UpstreamUnavailable("the archive that holds the manifest's study may be one that did not answer")
+        raise Unprocessable(f"no archive holds the study {study}")

@@ -24,6 +24,7 @@ from ..errors import MethodNotAllowed, PreconditionFailed, Unprocessable
 from ..fhir.search import PatientKey, SearchRequest
 from ..mapping.imaging_study import MappingContext
 from ..pacs.dicomweb_write import DicomWebStore
+from ..pacs.federation import FederatedStore
 from ..pacs.upstream import QidoResult
 from ..planning.manifest_input import Author, ManifestInput, author, from_payload
 from ..security.context import Forbidden, User
@@ -52,7 +53,7 @@ class ManifestWriter:
         self,
         *,
         fetch: Fetch,  # uncached QIDO
-        store: DicomWebStore,
+        store: DicomWebStore | FederatedStore,
         manifests: Manifests,
         mapping: MappingContext,
         uid_batch: int,
@@ -171,7 +172,7 @@ class ManifestWriter:
             zone=self._mapping.zone,
         )
         parts = [encode(ds) for ds in documents]
-        await self._store.store(parts)
+        await self._store.store(parts, study=studies[0])  # several archives: stored where the study is
         # Every cache sharing process sees a new generation before this answers: the client's next search, through
         # any worker or replica, is made after the write (app.pacs.cache.CachedQido.invalidate).
         await self._stored()

@@ -24,6 +24,7 @@ from ..mapping.patient import patient
 from ..pacs.cache import CachedFetch, QidoPort
 from ..pacs.dicomweb_write import DicomWebStore
 from ..pacs.ehr import EhrPatients
+from ..pacs.federation import FederatedStore
 from ..planning.patient_plan import covered, distinct_patients, linked_ehr_id, plan_patients
 from ..planning.plan import Plan, PlanContext, plan
 from ..security.context import Forbidden, User
@@ -104,7 +105,7 @@ class Facade:
             criteria.append(dataclasses.replace(c, values=tuple(values)))
         return dataclasses.replace(req, criteria=tuple(criteria)), links
 
-    def attach_manifests(self, store: DicomWebStore) -> None:
+    def attach_manifests(self, store: DicomWebStore | FederatedStore) -> None:
         """Wire the KOS reader (WADO-RS metadata) and writer (STOW-RS) that share the PACS connection pool."""
         s = self.settings
         limits = ManifestLimits(rows=s.prequery_limit)
@@ -134,7 +135,7 @@ class Facade:
             subject_keys=self.subject_keys,
             conditional_search=self._conditional_search,
             stored=self.qido.invalidate,
-            writable=s.manifests_writable,
+            writable=s.accepts_manifests,
             device_observer_uid=s.device_observer_uid,
         )
         if s.hide_rejected:
