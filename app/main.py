@@ -37,6 +37,7 @@ from .pacs.cache_redis import RedisCache
 from .pacs.dicomweb_write import DicomWebStore
 from .pacs.ehr import EhrPatients, MrnRule
 from .pacs.federation import FederatedQido, FederatedStore, Source, StampedQido, StoreSource, WadoSource
+from .pacs.pixm import PixManager
 from .pacs.upstream import DicomWebUpstream, Qido, UpstreamStats
 from .pacs.wado import WadoUpstream
 from .planning import fanout
@@ -77,11 +78,17 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     settings.patient_identifier_system,
                     settings.issuer_system_prefix,
                     settings.issuer_systems,
+                    # several archives: every identifier of the EHR's Patient in one of their domains is asked too
+                    domains=frozenset(fanout.domain(s.name, s.issuer) for s in settings.pacs_sources)
+                    if settings.federated
+                    else frozenset(),
                 )
                 ehr = EhrPatients(
                     ehr_client, settings.ehr_fhir_url, rule, token=settings.ehr_token, ttl=settings.cache_ttl
                 )
             app.state.ehr = ehr
+            # IHE PIXm (issue 21): the person's identifiers in the other domains; the EHR client's pool, not the PACS's.
+            pixm = PixManager(ehr_client, settings.pixm_url, ttl=settings.cache_ttl) if settings.pixm_url else None
             if settings.auth_mode == "open":
                 logger.warning(
                     "AUTH_MODE=open: every request is served without authorization. Demo only: set "
@@ -90,7 +97,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 )
             app.state.auth = Authorizer(settings.auth, auth_client)
             qido: QidoPort = FederatedQido([a.source for a in archives]) if settings.federated else first.source.qido
-            facade = Facade(settings, qido, ehr)
+            facade = Facade(settings, qido, ehr, pixm)
             store: DicomWebStore | FederatedStore = first.store
             if isinstance(qido, FederatedQido):
                 writable = [source.manifests_writable for source in settings.pacs_sources]

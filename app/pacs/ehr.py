@@ -40,6 +40,8 @@ class MrnRule:
     patient_system: str  # the default system (PatientID without issuer)
     issuer_prefix: str
     issuer_systems: Mapping[str, str]
+    # Several archives (issue 21): their patient domains; an identifier in one of them is a key too, MRN or not.
+    domains: frozenset[str] = frozenset()
 
     def keys(self, resource: Any) -> list[PatientKey]:
         """The PACS patient keys of an EHR Patient resource; empty when it has no usable MRN."""
@@ -47,6 +49,9 @@ class MrnRule:
         for ident in _identifiers(resource):
             system, value = ident.get("system"), ident.get("value")
             if not isinstance(value, str) or not value or len(value) > 64:
+                continue
+            if self.domains and isinstance(system, str) and (key := self._key(system, value)).issuer in self.domains:
+                out.append(key)
                 continue
             if self.system is not None:
                 if system != self.system:

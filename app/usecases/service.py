@@ -15,7 +15,7 @@ from ..dicom import gcpause
 from ..dicom.qido import QidoQuery
 from ..errors import FacadeError, InvalidRequest, MethodNotAllowed, NotFound
 from ..fhir import bundle, patient_ids
-from ..fhir.search import EhrPatient, PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
+from ..fhir.search import PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
 from ..fhir.search_params import DOCUMENT_REFERENCE, IMAGING_SELECTION, IMAGING_STUDY, PATIENT
 from ..fhir.subsetting import drop_narrative, subset
 from ..mapping.endpoint import wado_endpoint
@@ -25,12 +25,14 @@ from ..pacs.cache import CachedFetch, QidoPort
 from ..pacs.dicomweb_write import DicomWebStore
 from ..pacs.ehr import EhrPatients
 from ..pacs.federation import FederatedStore
+from ..pacs.pixm import PixManager
 from ..planning.patient_plan import covered, distinct_patients, linked_ehr_id, plan_patients
 from ..planning.plan import Plan, PlanContext, plan
 from ..security.context import Forbidden, User
 from ..settings import Settings
 from .documents import Documents, subject_of
 from .federation import not_found_unless_all_answered, noted_failures, strict_error
+from .identity import CROSS_REFERENCED, IdentitySystems, PatientResolver
 from .manifest_create import Created, ManifestWriter
 from .manifests import KosDocuments, ManifestLimits, Manifests
 from .rejected import RejectedInstances
@@ -48,11 +50,17 @@ from .wado_links import RetrievalGrant, keep_contained, study_mapping, wado_addr
 
 
 class Facade:
-    def __init__(self, settings: Settings, qido: QidoPort, ehr: EhrPatients | None = None) -> None:
+    def __init__(
+        self, settings: Settings, qido: QidoPort, ehr: EhrPatients | None = None, pixm: PixManager | None = None
+    ) -> None:
         self.settings = settings
         self.clock = time.time  # capability issue times (tests replace it)
         self.qido = qido
         self.ehr = ehr
+        systems = IdentitySystems(
+            settings.patient_identifier_system, settings.issuer_system_prefix, dict(settings.issuer_systems)
+        )
+        self.identity = PatientResolver(systems, ehr, pixm)
         self.manifests: Manifests | None = None  # set by attach_manifests
         self.documents: Documents | None = None  # R4 MADO DocumentReference and Bundle, set by attach_manifests
         self.writer: ManifestWriter | None = None
@@ -86,24 +94,11 @@ class Facade:
             ehr_base=self.ehr.base if self.ehr else None,
         )
 
-    async def _resolve(self, req: SearchRequest, *, fresh: bool) -> tuple[SearchRequest, dict[PatientKey, str]]:
-        """EHR Patient ids in the criteria → the PACS keys of their MRNs (app.pacs.ehr), and which key came from
-        which EHR id, so the results can point back at the EHR's Patient."""
-        links: dict[PatientKey, str] = {}
-        if self.ehr is None or not any(isinstance(v, EhrPatient) for c in req.criteria for v in c.values):
-            return req, links
-        criteria = []
-        for c in req.criteria:
-            values: list[Any] = []
-            for v in c.values:
-                if isinstance(v, EhrPatient):
-                    keys = await self.ehr.keys(v.id, fresh=fresh)
-                    links.update(dict.fromkeys(keys, v.id))
-                    values += keys
-                else:
-                    values.append(v)
-            criteria.append(dataclasses.replace(c, values=tuple(values)))
-        return dataclasses.replace(req, criteria=tuple(criteria)), links
+    async def _resolve(
+        self, req: SearchRequest, *, fresh: bool, names: tuple[str, ...] = CROSS_REFERENCED
+    ) -> tuple[SearchRequest, dict[PatientKey, str]]:
+        """EHR ids and PIXm cross-references (app.usecases.identity)."""
+        return await self.identity.resolve(req, fresh=fresh, names=names)
 
     def attach_manifests(self, store: DicomWebStore | FederatedStore) -> None:
         """Wire the KOS reader (WADO-RS metadata) and writer (STOW-RS) that share the PACS connection pool."""
@@ -169,7 +164,7 @@ class Facade:
     async def subject_keys(self, patient_id: str) -> list[PatientKey]:
         """The PACS keys of a Patient id: ours decodes, an EHR id is looked up (app.pacs.ehr); unknown: none."""
         req = parse_search([("_id", patient_id)], self.search_context("", strict=False), PATIENT)
-        req, _ = await self._resolve(req, fresh=True)
+        req, _ = await self._resolve(req, fresh=True, names=("_id",))
         return [k for c in req.criteria for k in c.values if isinstance(k, PatientKey)]
 
     async def _conditional_search(self, condition: str) -> SearchRequest:

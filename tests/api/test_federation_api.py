@@ -109,12 +109,14 @@ def _south() -> Archive:
             study_row("2.1", patient_id="P1", issuer="NORTH", date="20220101", modalities=("MR",)),
             study_row("1.9", patient_id="P1", issuer="NORTH", date="20210101", modalities=("MR",)),
             study_row("2.5", patient_id="MRN-X", name="South^Person"),
+            study_row("2.7", patient_id="S-200", date="20230101"),  # P1 of NORTH, as south knows them (PIXm)
         ],
         [
             instance_row("2.1", "2.1.1", "2.1.1.1", modality="MR"),
             instance_row("1.9", "1.9.2", "1.9.2.1", series_number=2),
             instance_row("1.9", "1.9.3", "1.9.3.1", modality="MR", series_number=3),
             instance_row("2.5", "2.5.1", "2.5.1.1"),
+            instance_row("2.7", "2.7.1", "2.7.1.1"),
         ],
     )
 
@@ -124,11 +126,42 @@ def archives() -> dict[str, Archive]:
     return {"north": _north(), "south": _south()}
 
 
+ISSUER = "urn:x-imaging-facade:issuer:"
+PERSONS = [[(ISSUER + "NORTH", "P1"), (ISSUER + "SOUTH", "S-200"), ("urn:oid:1.2.3.99", "elsewhere")]]
+
+
+class Pixm:
+    """ITI-83 over PERSONS: the other identifiers of the person the source identifier names, else 404."""
+
+    def __init__(self) -> None:
+        self.mode = "up"
+        self.asked: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        source = request.url.params["sourceIdentifier"]
+        self.asked.append(source)
+        if self.mode == "down":
+            raise httpx.ConnectError("refused", request=request)
+        system, _, value = source.partition("|")
+        for person in PERSONS:
+            if (system, value) in person:
+                others = [{"name": "targetIdentifier", "valueIdentifier": {"system": s, "value": v}} for s, v in person]
+                return httpx.Response(200, json={"resourceType": "Parameters", "parameter": others})
+        return httpx.Response(404, json={"resourceType": "OperationOutcome", "issue": []})
+
+
 @pytest.fixture
-def make_client(archives: dict[str, Archive]) -> Iterator[Any]:
+def pixm() -> Pixm:
+    return Pixm()
+
+
+@pytest.fixture
+def make_client(archives: dict[str, Archive], pixm: Pixm) -> Iterator[Any]:
     clients: list[TestClient] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "pixm.test":
+            return pixm(request)
         return archives[request.url.host.split(".")[0]](request)
 
     def make(**overrides: Any) -> TestClient:
@@ -178,6 +211,29 @@ def test_a_patients_studies_come_from_every_archive_once_each(client):
     assert shared["numberOfSeries"] == 3 and shared["numberOfInstances"] == 3
 
 
+def test_pixm_finds_the_person_in_the_other_domains_under_the_patient_asked_for(make_client, pixm):
+    client = make_client(pixm_url="http://pixm.test/fhir")
+    patient = _patient(client, "P1", "NORTH")
+    bundle = client.get(f"{R4}/ImagingStudy", params={"patient": patient}).json()
+    assert sorted(_ids(bundle)) == ["1.1", "1.9", "2.1", "2.7"]
+    assert {e["resource"]["subject"]["reference"] for e in bundle["entry"]} == {f"Patient/{patient}"}
+    by_identifier = client.get(f"{R4}/ImagingStudy", params={"patient.identifier": f"{ISSUER}SOUTH|S-200"}).json()
+    assert sorted(_ids(by_identifier)) == ["1.1", "1.9", "2.1", "2.7"]
+    asked = len(pixm.asked)
+    client.get(f"{R4}/ImagingStudy", params={"patient": patient, "_count": 1})
+    assert len(pixm.asked) == asked  # cross-references are cached
+    unknown = client.get(f"{R4}/ImagingStudy", params={"patient.identifier": f"{ISSUER}SOUTH|MRN-X"}).json()
+    assert _ids(unknown) == ["2.5"]  # 404 from PIXm: no other identifiers
+
+
+def test_a_pixm_fault_is_an_error_that_names_no_host(make_client, pixm):
+    client = make_client(pixm_url="http://pixm.test/fhir")
+    pixm.mode = "down"
+    response = client.get(f"{R4}/ImagingStudy", params={"patient.identifier": f"{ISSUER}NORTH|P1"})
+    assert response.status_code == 503
+    assert "pixm.test" not in response.text and "cross-reference" in response.text
+
+
 def test_two_people_sharing_a_patient_id_in_two_domains_are_never_mixed(client):
     north = _patient(client, "MRN-X", "NORTH")
     south = _patient(client, "MRN-X", "SOUTH")
@@ -206,7 +262,7 @@ def test_following_next_links_gives_every_study_exactly_once(client, count):
         url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
         pages += 1
         assert pages < 20
-    assert sorted(seen) == ["1.1", "1.5", "1.9", "2.1", "2.5"]
+    assert sorted(seen) == ["1.1", "1.5", "1.9", "2.1", "2.5", "2.7"]
 
 
 @pytest.mark.parametrize("mode", ["down", "hang", "garbage"])
