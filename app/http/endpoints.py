@@ -171,6 +171,7 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     incomplete = _failed_sources()
     if incomplete:  # an archive did not answer: the others' results, and a word per missing one (IHE XCA)
         result = bundle.with_outcome(result, "warning", "incomplete", incomplete)
+        record(request.state, sources_failed=sorted((SOURCE_FAILURES.get() or SourceFailures()).failed))
     response = FHIRResponse(version.present(result), pretty=req.pretty)
     if answers is not None and not stale and not incomplete:  # never an answer with a warning
         answers.put(key, Answer(bytes(response.body), audit), alias=None if alias is None else (alias, patient_read))

@@ -12,6 +12,7 @@ request (:data:`~app.pacs.request_scope.SOURCE_FAILURES`) and the others' rows a
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -28,6 +29,8 @@ from .upstream import Qido, QidoResult
 from .wado import WadoUpstream
 
 __all__ = ["FederatedQido", "FederatedStore", "Source", "StampedQido", "StoreSource", "WadoSource", "each_source"]
+
+logger = logging.getLogger(__name__)
 
 
 class Named(Protocol):
@@ -54,6 +57,8 @@ async def each_source(sources: Sequence[S], call: Callable[[S], Awaitable[R]]) -
             raise answer
         else:
             ok.append((source, answer))
+    for name, error in failed:
+        logger.warning("archive %s failed: %s", name, error.message)
     if failed:
         noted = SOURCE_FAILURES.get()
         if noted is not None:
