@@ -96,7 +96,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     "before any real patient data is behind this server."
                 )
             app.state.auth = Authorizer(settings.auth, auth_client)
-            qido: QidoPort = FederatedQido([a.source for a in archives]) if settings.federated else first.source.qido
+            qido: QidoPort = (
+                FederatedQido([a.source for a in archives], ttl=settings.cache_ttl)
+                if settings.federated
+                else first.source.qido
+            )
             facade = Facade(settings, qido, ehr, pixm)
             store: DicomWebStore | FederatedStore = first.store
             if isinstance(qido, FederatedQido):

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from cachetools import TTLCache
+
 from ..dicom import dicom_json as dj
 from ..dicom.qido import QidoQuery
 from ..errors import Unprocessable, UpstreamError, UpstreamUnavailable
@@ -107,9 +109,17 @@ class Source:
 class FederatedQido:
     """The cached QIDO port of several archives (module docstring); the same methods as CachedQido."""
 
-    def __init__(self, sources: Sequence[Source]) -> None:
+    def __init__(self, sources: Sequence[Source], *, ttl: float = 0, max_entries: int = 10000) -> None:
         assert sources, "at least one source"
         self.sources = tuple(sources)
+        # Which archives answered a query in full (fewer rows than its limit), and at which limit: a later page
+        # asks each archive for the rows up to its end (app.planning.fanout), but an archive whose earlier answer
+        # already held all its matches is not asked again: that answer, from the cache, is reused (issue 21,
+        # rule 4). Kept as long as the answers (``ttl``); keyed on the cache partition, which names the cache
+        # generation, so a write anywhere starts afresh.
+        self._complete: TTLCache[tuple[str, Hashable, QidoQuery], int] | None = (
+            TTLCache(maxsize=max_entries, ttl=ttl) if ttl > 0 else None
+        )
 
     async def search(
         self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: float = 0
@@ -127,7 +137,24 @@ class FederatedQido:
         archive holds what (the gateway: app.usecases.retrieve)."""
 
         async def one(s: Source) -> QidoResult:
-            return await s.qido.search(s.query(query), fresh=fresh, context=context, stale_if_error=stale_if_error)
+            async def ask(q: QidoQuery) -> QidoResult:
+                return await s.qido.search(q, fresh=fresh, context=context, stale_if_error=stale_if_error)
+
+            wanted = s.query(query)
+            base, limit = fanout.unlimited(wanted)
+            complete = self._complete
+            if complete is None or limit is None:
+                return await ask(wanted)
+            known = None if fresh else complete.get((s.name, context, base))
+            if known is not None and known <= limit:
+                earlier = await ask(fanout.limited(base, known))  # all it holds, asked before (a cache hit)
+                if len(earlier.rows) < known:
+                    return earlier
+                # asked again meanwhile and now holding more: the window after all
+            result = await ask(wanted)
+            if len(result.rows) < limit and not result.stale:
+                complete[s.name, context, base] = limit
+            return result
 
         return await each_source(self.sources, one)
 
@@ -146,11 +173,15 @@ class FederatedQido:
     def clear(self) -> None:
         for s in self.sources:
             s.qido.clear()
+        if self._complete is not None:
+            self._complete.clear()
 
     async def invalidate(self) -> None:
         """After a write to any archive: a stored manifest (or rejection note) changes what every archive's studies
         show, so every archive's cached answers go."""
         await asyncio.gather(*(s.qido.invalidate() for s in self.sources))
+        if self._complete is not None:
+            self._complete.clear()
 
     @property
     def size_bytes(self) -> int:

@@ -52,6 +52,19 @@ def source_query(query: QidoQuery, own_domain: str | None) -> QidoQuery:
     return QidoQuery(query.level, tuple(sorted(params)))
 
 
+def unlimited(query: QidoQuery) -> tuple[QidoQuery, int | None]:
+    """The query without its ``limit``, and the limit (an archive's answers to the same query with different
+    limits are prefixes of one sequence: QIDO paging, PS3.18 §8.3.4.4)."""
+    offset, limit = window(query)
+    if limit is None or offset:
+        return query, None
+    return QidoQuery(query.level, tuple(p for p in query.params if p[0] != "limit")), limit
+
+
+def limited(query: QidoQuery, limit: int) -> QidoQuery:
+    return QidoQuery(query.level, tuple(sorted((*query.params, ("limit", str(limit))))))
+
+
 def window(query: QidoQuery) -> tuple[int, int | None]:
     """The (offset, limit) a query asks for."""
     offset, limit = 0, None

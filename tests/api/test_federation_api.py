@@ -370,3 +370,18 @@ def test_the_gateway_search_merges_the_archives(client):
     assert sorted(r["0020000D"]["Value"][0] for r in rows) == ["1.1", "1.9", "2.1"]
     instances = client.get("/dicomweb/studies/1.9/instances").json()
     assert sorted(r["00080018"]["Value"][0] for r in instances) == ["1.9.1.1", "1.9.2.1", "1.9.3.1"]
+
+
+def test_an_archive_that_gave_all_it_holds_is_not_asked_again_for_later_pages(client, archives):
+    seen: list[str] = []
+    url: str | None = f"{R4}/ImagingStudy?_count=1"
+    while url:
+        bundle = client.get(url).json()
+        seen += _ids(bundle)
+        url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+    assert sorted(seen) == ["1.1", "1.5", "1.9", "2.1", "2.5", "2.7"]
+    limits = {name: [int(p["limit"]) for level, p in a.asked if level == "studies"] for name, a in archives.items()}
+    # north holds 3 studies: once a page asked it for 4 rows and got 3, the later pages (5, 6, 7 rows) reuse that;
+    # south holds 4 (one of them north's too): complete at 5
+    assert limits["north"] == [2, 3, 4]
+    assert limits["south"] == [2, 3, 4, 5]
