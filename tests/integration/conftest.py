@@ -67,3 +67,17 @@ def orthanc() -> Iterator[OrthancFixture]:
             server=server,
             load_seconds=time.perf_counter() - started,
         )
+
+
+from tests.support.federation import Federation, start_federation  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def federation() -> Iterator[Federation]:
+    """Three private Orthancs, "north", "south" and "east" (issuers NORTH, SOUTH, EAST), each holding its part of
+    ``build_federation_data()`` (tests.support.federation: what is where, and the unions to expect)."""
+    reason = _missing_orthanc()
+    if reason is not None:
+        pytest.skip(reason)
+    with start_federation() as running:
+        yield running
