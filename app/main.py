@@ -236,6 +236,8 @@ def _archive(settings: Settings, source: ResolvedSource, pool: httpx.AsyncBaseTr
         "retry_timeouts": settings.upstream_retry_timeouts,
         "stats": UpstreamStats(on_call=partial(metrics.observe_upstream, source=source.name)),
         "token": source.pacs_token,
+        # several archives: each one's calls of a request share a budget of their own (one PACS: as before)
+        "archive": source.name if settings.federated else None,
     }
     upstream = DicomWebUpstream(pool, source.dicomweb_url, timeout, **resilience)
     qido: Qido = upstream

@@ -39,24 +39,35 @@ STALE_IF_ERROR: contextvars.ContextVar[StaleIfError | None] = contextvars.Contex
 
 
 class UpstreamBudget:
-    """One incoming request's deadline for the PACS, on the sender's monotonic clock.
+    """One incoming request's deadline for the PACS, on the sender's monotonic clock; with several archives, one
+    deadline per archive (issue 21: one sick archive never spends another's budget).
 
-    The HTTP layer sets a fresh one per request, with no deadline; the request's first upstream call fixes it at
-    ``now + upstream_budget``. It is one mutable object, not a value, so that calls made in other tasks of the same
-    request (``asyncio.gather``, the cache's single-flight fetch: tasks copy the context, which holds this object)
-    share one deadline instead of each starting its own.
+    The HTTP layer sets a fresh one per request, with no deadline; the request's first upstream call to an archive
+    fixes that archive's at ``now + upstream_budget``. It is one mutable object, not a value, so that calls made in
+    other tasks of the same request (``asyncio.gather``, the cache's single-flight fetch: tasks copy the context,
+    which holds this object) share one deadline instead of each starting its own.
     """
 
-    __slots__ = ("deadline",)
+    __slots__ = ("deadlines",)
 
     def __init__(self) -> None:
-        self.deadline: float | None = None
+        self.deadlines: dict[Hashable, float] = {}
 
-    def start(self, now: float, seconds: float) -> float:
-        """The deadline: set to ``now + seconds`` by the first call, unchanged for the later ones."""
-        if self.deadline is None:
-            self.deadline = now + seconds
-        return self.deadline
+    @property
+    def deadline(self) -> float | None:
+        """The one PACS's deadline (None until its first call)."""
+        return self.deadlines.get(None)
+
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        self.deadlines[None] = value
+
+    def start(self, now: float, seconds: float, archive: Hashable = None) -> float:
+        """The archive's deadline: set to ``now + seconds`` by its first call, unchanged for the later ones."""
+        deadline = self.deadlines.get(archive)
+        if deadline is None:
+            deadline = self.deadlines[archive] = now + seconds
+        return deadline
 
 
 # None outside a request (scripts, tests that call a client directly): each send then has a budget of its own.

@@ -36,7 +36,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import unquote
@@ -110,6 +110,8 @@ class ResilientSender:
     * backoff - seconds before the first retry; doubled for each next one, with jitter (half to all of it).
     * budget - seconds an incoming request's upstream calls may take in all, counted from its first one (> 0); a
       call outside any request (no :data:`~app.pacs.request_scope.UPSTREAM_BUDGET` set) gets a budget of its own.
+    * archive - which archive this sender reaches (several behind one base, issue 21): each archive's calls of a
+      request share their own budget, so a hung archive never spends another's.
     * retry_timeouts - also retry after a read or write timeout (default False; connect timeouts always are).
     * min_attempt - the least time left (after the backoff) worth a retry.
     * stats - where counters go (shared or not); a new one by default.
@@ -131,6 +133,7 @@ class ResilientSender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
+        archive: Hashable = None,
     ) -> None:
         if retries < 0 or backoff < 0 or min_attempt < 0:
             raise ValueError("retries, backoff and min_attempt must not be negative")
@@ -147,6 +150,7 @@ class ResilientSender:
         self._sleep = sleep
         self._jitter = jitter
         self._clock = clock
+        self._archive = archive
         self.requests = 0  # HTTP requests sent
 
     def delay(self, retry: int) -> float:
@@ -214,7 +218,7 @@ class ResilientSender:
         """The incoming request's upstream deadline (shared by all its calls), or this call's own."""
         now = self._clock()
         scope = UPSTREAM_BUDGET.get()
-        return scope.start(now, self.budget) if scope is not None else now + self.budget
+        return scope.start(now, self.budget, self._archive) if scope is not None else now + self.budget
 
     async def _exchange(
         self, kind: str, build: Callable[[], httpx.Request], *, idempotent: bool, what: str, deadline: float
@@ -323,6 +327,7 @@ class DicomWebClient:
         jitter: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
         token: str | None = None,
+        archive: Hashable = None,
     ) -> None:
         self._base, self._auth = basic_auth(base_url, token)
         self._timeout = timeout.as_dict()
@@ -337,6 +342,7 @@ class DicomWebClient:
             sleep=sleep,
             jitter=jitter,
             clock=clock,
+            archive=archive,
         )
         self.breaker = breaker
         self.stats = self._sender.stats

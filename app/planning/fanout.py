@@ -110,9 +110,8 @@ def merge(
 
 def _joined_study(first: dj.Dataset, other: dj.Dataset) -> dj.Dataset:
     joined = dict(first)
-    modalities = list(
-        dict.fromkeys([*dj.texts(first, dj.MODALITIES_IN_STUDY), *dj.texts(other, dj.MODALITIES_IN_STUDY)])
-    )
+    # sorted, as an archive lists its own (Orthanc: a set), so the union does not depend on which copy came first
+    modalities = sorted({*dj.texts(first, dj.MODALITIES_IN_STUDY), *dj.texts(other, dj.MODALITIES_IN_STUDY)})
     if modalities:
         joined[dj.MODALITIES_IN_STUDY] = {"vr": "CS", "Value": modalities}
     for tag in _COUNTS:

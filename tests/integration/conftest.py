@@ -15,6 +15,7 @@ import pytest
 from pydicom import Dataset
 
 from tests.support.dataset import Manifest, build_dataset
+from tests.support.federation import Federation, start_federation
 from tests.support.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary, store
 
 
@@ -68,8 +69,6 @@ def orthanc() -> Iterator[OrthancFixture]:
             load_seconds=time.perf_counter() - started,
         )
 
-
-from tests.support.federation import Federation, start_federation  # noqa: E402
 
 
 @pytest.fixture(scope="session")
