@@ -172,14 +172,25 @@ def test_every_criterion_followed_to_its_last_page_across_archives(federation, c
             assert resource == by_id[resource["id"]], f"{name} {query}: {resource['id']} differs from the union"
 
 
-def test_totals_sorting_and_counts_as_with_one_archive(federation, client, oracle):
+def test_totals_sorting_counts_includes_and_summaries_as_with_one_archive(federation, client, oracle):
+    import json
+
     page = _pid(federation, PAGE_PATIENT, "NORTH")
-    for query in (f"patient={page}&_total=accurate", f"patient={page}&_sort=-started", "_summary=count"):
+    for query in (
+        f"patient={page}&_total=accurate",
+        f"patient={page}&_sort=-started",
+        "_sort=started&_count=4&_offset=4",
+        "_summary=count",
+        f"patient={page}&_include=ImagingStudy:patient&_include=ImagingStudy:endpoint",
+        f"patient={page}&_summary=true",
+        "modality=MR&_elements=started,modality",
+    ):
         mine, theirs = client.get(f"{R4}/ImagingStudy?{query}").json(), oracle.get(f"{R4}/ImagingStudy?{query}").json()
-        assert mine.get("total") == theirs.get("total")
-        assert [e["resource"]["id"] for e in mine.get("entry", [])] == [
-            e["resource"]["id"] for e in theirs.get("entry", [])
-        ] or "_sort" not in query
+        assert mine.get("total") == theirs.get("total"), query
+        if "_sort" in query:  # an order of its own: the same
+            assert [e["fullUrl"] for e in mine["entry"]] == [e["fullUrl"] for e in theirs["entry"]], query
+        entries = [sorted(json.dumps(e, sort_keys=True) for e in b.get("entry", [])) for b in (mine, theirs)]
+        assert entries[0] == entries[1], query
 
 
 def test_a_study_in_two_archives_is_one_with_the_union_of_series(federation, client):
@@ -351,3 +362,66 @@ def test_a_manifest_is_stored_where_its_study_is(federation):
             assert bool(held) == (source.name == "south"), source.name
         found = c.get("/fhir/R5/ImagingSelection", params={"patient": study["subject"]["reference"]}).json()
         assert any(e["resource"]["studyUid"] == page_s.study_uid for e in found.get("entry", []))
+
+
+def test_the_ehr_link_asks_every_domain_the_ehr_patient_has_an_identifier_in(federation):
+    from tests.support.ehr import MR, EhrProcess
+
+    m = federation.manifest
+    person = {
+        "resourceType": "Patient",
+        "id": "ehr-7",
+        "identifier": [
+            {"type": MR, "system": m.system_of("NORTH"), "value": XREF_NORTH},  # the MRN
+            {"system": m.system_of("SOUTH"), "value": XREF_SOUTH},  # the same person in the south's domain
+            {"system": "http://ehr.example.org/national-id", "value": "N-7"},  # no archive's domain: not asked
+        ],
+    }
+    with (
+        EhrProcess({"ehr-7": person}, token="t") as ehr,
+        checking_client(create_app(_settings(federation, ehr_fhir_url=ehr.base, ehr_token="t"))) as c,
+    ):
+        found, _ = _walk(c, f"{R4}/ImagingStudy?patient=ehr-7")
+        expected = {s.study_uid for s in m.studies_of(XREF_NORTH, "NORTH") + m.studies_of(XREF_SOUTH, "SOUTH")}
+        assert {r["id"] for r in found} == expected and len(expected) == 2
+        assert {r["subject"]["reference"] for r in found} == {"Patient/ehr-7"}
+
+
+def test_manifests_and_rejection_notes_of_every_archive(federation):
+    """A KOS stored in the east archive selects an instance of a study held by north; an IOCM rejection note stored
+    in south rejects another instance north holds: both are seen through one base (the notes carry north's issuer,
+    as documents made at north and sent elsewhere do)."""
+    from tests.support.kos import FOR_TEACHING, REJECTIONS, make_kos
+
+    m = federation.manifest
+    split = m.study(m.uid_of(SPLIT_STUDY))
+    north = {ds.SOPInstanceUID: ds for ds in federation.source("north").datasets}
+    only_north = sorted(
+        sop
+        for sop, ds in north.items()
+        if ds.StudyInstanceUID == split.study_uid and ds.SeriesInstanceUID not in split.series_in("south")
+    )
+    chosen, rejected = north[only_north[0]], north[only_north[1]]
+    kos = make_kos([chosen], title=FOR_TEACHING, seed=21)
+    note = make_kos([rejected], title=REJECTIONS[0], seed=22)
+    for ds in (kos, note):
+        ds.IssuerOfPatientID = "NORTH"
+    store(federation.source("east").dicomweb_url, [kos])
+    store(federation.source("south").dicomweb_url, [note])
+    patient = _pid(federation, split.patient_id, "NORTH")
+    fresh = {"Cache-Control": "no-cache"}
+    try:
+        with checking_client(create_app(_settings(federation))) as c:
+            selections = c.get("/fhir/R5/ImagingSelection", params={"patient": patient}, headers=fresh).json()
+            selected = {i["uid"] for e in selections.get("entry", []) for i in e["resource"].get("instance", [])}
+            assert chosen.SOPInstanceUID in selected
+            documents = c.get(f"{R4}/DocumentReference", params={"patient": patient}, headers=fresh).json()
+            assert documents.get("entry"), "the KOS in east as a MADO DocumentReference"
+            study = c.get(f"{R4}/ImagingStudy/{split.study_uid}", headers=fresh).json()
+            shown = {i["uid"] for s in study["series"] for i in s.get("instance", [])}
+            assert rejected.SOPInstanceUID not in shown and chosen.SOPInstanceUID in shown
+    finally:
+        for name, ds in (("east", kos), ("south", note)):
+            url = federation.source(name).url
+            for found in httpx.post(f"{url}/tools/lookup", content=ds.SOPInstanceUID).json():
+                httpx.delete(f"{url}/instances/{found['ID']}")
