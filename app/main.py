@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 from starlette.applications import Starlette
@@ -241,8 +242,10 @@ def _archive(settings: Settings, source: ResolvedSource, pool: httpx.AsyncBaseTr
     }
     upstream = DicomWebUpstream(pool, source.dicomweb_url, timeout, **resilience)
     qido: Qido = upstream
+    # several archives: an archive's rows carry its domain, and its local time the zone of its own pacs_timezone
     if settings.federated:
-        qido = StampedQido(upstream, fanout.domain(source.name, source.issuer))
+        own = source.pacs_timezone if source.pacs_timezone != settings.pacs_timezone else None
+        qido = StampedQido(upstream, fanout.domain(source.name, source.issuer), ZoneInfo(own) if own else None)
     return _Archive(
         source=Source(
             source.name,

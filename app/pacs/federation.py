@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Protocol, TypeVar
 
 from cachetools import TTLCache
@@ -85,13 +86,16 @@ class StampedQido:
     """An archive's QIDO answers with its patient domain written into the rows that carry none
     (app.planning.fanout.stamp), before they are cached."""
 
-    def __init__(self, upstream: Qido, issuer: str) -> None:
+    def __init__(self, upstream: Qido, issuer: str, zone: tzinfo | None = None) -> None:
         self._upstream = upstream
         self._issuer = issuer
+        self._zone = zone  # its own pacs_timezone, where it differs from the facade's
 
     async def search(self, query: QidoQuery) -> QidoResult:
         result = await self._upstream.search(query)
         fanout.stamp(result.rows, self._issuer)
+        if self._zone is not None:
+            fanout.stamp_zone(result.rows, self._zone)
         return result
 
 

@@ -18,6 +18,8 @@ again (as the ModalitiesInStudy quirk already makes a deep page do, app.usecases
 
 from __future__ import annotations
 
+from datetime import date, datetime, time, tzinfo
+
 from ..dicom import dicom_json as dj
 from ..dicom.qido import QidoQuery
 
@@ -34,7 +36,9 @@ def domain(name: str, issuer: str | None) -> str:
 
 def source_query(query: QidoQuery, own_domain: str | None) -> QidoQuery:
     """``query`` as one archive is asked it: from row 0, ``offset + limit`` rows (module docstring), and without an
-    IssuerOfPatientID key that its unmarked rows would fail (its own domain, or a pattern that may match it)."""
+    IssuerOfPatientID key that its unmarked rows would fail (its own domain, or a pattern that may match it).
+    (A StudyDate range needs nothing for an archive in a zone of its own: it is asked in UTC days widened by one,
+    which covers every zone, app.fhir.dates.qido_date_range.)"""
     params: list[tuple[str, str]] = []
     limit: int | None = None
     offset = 0
@@ -74,6 +78,35 @@ def window(query: QidoQuery) -> tuple[int, int | None]:
         elif key == "limit":
             limit = int(value)
     return offset, limit
+
+
+def stamp_zone(rows: list[dj.Dataset], zone: tzinfo) -> list[dj.Dataset]:
+    """Give study rows without TimezoneOffsetFromUTC the offset of this archive's zone at their StudyDate/Time
+    (PS3.3 C.12.1.1.8: local time is the archive's; with several archives, each one's own), in place."""
+    for row in rows:
+        day = dj.text(row, dj.STUDY_DATE)
+        if not day or dj.text(row, dj.TIMEZONE_OFFSET):
+            continue
+        try:
+            when = datetime.combine(
+                date(int(day[:4]), int(day[4:6]), int(day[6:8])), _clock(dj.text(row, dj.STUDY_TIME))
+            )
+        except ValueError:
+            continue
+        offset = when.replace(tzinfo=zone).utcoffset()
+        if offset is None:
+            continue
+        minutes = int(offset.total_seconds() // 60)
+        sign = "-" if minutes < 0 else "+"
+        row[dj.TIMEZONE_OFFSET] = {"vr": "SH", "Value": [f"{sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"]}
+    return rows
+
+
+def _clock(tm: str | None) -> time:
+    digits = (tm or "").split(".")[0]
+    if len(digits) >= 4 and digits[:4].isdigit():
+        return time(min(int(digits[:2]), 23), min(int(digits[2:4]), 59))
+    return time(12, 0)
 
 
 def stamp(rows: list[dj.Dataset], issuer: str) -> list[dj.Dataset]:

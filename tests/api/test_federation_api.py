@@ -77,6 +77,11 @@ _PATH_TAGS = (("studies", "0020000D"), ("series", "0020000E"), ("instances", "00
 
 
 def _matches(row: dict[str, Any], params: dict[str, str]) -> bool:
+    if "StudyDate" in params:
+        low, _, high = params["StudyDate"].partition("-") if "-" in params["StudyDate"] else (params["StudyDate"],) * 3
+        day = (row.get("00080020", {}).get("Value") or [""])[0]
+        if not day or (low and day < low) or (high and day > high):
+            return False
     for key, tag in (("PatientID", "00100020"), ("IssuerOfPatientID", "00100021"), ("StudyInstanceUID", "0020000D")):
         if key in params:
             value = (row.get(tag, {}).get("Value") or [None])[0]
@@ -385,3 +390,25 @@ def test_an_archive_that_gave_all_it_holds_is_not_asked_again_for_later_pages(cl
     # south holds 4 (one of them north's too): complete at 5
     assert limits["north"] == [2, 3, 4]
     assert limits["south"] == [2, 3, 4, 5]
+
+
+def test_an_archive_in_a_zone_of_its_own_is_read_in_it(make_client, archives):
+    """south keeps local time in Tokyo (pacs_timezone for it alone): its study of 2022-01-01 01:00 is
+    2021-12-31T16:00Z, found by a search for that UTC day although its StudyDate is the next day."""
+    archives["south"].studies.append(study_row("2.9", patient_id="TZ1", date="20220101", time="010000"))
+    archives["south"].instances.append(instance_row("2.9", "2.9.1", "2.9.1.1"))
+    sources = tuple(
+        SourceSettings(
+            name=name,
+            dicomweb_url=f"http://{name}.test:8042/dicom-web",
+            issuer=name.upper(),
+            pacs_timezone="Asia/Tokyo" if name == "south" else None,
+        )
+        for name in archives
+    )
+    client = make_client(sources=sources, pacs_timezone="UTC")
+    study = client.get(f"{R4}/ImagingStudy/2.9").json()
+    assert study["started"] == "2022-01-01T01:00:00+09:00"
+    found = client.get(f"{R4}/ImagingStudy", params={"started": "2021-12-31"}).json()
+    assert _ids(found) == ["2.9"]
+    assert "2.9" not in _ids(client.get(f"{R4}/ImagingStudy", params={"started": "2022-01-01"}).json())

@@ -65,3 +65,13 @@ def test_pages_cut_from_truncated_answers_equal_pages_of_the_whole(archives, off
     assert (
         _uids(fanout.merge("studies", truncated, offset=offset, limit=limit)) == _uids(whole)[offset : offset + limit]
     )
+
+
+def test_an_archive_in_a_zone_of_its_own_gives_its_rows_its_offset():
+    from zoneinfo import ZoneInfo
+
+    summer = {"00080020": {"vr": "DA", "Value": ["20220701"]}, "00080030": {"vr": "TM", "Value": ["093000"]}}
+    winter = {"00080020": {"vr": "DA", "Value": ["20220105"]}}
+    marked = {"00080020": {"vr": "DA", "Value": ["20220105"]}, "00080201": {"vr": "SH", "Value": ["+0100"]}}
+    fanout.stamp_zone([summer, winter, marked], ZoneInfo("America/New_York"))
+    assert [r["00080201"]["Value"][0] for r in (summer, winter, marked)] == ["-0400", "-0500", "+0100"]
