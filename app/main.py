@@ -112,7 +112,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             app.state.store = store
             facade.attach_manifests(store)
             app.state.facade = facade
-            app.state.answers = answer_cache(settings, qido, ehr=ehr is not None)  # issue 14: finished answers
+            # issue 14: finished answers; not over lookups cached on their own schedule (EHR links, PIXm)
+            app.state.answers = answer_cache(settings, qido, ehr=ehr is not None or pixm is not None)
             # The WADO-RS gateway (issue 12): same pool, credentials, breaker, retries and budget as QIDO.
             app.state.retrieval = Retrieval(
                 facade,

@@ -22,7 +22,8 @@ With a shared Redis cache too: the partition holds the cache generation the requ
 (:func:`cache_partition`), which a manifest stored through any worker or replica moves on before it answers, so an
 answer kept here from before is never found again (each worker keeps its own answers: memory as with one process,
 at the price of one small Redis read per request). Not used when answers carry time-limited capabilities
-(``uses_capabilities``) or with an EHR (whose Patient links are looked up and cached on their own schedule).
+(``uses_capabilities``) or with an EHR or a PIXm manager (whose Patient links and cross-references are looked up
+and cached on their own schedule).
 Never suspends.
 """
 
