@@ -98,7 +98,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 )
             app.state.auth = Authorizer(settings.auth, auth_client)
             qido: QidoPort = (
-                FederatedQido([a.source for a in archives], ttl=settings.cache_ttl)
+                FederatedQido([a.source for a in archives], ttl=settings.cache_ttl, max_rows=settings.prequery_limit)
                 if settings.federated
                 else first.source.qido
             )

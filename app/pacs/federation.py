@@ -22,7 +22,7 @@ from cachetools import TTLCache
 
 from ..dicom import dicom_json as dj
 from ..dicom.qido import QidoQuery
-from ..errors import Unprocessable, UpstreamError, UpstreamUnavailable
+from ..errors import TooCostly, Unprocessable, UpstreamError, UpstreamUnavailable
 from ..planning import fanout
 from .breaker import CircuitBreaker
 from .cache import CachedQido
@@ -113,9 +113,15 @@ class Source:
 class FederatedQido:
     """The cached QIDO port of several archives (module docstring); the same methods as CachedQido."""
 
-    def __init__(self, sources: Sequence[Source], *, ttl: float = 0, max_entries: int = 10000) -> None:
+    def __init__(
+        self, sources: Sequence[Source], *, ttl: float = 0, max_rows: int | None = None, max_entries: int = 10000
+    ) -> None:
+        """``max_rows``: the deepest study row a page may reach (``prequery_limit``): each archive is asked for
+        every row up to the end of the page, so a deeper page is refused as too costly, as the one-PACS path
+        refuses a deep ModalitiesInStudy page (app.usecases.studies)."""
         assert sources, "at least one source"
         self.sources = tuple(sources)
+        self._max_rows = max_rows
         # Which archives answered a query in full (fewer rows than its limit), and at which limit: a later page
         # asks each archive for the rows up to its end (app.planning.fanout), but an archive whose earlier answer
         # already held all its matches is not asked again: that answer, from the cache, is reused (issue 21,
@@ -128,9 +134,14 @@ class FederatedQido:
     async def search(
         self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: float = 0
     ) -> QidoResult:
+        offset, limit = fanout.window(query)
+        if query.level == "studies" and offset and self._max_rows and offset + (limit or 0) > self._max_rows:
+            raise TooCostly(
+                f"a page past the first {self._max_rows} studies of several archives is too costly; "
+                "narrow the search (for example with patient or started)"
+            )
         answers = await self.each(query, fresh=fresh, context=context, stale_if_error=stale_if_error)
         results = [r for _, r in answers]
-        offset, limit = fanout.window(query)
         rows = fanout.merge(query.level, [r.rows for r in results], offset=offset, limit=limit)
         return QidoResult(rows, sum(r.nbytes for r in results), stale=any(r.stale for r in results))
 

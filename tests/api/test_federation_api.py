@@ -412,3 +412,10 @@ def test_an_archive_in_a_zone_of_its_own_is_read_in_it(make_client, archives):
     found = client.get(f"{R4}/ImagingStudy", params={"started": "2021-12-31"}).json()
     assert _ids(found) == ["2.9"]
     assert "2.9" not in _ids(client.get(f"{R4}/ImagingStudy", params={"started": "2022-01-01"}).json())
+
+
+def test_a_page_deeper_than_the_archives_are_read_for_is_refused(make_client):
+    client = make_client(prequery_limit=10)
+    assert client.get(f"{R4}/ImagingStudy", params={"_count": 5, "_offset": 4}).status_code == 200
+    deep = client.get(f"{R4}/ImagingStudy", params={"_count": 5, "_offset": 5})
+    assert deep.status_code == 400 and deep.json()["issue"][0]["code"] == "too-costly"
