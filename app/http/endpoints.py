@@ -22,9 +22,9 @@ from ..mapping.versions import VERSIONS, FhirVersion
 from ..pacs.request_scope import (
     CACHE_SCOPE,
     PACS_TOKEN,
-    SOURCE_FAILURES,
+    SOURCE_NOTES,
     STALE_IF_ERROR,
-    SourceFailures,
+    SourceNotes,
     StaleIfError,
 )
 from ..security.auth import Authorizer
@@ -129,7 +129,7 @@ async def _authorize(request: Request, resource_type: str, interaction: Interact
     CACHE_SCOPE.set(cache_partition(ctx, forward=forward, generation=generation))
     directives = cache_directives(request)
     STALE_IF_ERROR.set(StaleIfError(stale_accepted(directives, settings.cache_stale_ttl)))
-    SOURCE_FAILURES.set(SourceFailures())  # archives that fail this request (several behind this base, issue 21)
+    SOURCE_NOTES.set(SourceNotes())  # archives that fail this request (several behind this base, issue 21)
     if forward and ctx.token:
         PACS_TOKEN.set(ctx.token)
     # A shared cache whose generation cannot be read (Redis down) may hold answers older than a write made through
@@ -171,7 +171,7 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     incomplete = _failed_sources()
     if incomplete:  # an archive did not answer: the others' results, and a word per missing one (IHE XCA)
         result = bundle.with_outcome(result, "warning", "incomplete", incomplete)
-        record(request.state, sources_failed=sorted((SOURCE_FAILURES.get() or SourceFailures()).failed))
+        record(request.state, sources_failed=sorted((SOURCE_NOTES.get() or SourceNotes()).failed))
     response = FHIRResponse(version.present(result), pretty=req.pretty)
     if answers is not None and not stale and not incomplete:  # never an answer with a warning
         answers.put(key, Answer(bytes(response.body), audit), alias=None if alias is None else (alias, patient_read))
@@ -186,7 +186,7 @@ def _served_stale() -> bool:
 
 def _failed_sources() -> list[str]:
     """One sentence per archive that failed this request, naming it (never its address)."""
-    noted = SOURCE_FAILURES.get()
+    noted = SOURCE_NOTES.get()
     if noted is None:
         return []
     return [f"{FAILED_SOURCE.format(name)}: {getattr(e, 'message', 'failed')}" for name, e in noted.failed.items()]
@@ -232,9 +232,7 @@ async def read(request: Request, version: FhirVersion, resource_type: str) -> Re
     # A read has no Bundle to carry an OperationOutcome: RFC 9111 §5.5 (obsolete but understood) Warning 110,
     # and 199 (miscellaneous) when an archive that may hold more of the study did not answer.
     warnings = ['110 - "Response is Stale"'] if _served_stale() else []
-    warnings += [
-        f'199 - "archive {name} did not answer"' for name in (SOURCE_FAILURES.get() or SourceFailures()).failed
-    ]
+    warnings += [f'199 - "archive {name} did not answer"' for name in (SOURCE_NOTES.get() or SourceNotes()).failed]
     headers = {"Warning": ", ".join(warnings)} if warnings else None
     response = FHIRResponse(version.present(resource), pretty=indent, headers=headers)
     if answers is not None and not warnings:

@@ -5,7 +5,7 @@ Each archive is a :class:`Source`: its own connection settings, breaker, time bu
 :class:`FederatedQido` offers the use cases the same port as one archive's :class:`~app.pacs.cache.CachedQido`:
 every query goes to every archive at once (a search costs about the slowest archive, not the sum) and the answers
 are merged by UID (app.planning.fanout). An archive that fails does not sink the answer: its error is noted for the
-request (:data:`~app.pacs.request_scope.SOURCE_FAILURES`) and the others' rows are returned (IHE XCA
+request (:data:`~app.pacs.request_scope.SOURCE_NOTES`) and the others' rows are returned (IHE XCA
 "PartialSuccess"); only when every archive failed is the error raised, as with one PACS.
 """
 
@@ -27,7 +27,7 @@ from ..planning import fanout
 from .breaker import CircuitBreaker
 from .cache import CachedQido
 from .dicomweb_write import DicomWebStore, StowResult
-from .request_scope import SOURCE_FAILURES
+from .request_scope import SOURCE_NOTES
 from .upstream import Qido, QidoResult
 from .wado import WadoUpstream
 
@@ -48,7 +48,7 @@ R = TypeVar("R")
 async def each_source(sources: Sequence[S], call: Callable[[S], Awaitable[R]]) -> list[tuple[S, R]]:
     """``call`` on every archive at once; the answers of those that answered, in configuration order. An archive
     that fails (any UpstreamError: refused, timed out, garbage, breaker open) is noted for the request
-    (:data:`~app.pacs.request_scope.SOURCE_FAILURES`) and left out; when every one failed, the first one's error
+    (:data:`~app.pacs.request_scope.SOURCE_NOTES`) and left out; when every one failed, the first one's error
     is raised, as with one PACS. Anything else (a bug, a cancellation) is raised as it is."""
     answers = await asyncio.gather(*(call(s) for s in sources), return_exceptions=True)
     ok: list[tuple[S, R]] = []
@@ -63,7 +63,7 @@ async def each_source(sources: Sequence[S], call: Callable[[S], Awaitable[R]]) -
     for name, error in failed:
         logger.warning("archive %s failed: %s", name, error.message)
     if failed:
-        noted = SOURCE_FAILURES.get()
+        noted = SOURCE_NOTES.get()
         if noted is not None:
             for name, error in failed:
                 noted.failed.setdefault(name, error)
@@ -142,6 +142,14 @@ class FederatedQido:
             )
         answers = await self.each(query, fresh=fresh, context=context, stale_if_error=stale_if_error)
         results = [r for _, r in answers]
+        notes = SOURCE_NOTES.get()
+        if notes is not None and fanout.holders_known(query):
+            for source, result in answers:
+                held = notes.held.setdefault(source.name, set())
+                held.update(uid for row in result.rows if (uid := dj.text(row, dj.STUDY_UID)))
+                if limit is not None and len(result.rows) >= offset + limit:
+                    # cut at its limit: a study it holds further on is not listed, so not listing one says nothing
+                    notes.partial = True
         rows = fanout.merge(query.level, [r.rows for r in results], offset=offset, limit=limit)
         return QidoResult(rows, sum(r.nbytes for r in results), stale=any(r.stale for r in results))
 
@@ -151,11 +159,19 @@ class FederatedQido:
         """Every archive's own answer to ``query`` (as it is asked of it), for callers that need to know which
         archive holds what (the gateway: app.usecases.retrieve)."""
 
+        narrowed = self._narrowed(query)
+
         async def one(s: Source) -> QidoResult:
             async def ask(q: QidoQuery) -> QidoResult:
                 return await s.qido.search(q, fresh=fresh, context=context, stale_if_error=stale_if_error)
 
-            wanted = s.query(query)
+            if narrowed is not None:
+                mine = narrowed.get(s.name)
+                if not mine:
+                    return QidoResult([], 0)  # it holds none of these studies: not asked (issue 21, rule 4)
+                wanted = s.query(fanout.for_studies(query, mine))
+            else:
+                wanted = s.query(query)
             base, limit = fanout.unlimited(wanted)
             complete = self._complete
             if complete is None or limit is None:
@@ -173,6 +189,18 @@ class FederatedQido:
 
         return await each_source(self.sources, one)
 
+    def _narrowed(self, query: QidoQuery) -> dict[str, list[str]] | None:
+        """For the rows of studies this request has seen every archive's study answer for: which of them each
+        archive holds. None (ask everyone for everything) when any of the studies is not known that way."""
+        notes = SOURCE_NOTES.get()
+        uids = fanout.studies_asked(query)
+        if notes is None or uids is None or notes.failed or notes.partial or len(notes.held) < len(self.sources):
+            return None
+        known = set().union(*notes.held.values())
+        if not all(u in known for u in uids):
+            return None
+        return {name: [u for u in uids if u in held] for name, held in notes.held.items()}
+
     def cached(self, query: QidoQuery, context: Hashable = None) -> bool:
         return all(s.qido.cached(s.query(query), context) for s in self.sources)
 
@@ -182,8 +210,15 @@ class FederatedQido:
         return sum(s.qido.generation for s in self.sources)
 
     async def current_generation(self) -> int | None:
-        generations = await asyncio.gather(*(s.qido.current_generation() for s in self.sources))
-        return None if any(g is None for g in generations) else sum(g for g in generations if g is not None)
+        # In turn, not gathered: with memory caches each returns without suspending, and three tasks per cached
+        # answer cost the warm path 22 % of its time (bench/README.md, issue 21); Redis generations are leased.
+        total = 0
+        for s in self.sources:
+            generation = await s.qido.current_generation()
+            if generation is None:
+                return None
+            total += generation
+        return total
 
     def clear(self) -> None:
         for s in self.sources:
@@ -265,7 +300,7 @@ class FederatedStore:
         for source, found in await self._qido.each(query, fresh=True):
             if found.rows:
                 return by_name[source.name]
-        noted = SOURCE_FAILURES.get()
+        noted = SOURCE_NOTES.get()
         if noted is not None and noted.failed:
             raise UpstreamUnavailable("the archive that holds the manifest's study may be one that did not answer")
         raise Unprocessable(f"no archive holds the study {study}")

@@ -74,18 +74,26 @@ class UpstreamBudget:
 UPSTREAM_BUDGET: contextvars.ContextVar[UpstreamBudget | None] = contextvars.ContextVar("upstream_budget", default=None)
 
 
-class SourceFailures:
-    """The archives that failed one request (issue 21), by source name, with the error each gave.
+class SourceNotes:
+    """What one request learnt of the archives behind the facade (issue 21).
 
-    Written where the archives are asked (app.pacs.federation), read when the answer is made: a search then carries
-    an OperationOutcome entry per failed archive (IHE XCA PartialSuccess), ``Prefer: handling=strict`` turns one
-    into an error, a read that found nothing is 503 rather than a false 404, and the answer is not kept."""
+    ``failed``: the archives that failed it, by source name, with the error each gave. Written where the archives are
+    asked (app.pacs.federation), read when the answer is made: a search then carries an OperationOutcome entry per
+    failed archive (IHE XCA PartialSuccess), ``Prefer: handling=strict`` turns one into an error, a read that found
+    nothing is 503 rather than a false 404, and the answer is not kept.
 
-    __slots__ = ("failed",)
+    ``held``: the Study Instance UIDs each archive returned to the request's study queries (those whose match does
+    not depend on which series a copy holds), so the instance rows of a page are asked only of the archives that
+    hold its studies; ``partial``: one of those answers was cut at its limit, so what an archive did not list it
+    may still hold (then every archive is asked)."""
+
+    __slots__ = ("failed", "held", "partial")
 
     def __init__(self) -> None:
         self.failed: dict[str, Exception] = {}
+        self.held: dict[str, set[str]] = {}
+        self.partial = False
 
 
 # Set per request by the HTTP layer (and by the use cases when called without one).
-SOURCE_FAILURES: contextvars.ContextVar[SourceFailures | None] = contextvars.ContextVar("source_failures", default=None)
+SOURCE_NOTES: contextvars.ContextVar[SourceNotes | None] = contextvars.ContextVar("source_notes", default=None)

@@ -69,6 +69,32 @@ def limited(query: QidoQuery, limit: int) -> QidoQuery:
     return QidoQuery(query.level, tuple(sorted((*query.params, ("limit", str(limit))))))
 
 
+# A study-level match that may differ between two copies of one study (each copy lists its own series' modalities).
+COPY_DEPENDENT = ("ModalitiesInStudy", dj.MODALITIES_IN_STUDY)
+_ROW_KEYS = ("StudyInstanceUID", dj.STUDY_UID, "includefield", "limit", "offset")
+
+
+def holders_known(query: QidoQuery) -> bool:
+    """Whether a study query's answers say which archives hold the studies they list: true unless its match
+    depends on a copy's series (ModalitiesInStudy)."""
+    return query.level == "studies" and not any(k in COPY_DEPENDENT for k, _ in query.params)
+
+
+def studies_asked(query: QidoQuery) -> list[str] | None:
+    """The Study Instance UIDs a series or instance query asks for, when it asks for nothing else (the rows of
+    known studies); else None."""
+    if query.level == "studies" or any(k not in _ROW_KEYS for k, _ in query.params):
+        return None
+    uids = [v for k, v in query.params if k in ("StudyInstanceUID", dj.STUDY_UID)]
+    return uids[0].split(",") if len(uids) == 1 else None
+
+
+def for_studies(query: QidoQuery, uids: list[str]) -> QidoQuery:
+    """``query`` asking for the rows of ``uids`` only (a subset of the UIDs it asked for, so still safe raw)."""
+    params = [(k, v) for k, v in query.params if k not in ("StudyInstanceUID", dj.STUDY_UID)]
+    return QidoQuery(query.level, tuple(sorted((*params, ("StudyInstanceUID", ",".join(sorted(uids)))))))
+
+
 def window(query: QidoQuery) -> tuple[int, int | None]:
     """The (offset, limit) a query asks for."""
     offset, limit = 0, None

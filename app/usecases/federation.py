@@ -1,7 +1,7 @@
 """What a request makes of archives that failed it (issue 21; IHE XCA partial success).
 
 The archives are asked by app.pacs.federation, which notes each one that failed in the request's
-:class:`~app.pacs.request_scope.SourceFailures`. A search answers with what the others gave (the HTTP layer adds an
+:class:`~app.pacs.request_scope.SourceNotes`. A search answers with what the others gave (the HTTP layer adds an
 OperationOutcome entry per failed archive), unless the client asked for all or nothing (``Prefer:
 handling=strict``, R4 search.html); a read answers 404 only when every archive said it has no such thing: when one
 that could hold it failed, the honest answer is 503 with Retry-After, never a false 404.
@@ -13,25 +13,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..errors import NotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from ..pacs.request_scope import SOURCE_FAILURES, SourceFailures
+from ..pacs.request_scope import SOURCE_NOTES, SourceNotes
 
 
 @contextmanager
-def noted_failures() -> Iterator[SourceFailures]:
+def noted_failures() -> Iterator[SourceNotes]:
     """The request's record of failed archives; a fresh one for a call made outside a request (tests, scripts)."""
-    noted = SOURCE_FAILURES.get()
+    noted = SOURCE_NOTES.get()
     if noted is not None:
         yield noted
         return
-    noted = SourceFailures()
-    token = SOURCE_FAILURES.set(noted)
+    noted = SourceNotes()
+    token = SOURCE_NOTES.set(noted)
     try:
         yield noted
     finally:
-        SOURCE_FAILURES.reset(token)
+        SOURCE_NOTES.reset(token)
 
 
-def strict_error(noted: SourceFailures) -> UpstreamError:
+def strict_error(noted: SourceNotes) -> UpstreamError:
     """``Prefer: handling=strict`` and an archive failed: 504 when it timed out, else 503 (with Retry-After)."""
     name, error = next(iter(noted.failed.items()))
     why = getattr(error, "message", "it failed")
@@ -40,7 +40,7 @@ def strict_error(noted: SourceFailures) -> UpstreamError:
 
 
 @contextmanager
-def not_found_unless_all_answered(noted: SourceFailures) -> Iterator[None]:
+def not_found_unless_all_answered(noted: SourceNotes) -> Iterator[None]:
     """A NotFound raised while an archive had failed becomes 503: that archive may hold what was asked for."""
     try:
         yield

@@ -75,9 +75,10 @@ class Facade:
             issuer_systems=settings.issuer_systems,
         )
         self.plan_context = PlanContext(settings.accession_system, zone, settings.prequery_limit)
-        self.limits = Limits(
-            settings.uid_batch, settings.instance_limit, settings.prequery_limit, settings.instance_query_split
-        )
+        # Several archives already answer side by side: splitting a page's instance query again only multiplies
+        # the requests (9 instead of 6 for a three-archive patient page, 1.2x the PACS CPU; bench/README.md).
+        split = 1 if settings.federated else settings.instance_query_split
+        self.limits = Limits(settings.uid_batch, settings.instance_limit, settings.prequery_limit, split)
 
     def search_context(self, base: str, *, strict: bool) -> SearchContext:
         s = self.settings

@@ -419,3 +419,22 @@ def test_a_page_deeper_than_the_archives_are_read_for_is_refused(make_client):
     assert client.get(f"{R4}/ImagingStudy", params={"_count": 5, "_offset": 4}).status_code == 200
     deep = client.get(f"{R4}/ImagingStudy", params={"_count": 5, "_offset": 5})
     assert deep.status_code == 400 and deep.json()["issue"][0]["code"] == "too-costly"
+
+
+def test_a_pages_instance_rows_are_asked_only_of_the_archives_that_hold_its_studies(client, archives):
+    patient = _patient(client, "MRN-X", "SOUTH")
+    for archive in archives.values():
+        archive.asked.clear()
+    bundle = client.get(f"{R4}/ImagingStudy", params={"patient": patient}, headers={"Cache-Control": "no-cache"})
+    assert _ids(bundle.json()) == ["2.5"]
+    levels = {name: [level for level, _ in a.asked] for name, a in archives.items()}
+    assert levels == {"north": ["studies"], "south": ["studies", "instances"]}
+    # the shared study 1.9: its instance rows from both copies
+    for archive in archives.values():
+        archive.asked.clear()
+    north = _patient(client, "P1", "NORTH")
+    client.get(f"{R4}/ImagingStudy", params={"patient": north}, headers={"Cache-Control": "no-cache"})
+    asked = {
+        name: [p["StudyInstanceUID"] for level, p in a.asked if level == "instances"] for name, a in archives.items()
+    }
+    assert asked == {"north": ["1.1,1.9"], "south": ["1.9,2.1"]}

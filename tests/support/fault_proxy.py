@@ -46,6 +46,7 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     # -- public surface ------------------------------------------------------------------------------------------
 
@@ -144,20 +145,29 @@ class FaultProxy:
 
     async def _shutdown(self) -> None:
         await self._unlisten()
+        for _ in range(3):  # let accepted connections' tasks start (and register): a task cancelled before its
+            await asyncio.sleep(0)  # first step never closes its StreamWriter (a ResourceWarning, an error here)
         await self._close_connections()
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        for writer in list(self._writers):  # connections whose task never ran
+            await _close(writer)
+        self._writers.clear()
         for _ in range(3):  # let transports' scheduled connection_lost callbacks close their sockets
             await asyncio.sleep(0)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain callback (called as the connection is made), not a coroutine: the writer is tracked before any
+        # task exists, so a connection whose task is cancelled before its first step is still closed by stop().
+        self._writers.add(writer)
         self.accepted += 1
-        mode = self._mode
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer, self._mode))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode: Mode) -> None:
         try:
             if mode == "pass":
                 await self._forward(reader, writer)
@@ -169,9 +179,8 @@ class FaultProxy:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.CancelledError):
             pass  # a cancel is this proxy closing the connection (mode switch or stop): not an error
         finally:
-            # Still tracked while closing, so stop() waits for the socket to be closed before the loop ends.
             await _close(writer)
-            self._connections.discard(task)
+            self._writers.discard(writer)
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -75,3 +75,14 @@ def test_an_archive_in_a_zone_of_its_own_gives_its_rows_its_offset():
     marked = {"00080020": {"vr": "DA", "Value": ["20220105"]}, "00080201": {"vr": "SH", "Value": ["+0100"]}}
     fanout.stamp_zone([summer, winter, marked], ZoneInfo("America/New_York"))
     assert [r["00080201"]["Value"][0] for r in (summer, winter, marked)] == ["-0400", "-0500", "+0100"]
+
+
+def test_which_queries_say_who_holds_a_study_and_which_ask_for_known_studies_rows():
+    assert fanout.holders_known(QidoQuery.build("studies", {"PatientID": "P1"}, limit=21))
+    assert not fanout.holders_known(QidoQuery.build("studies", {"ModalitiesInStudy": "CT"}))
+    rows = QidoQuery.build("instances", {"StudyInstanceUID": "1.2,1.3"}, fields=("00080008",), limit=500)
+    assert fanout.studies_asked(rows) == ["1.2", "1.3"]
+    assert fanout.studies_asked(QidoQuery.build("instances", {"StudyInstanceUID": "1.2", "Modality": "KO"})) is None
+    assert fanout.for_studies(rows, ["1.3"]) == QidoQuery.build(
+        "instances", {"StudyInstanceUID": "1.3"}, fields=("00080008",), limit=500
+    )
