@@ -183,10 +183,15 @@ class FaultProxy:
             self._writers.discard(writer)
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connecting = asyncio.ensure_future(asyncio.open_connection(*self._upstream))
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+            up_reader, up_writer = await asyncio.shield(connecting)
         except OSError:
             return  # upstream down: the client sees its connection closed
+        except asyncio.CancelledError:
+            # Cancelled (a mode switch) as the connection was made: its writer must still be closed.
+            connecting.add_done_callback(_close_made)
+            raise
         to_upstream = asyncio.create_task(_pipe(reader, up_writer))
         to_client = asyncio.create_task(_pipe(up_reader, writer))
         try:
@@ -195,6 +200,7 @@ class FaultProxy:
                 await to_client  # the client half-closed cleanly: let the answer through
             # else: the upstream closed (or either side failed): close both
         finally:
+            up_writer.close()  # first, and without an await: a second cancel must not skip it
             for task in (to_upstream, to_client):
                 task.cancel()
             await asyncio.gather(to_upstream, to_client, return_exceptions=True)
@@ -234,6 +240,11 @@ async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
         + GARBAGE_BODY
     )
     await writer.drain()
+
+
+def _close_made(made: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    if not made.cancelled() and made.exception() is None:
+        made.result()[1].close()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
