@@ -31,6 +31,7 @@ class Archive:
         self.instances = instances
         self.mode = "up"
         self.asked: list[tuple[str, dict[str, str]]] = []
+        self.stored: list[bytes] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = urlsplit(str(request.url)).path.split("/dicom-web/", 1)[1]
@@ -43,6 +44,9 @@ class Archive:
             raise httpx.ReadTimeout("timed out", request=request)
         if self.mode == "garbage":
             return httpx.Response(200, content=b"<html>not json", headers={"content-type": "application/dicom+json"})
+        if request.method == "POST":  # STOW-RS: kept, each part acknowledged as stored
+            self.stored.append(request.content)
+            return httpx.Response(200, json={"00081199": {"vr": "SQ", "Value": []}})
         if "/" in path:
             return self._wado(path)
         rows = [r for r in (self.studies if level == "studies" else self.instances) if _matches(r, params)]
@@ -82,7 +86,13 @@ def _matches(row: dict[str, Any], params: dict[str, str]) -> bool:
         day = (row.get("00080020", {}).get("Value") or [""])[0]
         if not day or (low and day < low) or (high and day > high):
             return False
-    for key, tag in (("PatientID", "00100020"), ("IssuerOfPatientID", "00100021"), ("StudyInstanceUID", "0020000D")):
+    keys = (
+        ("PatientID", "00100020"),
+        ("IssuerOfPatientID", "00100021"),
+        ("StudyInstanceUID", "0020000D"),
+        ("SOPInstanceUID", "00080018"),
+    )
+    for key, tag in keys:
         if key in params:
             value = (row.get(tag, {}).get("Value") or [None])[0]
             if value not in params[key].split(","):
@@ -438,3 +448,33 @@ def test_a_pages_instance_rows_are_asked_only_of_the_archives_that_hold_its_stud
         name: [p["StudyInstanceUID"] for level, p in a.asked if level == "instances"] for name, a in archives.items()
     }
     assert asked == {"north": ["1.1,1.9"], "south": ["1.9,2.1"]}
+
+
+def test_a_manifest_is_stored_in_the_archive_of_its_study_and_refused_where_that_one_takes_none(make_client, archives):
+    sources = tuple(
+        SourceSettings(
+            name=name,
+            dicomweb_url=f"http://{name}.test:8042/dicom-web",
+            issuer=name.upper(),
+            manifests_writable=name != "north",
+        )
+        for name in archives
+    )
+    client = make_client(sources=sources)
+
+    def post(study: str, series: str, sop: str) -> httpx.Response:
+        body = {
+            "resourceType": "ImagingSelection",
+            "status": "available",
+            "code": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "113000"}]},
+            "studyUid": study,
+            "seriesUid": series,
+            "instance": [{"uid": sop}],
+        }
+        return client.post("/fhir/R5/ImagingSelection", json=body, headers={"Content-Type": "application/fhir+json"})
+
+    refused = post("1.1", "1.1.1", "1.1.1.1")
+    assert refused.status_code == 422 and "'north'" in refused.json()["issue"][0]["diagnostics"]
+    created = post("2.5", "2.5.1", "2.5.1.1")
+    assert created.status_code == 201, created.text
+    assert [len(a.stored) for a in archives.values()] == [0, 1]
