@@ -70,7 +70,6 @@ def orthanc() -> Iterator[OrthancFixture]:
         )
 
 
-
 @pytest.fixture(scope="session")
 def federation() -> Iterator[Federation]:
     """Three private Orthancs, "north", "south" and "east" (issuers NORTH, SOUTH, EAST), each holding its part of
