@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from datetime import UTC
@@ -12,8 +11,7 @@ from urllib.parse import parse_qsl
 from .. import __version__
 from ..dicom import dicom_json as dj
 from ..dicom import gcpause
-from ..dicom.qido import QidoQuery
-from ..errors import FacadeError, InvalidRequest, MethodNotAllowed, NotFound
+from ..errors import InvalidRequest, MethodNotAllowed, NotFound
 from ..fhir import bundle, patient_ids
 from ..fhir.search import PatientKey, SearchContext, SearchRequest, is_fhir_id, is_uid, parse_search
 from ..fhir.search_params import DOCUMENT_REFERENCE, IMAGING_SELECTION, IMAGING_STUDY, PATIENT
@@ -31,7 +29,7 @@ from ..planning.plan import Plan, PlanContext, plan
 from ..security.context import Forbidden, User
 from ..settings import Settings
 from .documents import Documents, subject_of
-from .federation import not_found_unless_all_answered, noted_failures, strict_error
+from .federation import not_found_unless_all_answered, noted_failures, readiness, strict_error
 from .identity import CROSS_REFERENCED, IdentitySystems, PatientResolver
 from .manifest_create import Created, ManifestWriter
 from .manifests import KosDocuments, ManifestLimits, Manifests
@@ -177,16 +175,8 @@ class Facade:
         return (await self._resolve(req, fresh=True))[0]
 
     async def ready(self) -> tuple[bool, dict[str, str | None]]:
-        """Whether to take traffic, and each archive's problem (None: it answers a one-row QIDO query, uncached,
-        within 3 s, and its circuit is not open). Ready while at least one archive is (issue 21: the others'
-        studies are still served, with an outcome entry for the missing one)."""
-        sources = getattr(self.qido, "sources", None)
-        if sources is None:  # one PACS
-            problem = await _probe(self.qido)
-            return problem is None, {"pacs": problem}
-        problems = await asyncio.gather(*(_probe(s.qido) for s in sources))
-        states = {s.name: p for s, p in zip(sources, problems, strict=True)}
-        return any(p is None for p in problems), states
+        """Whether to take traffic, and each archive's problem (app.usecases.federation.readiness)."""
+        return await readiness(self.qido)
 
     async def search(
         self,
@@ -446,13 +436,3 @@ class Facade:
         s = self.settings
         requires = s.requires_token or s.uses_capabilities
         return wado_endpoint(s.endpoint_id, wado_address(s, base), requires_token=requires)
-
-
-async def _probe(qido: QidoPort) -> str | None:
-    try:
-        await asyncio.wait_for(qido.search(QidoQuery.build("studies", {}, limit=1), fresh=True), 3.0)
-    except TimeoutError:
-        return "the PACS did not answer within 3 s"
-    except FacadeError as exc:
-        return exc.message
-    return None

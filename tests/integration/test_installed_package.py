@@ -79,7 +79,8 @@ def test_an_installed_service_needs_the_pacs_url(installed, tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        "facade: configuration error: dicomweb_url is required (set FACADE_DICOMWEB_URL or [facade].dicomweb_url)"
+        "facade: configuration error: dicomweb_url is required (set FACADE_DICOMWEB_URL or [facade].dicomweb_url), "
+        "or [[sources]]"
     )
 
 

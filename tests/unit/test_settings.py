@@ -351,3 +351,74 @@ class TestWado:
         assert load(base | {"FACADE_WADO_MODE": "direct", "FACADE_PACS_AUTH": "forward"}, empty).requires_token
         direct_said = base | {"FACADE_WADO_MODE": "direct", "FACADE_WADO_REQUIRES_TOKEN": "true"}
         assert load(direct_said, empty).requires_token
+
+
+SOURCES_TOML = """
+[facade]
+pixm_url = "https://mpi.example.org/fhir"
+
+[[sources]]
+name = "north"
+dicomweb_url = "http://user:secret@10.1.0.5:8042/dicom-web/"
+issuer = "NORTH"
+upstream_budget = 5
+
+[[sources]]
+name = "south"
+dicomweb_url = "http://10.2.0.7:8042/dicom-web"
+manifests_writable = false
+"""
+
+
+class TestSeveralArchives:
+    """[[sources]] and FACADE_SOURCES (issue 21)."""
+
+    def test_sources_from_the_file_with_their_overrides(self, toml):
+        s = load({}, toml(SOURCES_TOML))
+        assert s.federated and s.dicomweb_url == "" and s.pixm_url == "https://mpi.example.org/fhir"
+        north, south = s.pacs_sources
+        assert (north.name, north.issuer, north.upstream_budget, north.manifests_writable) == (
+            "north",
+            "NORTH",
+            5.0,
+            True,
+        )
+        assert north.dicomweb_url == "http://user:secret@10.1.0.5:8042/dicom-web"
+        assert (south.issuer, south.upstream_budget, south.manifests_writable) == (None, 20.0, False)
+        assert s.accepts_manifests
+        assert "secret" not in repr(s)
+
+    def test_sources_from_the_environment_as_json(self, empty):
+        env = {"FACADE_SOURCES": '[{"name": "a", "dicomweb_url": "http://h:1/d", "issuer": "A"}]'}
+        (a,) = load(env, empty).pacs_sources
+        assert (a.name, a.issuer) == ("a", "A")
+
+    def test_one_pacs_is_a_source_named_pacs(self, empty):
+        s = load({"FACADE_DICOMWEB_URL": URL}, empty)
+        assert not s.federated and [(p.name, p.dicomweb_url, p.issuer) for p in s.pacs_sources] == [("pacs", URL, None)]
+
+    @pytest.mark.parametrize(
+        ("sources", "message"),
+        [
+            ("[]", "non-empty list"),
+            ("{}", "non-empty list"),
+            ("not json", "JSON list"),
+            ('[{"name": "North", "dicomweb_url": "http://h/d"}]', "1-32 characters of a-z"),
+            ('[{"name": "' + "a" * 33 + '", "dicomweb_url": "http://h/d"}]', "1-32 characters"),
+            ('[{"name": "a", "dicomweb_url": "ftp://h/d"}]', "absolute http(s) URL"),
+            ('[{"name": "a", "dicomweb_url": "http://h/d"}, {"name": "a", "dicomweb_url": "http://k/d"}]', "unique"),
+            ('[{"name": "a", "dicomweb_url": "http://h/d", "colour": "red"}]', "unknown setting(s) colour"),
+            ('[{"name": "a", "dicomweb_url": "http://h/d", "issuer": "A\\\\\\\\B"}]', "backslash"),
+            ('[{"name": "a", "dicomweb_url": "http://h/d", "pacs_timezone": "Mars/Olympus"}]', "IANA"),
+            ('[{"name": "a", "dicomweb_url": "http://h/d", "upstream_budget": 0}]', "positive"),
+            ('[{"name": "a", "dicomweb_url": "http://h/d", "breaker_failures": -1}]', "non-negative integer"),
+        ],
+    )
+    def test_a_bad_source_is_one_clear_line(self, empty, sources, message):
+        assert message in error({"FACADE_SOURCES": sources}, empty)
+
+    def test_one_pacs_and_a_list_are_mutually_exclusive(self, toml):
+        assert "mutually exclusive" in error({"FACADE_DICOMWEB_URL": URL}, toml(SOURCES_TOML))
+
+    def test_several_archives_need_the_gateway(self, toml):
+        assert "wado_mode = direct needs one PACS" in error({"FACADE_WADO_MODE": "direct"}, toml(SOURCES_TOML))
