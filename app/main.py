@@ -35,6 +35,7 @@ from .mapping.versions import VERSIONS
 from .pacs.breaker import CircuitBreaker
 from .pacs.cache import CachedQido, QidoPort
 from .pacs.cache_redis import RedisCache
+from .pacs.changes import ChangeFollower, OrthancChanges
 from .pacs.dicomweb_write import DicomWebStore
 from .pacs.ehr import EhrPatients, MrnRule
 from .pacs.federation import FederatedQido, FederatedStore, Source, StampedQido, StoreSource, WadoSource
@@ -123,9 +124,31 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             for a in archives:
                 if a.breaker is not None:
                     app.state.metrics.bind_breaker(a.source.name, a.breaker)
+            # Orthanc archives: their change feed clears their cached answers as they change (issue 22).
+            followers = [
+                ChangeFollower(
+                    OrthancChanges(
+                        pool,
+                        source.orthanc_url,
+                        token=source.pacs_token,
+                        timeout=source.upstream_read_timeout,
+                        name=source.name,
+                    ),
+                    a.source.qido.invalidate,
+                    interval=settings.change_poll_interval,
+                    on_event=app.state.metrics.observe_change_feed,
+                )
+                for a, source in zip(archives, settings.pacs_sources, strict=True)
+                if source.pacs_kind == "orthanc"
+            ]
+            app.state.followers = followers
+            for follower in followers:
+                follower.start()
             try:
                 yield
             finally:
+                for follower in followers:
+                    await follower.stop()
                 for a in archives:
                     if isinstance(a.source.qido.backend, RedisCache):
                         await a.source.qido.backend.aclose()

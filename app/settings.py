@@ -43,6 +43,12 @@ class Settings:
     sources: tuple[SourceSettings, ...] = ()
     # An IHE PIXm (ITI-83) patient identifier cross-reference manager's FHIR base (app.pacs.pixm); None: none.
     pixm_url: str | None = None
+    # What the PACS is beyond DICOMweb (issue 22): "dicomweb" (nothing more) or "orthanc" (its REST API at
+    # orthanc_url, default dicomweb_url without its DICOMweb root, is followed for changes every change_poll_interval
+    # seconds: app.pacs.changes).
+    pacs_kind: str = "dicomweb"
+    orthanc_url: str | None = field(default=None, repr=False)
+    change_poll_interval: float = 1.0
     public_url: str | None = None
     wado_url: str | None = None
     pacs_timezone: str | None = None
@@ -194,8 +200,13 @@ class Settings:
             raise SettingsError("dicomweb_url is required (set FACADE_DICOMWEB_URL or [facade].dicomweb_url)")
         if self.sources and self.wado_mode == "direct":
             raise SettingsError("wado_mode = direct needs one PACS: with [[sources]] the gateway serves the images")
+        if self.pacs_kind not in ("dicomweb", "orthanc"):
+            raise SettingsError("pacs_kind must be dicomweb or orthanc")
+        if not math.isfinite(self.change_poll_interval) or not 0.05 <= self.change_poll_interval <= 3600:
+            raise SettingsError("change_poll_interval must be a number of seconds from 0.05 to 3600")
         for name in (
             "dicomweb_url",
+            "orthanc_url",
             "pixm_url",
             "public_url",
             "wado_url",

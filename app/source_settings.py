@@ -32,6 +32,8 @@ OVERRIDABLE: Mapping[str, type] = {
     "breaker_failures": int,
     "breaker_reset": float,
     "manifests_writable": bool,
+    "pacs_kind": str,
+    "orthanc_url": str,
 }
 
 
@@ -52,11 +54,17 @@ class SourceSettings:
     breaker_failures: int | None = None
     breaker_reset: float | None = None
     manifests_writable: bool | None = None
+    pacs_kind: str | None = None
+    orthanc_url: str | None = field(default=None, repr=False)
 
     def resolve(self, defaults: Any) -> ResolvedSource:
         """This source's effective settings: its own where given, else the facade's (``defaults``: the Settings)."""
         own = {name: getattr(self, name) for name in OVERRIDABLE}
         values = {name: getattr(defaults, name) if value is None else value for name, value in own.items()}
+        if self.orthanc_url is None:
+            # the facade's orthanc_url names its one PACS; with a list, each archive's defaults from its own URL
+            values["orthanc_url"] = None if defaults.sources else defaults.orthanc_url
+        values["orthanc_url"] = values["orthanc_url"] or rest_root(self.dicomweb_url)
         return ResolvedSource(name=self.name, dicomweb_url=self.dicomweb_url, issuer=self.issuer, **values)
 
 
@@ -75,6 +83,8 @@ class ResolvedSource:
     breaker_failures: int
     breaker_reset: float
     manifests_writable: bool
+    pacs_kind: str = "dicomweb"
+    orthanc_url: str = field(default="", repr=False)  # its Orthanc REST API (pacs_kind = orthanc)
 
 
 def parse_sources(raw: Any, *, where: str) -> tuple[SourceSettings, ...]:
@@ -137,6 +147,10 @@ def _coerce(label: str, key: str, kind: type, value: Any) -> Any:
         return float(value)
     if not isinstance(value, str):
         raise SourceError(f"{label}: {key} must be a string")
+    if key == "pacs_kind" and value not in ("dicomweb", "orthanc"):
+        raise SourceError(f"{label}: pacs_kind must be dicomweb or orthanc")
+    if key == "orthanc_url" and not _is_http_url(value):
+        raise SourceError(f"{label}: orthanc_url must be an absolute http(s) URL")
     if key == "pacs_timezone":
         try:
             ZoneInfo(value)
@@ -152,3 +166,8 @@ def _is_http_url(value: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def rest_root(dicomweb_url: str) -> str:
+    """The Orthanc REST API under a DICOMweb root: the URL without its last path segment (``/dicom-web``)."""
+    return dicomweb_url.rstrip("/").rpartition("/")[0]

@@ -126,6 +126,12 @@ def parse_search(
             seen_result.add(base)
             _result_param(base, value, ctx, resource, results)
             continue
+        if base == "_lastUpdated":
+            # Never ignored silently: an app syncing "what changed since" would re-read everything, or miss nothing
+            # it can tell. DICOMweb answers carry no time of change (PS3.18 §10.6; issue 22).
+            raise UnsupportedSearch(
+                "_lastUpdated is not supported here: the PACS's DICOMweb answers carry no time of change"
+            )
         spec = resource.by_name.get(base)
         if spec is None:
             if ctx.strict:

@@ -84,6 +84,10 @@ class Metrics:
             source,
             registry=r,
         )
+        # The PACS change feed (app.pacs.changes): polls by what they led to (change, lost, error, idle).
+        self.change_feed = Counter(
+            "facade_change_feed_polls", "Change-feed polls by archive and outcome", ["source", "outcome"], registry=r
+        )
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -113,6 +117,9 @@ class Metrics:
             _read_counts(cache, self.cache_hits, self.cache_misses, self.cache_bytes)
         if answers is not None:
             _read_counts(answers, self.answer_hits, self.answer_misses, self.answer_bytes)
+
+    def observe_change_feed(self, source: str, outcome: str) -> None:
+        self.change_feed.labels(source, outcome).inc()
 
     def bind_breaker(self, source: str, breaker: Any) -> None:
         """An archive's breaker state, read at scrape time."""

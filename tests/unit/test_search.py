@@ -375,7 +375,7 @@ class TestResultParameters:
 
 
 class TestUnknownAndUnsupported:
-    @pytest.mark.parametrize("key", ["foo", "_elements", "reason", "_lastUpdated"])
+    @pytest.mark.parametrize("key", ["foo", "_elements", "reason"])
     def test_unknown_parameters_are_ignored_and_left_out_of_links(self, key):
         req = parse((key, "x"), ("modality", "CT"))
         assert req.criteria == (Criterion("modality", ("CT",), "modality", "CT"),)
@@ -385,6 +385,12 @@ class TestUnknownAndUnsupported:
     def test_unknown_parameters_are_rejected_when_strict(self, key):
         with pytest.raises(UnsupportedSearch, match="is not supported"):
             parse((key, "x"), ctx=STRICT)
+
+    @pytest.mark.parametrize("value", ["gt2023-04-17T04:00:00Z", "2024", "le2024-01-01"])
+    def test_last_updated_is_refused_never_ignored(self, value):
+        """A PHR syncing "studies updated since" would otherwise silently re-read everything (issue 22)."""
+        with pytest.raises(UnsupportedSearch, match="_lastUpdated is not supported here"):
+            parse(("patient", "x"), ("_lastUpdated", value))
 
     @pytest.mark.parametrize(
         "key",

@@ -1,0 +1,152 @@
+"""The facade follows Orthanc's change feed (issue 22): with ``cache_ttl = 3600`` a study, series or instance stored
+into Orthanc directly (not through the facade) shows in the next answers within 2 s, a deletion within
+``change_poll_interval`` + 5 s, and a feed that cannot be followed never leaves a stale answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pydicom import Dataset
+
+from app.fhir import patient_ids
+from app.main import create_app
+from app.settings import Settings
+from tests.support.dataset import build_dataset
+from tests.support.fhir_check import checking_client
+from tests.support.orthanc import OrthancServer, store
+
+pytestmark = pytest.mark.integration
+R4 = "/fhir/R4"
+
+
+def _studies_by_patient(datasets: list[Dataset]) -> dict[tuple[str, str | None], dict[str, list[Dataset]]]:
+    out: dict[tuple[str, str | None], dict[str, list[Dataset]]] = defaultdict(lambda: defaultdict(list))
+    for ds in datasets:
+        key = (str(ds.PatientID), getattr(ds, "IssuerOfPatientID", None) or None)
+        out[key][str(ds.StudyInstanceUID)].append(ds)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, Any]:
+    datasets, _ = build_dataset()
+    by_patient = _studies_by_patient(datasets)
+    patient, studies = next((p, s) for p, s in by_patient.items() if len(s) >= 2)
+    held_study, kept = sorted(studies)[-1], sorted(studies)[:-1]
+    first = studies[kept[0]]
+    series = sorted({str(ds.SeriesInstanceUID) for ds in first})
+    held_instance = sorted(first, key=lambda ds: str(ds.SOPInstanceUID))[-1]
+    initial = [
+        ds
+        for ds in datasets
+        if str(ds.StudyInstanceUID) != held_study and ds.SOPInstanceUID != held_instance.SOPInstanceUID
+    ]
+    return {
+        "patient": patient_ids.encode(*patient),
+        "initial": initial,
+        "held_study": studies[held_study],
+        "held_study_uid": held_study,
+        "held_instance": held_instance,
+        "series": series,
+        "first_study": kept[0],
+    }
+
+
+@pytest.fixture
+def orthanc(data) -> Iterator[OrthancServer]:
+    with OrthancServer() as server:
+        store(server.dicomweb_url, data["initial"])
+        yield server
+
+
+def _client(orthanc: OrthancServer, **overrides: Any):
+    settings = Settings(
+        **{
+            "dicomweb_url": orthanc.dicomweb_url,
+            "auth_mode": "open",
+            "cache_ttl": 3600.0,
+            "pacs_kind": "orthanc",
+            "change_poll_interval": 1.0,
+        }
+        | overrides
+    )
+    return checking_client(create_app(settings))
+
+
+def _until(check: Callable[[], bool], seconds: float) -> float:
+    """Seconds until ``check()`` held; fails after ``seconds``."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    pytest.fail(f"not within {seconds} s")
+
+
+def _ids(client, patient: str) -> set[str]:
+    bundle = client.get(f"{R4}/ImagingStudy", params={"patient": patient}).json()
+    return {e["resource"]["id"] for e in bundle.get("entry", [])}
+
+
+def _instances(client, study: str) -> int:
+    return int(client.get(f"{R4}/ImagingStudy/{study}").json()["numberOfInstances"])
+
+
+def test_what_is_stored_directly_shows_within_2_s_whatever_the_ttl(orthanc, data):
+    with _client(orthanc) as client:
+        patient = data["patient"]
+        before = _ids(client, patient)
+        assert data["held_study_uid"] not in before
+        count = _instances(client, data["first_study"])
+        time.sleep(1.2)  # the follower is past its start: what is stored now is a change
+        store(orthanc.dicomweb_url, data["held_study"])  # a new study
+        took = _until(lambda: data["held_study_uid"] in _ids(client, patient), 2.0)
+        store(orthanc.dicomweb_url, [data["held_instance"]])  # a new instance in an existing series
+        took = max(took, _until(lambda: _instances(client, data["first_study"]) == count + 1, 2.0))
+        assert took <= 2.0
+        polls = client.get("/metrics").text
+        assert 'facade_change_feed_polls_total{outcome="change",source="pacs"}' in polls
+
+
+def test_a_deletion_goes_within_the_interval_and_5_s(orthanc, data):
+    with _client(orthanc) as client:
+        patient = data["patient"]
+        assert data["first_study"] in _ids(client, patient)
+        found = httpx.post(f"{orthanc.url}/tools/lookup", content=data["first_study"]).json()
+        httpx.delete(f"{orthanc.url}/studies/{found[0]['ID']}").raise_for_status()
+        assert _until(lambda: data["first_study"] not in _ids(client, patient), 6.0) <= 6.0
+
+
+def test_a_reset_or_unreadable_feed_never_leaves_a_stale_answer(orthanc, data):
+    with _client(orthanc) as client:
+        patient = data["patient"]
+        _ids(client, patient)
+        httpx.delete(f"{orthanc.url}/changes").raise_for_status()  # the log cleared: Last goes backwards
+        store(orthanc.dicomweb_url, data["held_study"])
+        assert _until(lambda: data["held_study_uid"] in _ids(client, patient), 2.5) <= 2.5
+    with _client(orthanc, orthanc_url=orthanc.url + "/no-such-api") as client:  # the feed cannot be read
+        found = httpx.post(f"{orthanc.url}/tools/lookup", content=data["held_study_uid"]).json()
+        assert data["held_study_uid"] in _ids(client, patient)
+        httpx.delete(f"{orthanc.url}/studies/{found[0]['ID']}").raise_for_status()
+        assert _until(lambda: data["held_study_uid"] not in _ids(client, patient), 2.5) <= 2.5
+
+
+def test_the_follower_costs_orthanc_little_when_nothing_changes(orthanc, data):
+    with _client(orthanc) as client:
+        time.sleep(0.3)
+        follower = client.app.state.followers[0]
+        before = follower.feed.requests
+        time.sleep(10.0)
+        assert follower.feed.requests - before <= 12
+
+
+def test_last_updated_is_refused_with_an_outcome(orthanc, data):
+    with _client(orthanc, pacs_kind="dicomweb") as client:
+        r = client.get(f"{R4}/ImagingStudy", params={"patient": data["patient"], "_lastUpdated": "gt2020-01-01"})
+        assert r.status_code == 400 and "_lastUpdated" in r.json()["issue"][0]["diagnostics"]
