@@ -425,3 +425,19 @@ def test_manifests_and_rejection_notes_of_every_archive(federation):
             url = federation.source(name).url
             for found in httpx.post(f"{url}/tools/lookup", content=ds.SOPInstanceUID).json():
                 httpx.delete(f"{url}/instances/{found['ID']}")
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["name=Haddad", "family=Dvo", "birthdate=ge1960-01-01", f"identifier={COLLIDE_ID}", "gender=female", ""],
+)
+def test_patient_searches_across_archives_equal_the_union(federation, client, oracle, query):
+    """Patients are the distinct (PatientID, domain) pairs of every archive's study rows, each once."""
+    paged, _ = _walk(client, f"{R4}/Patient?{query}&_count=1")
+    whole, _ = _walk(oracle, f"{R4}/Patient?{query}&_count=100")
+    ids = [r["id"] for r in paged]
+    assert len(ids) == len(set(ids)) and ids
+    assert sorted(ids) == sorted(r["id"] for r in whole)
+    by_id = {r["id"]: r for r in whole}
+    for resource in paged:
+        assert resource == by_id[resource["id"]], query
