@@ -39,6 +39,7 @@ from .pacs.changes import ChangeFollower, OrthancChanges
 from .pacs.dicomweb_write import DicomWebStore
 from .pacs.ehr import EhrPatients, MrnRule
 from .pacs.federation import FederatedQido, FederatedStore, Source, StampedQido, StoreSource, WadoSource
+from .pacs.orthanc_rest import OrthancStudies
 from .pacs.pixm import PixManager
 from .pacs.upstream import DicomWebUpstream, Qido, UpstreamStats
 from .pacs.wado import WadoUpstream
@@ -104,6 +105,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 else first.source.qido
             )
             facade = Facade(settings, qido, ehr, pixm)
+            if not settings.federated and settings.pacs_kind == "orthanc":  # when studies changed (issue 22)
+                (one,) = settings.pacs_sources
+                facade.last_updates = OrthancStudies(
+                    pool, one.orthanc_url, token=one.pacs_token, timeout=one.upstream_read_timeout, batch=100
+                ).last_updates
             store: DicomWebStore | FederatedStore = first.store
             if isinstance(qido, FederatedQido):
                 writable = [source.manifests_writable for source in settings.pacs_sources]

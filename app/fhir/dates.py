@@ -254,3 +254,13 @@ def _da(d: date | None) -> str:
 def _span(start: datetime, end: datetime, zone: tzinfo) -> Interval:
     """Local wall-clock bounds → aware interval (a DST day in an IANA zone is 23 or 25 hours long)."""
     return Interval(start.replace(tzinfo=zone), end.replace(tzinfo=zone))
+
+
+def utc_second(stamp: str | None) -> tuple[Interval, str] | None:
+    """A UTC time to the second as an archive writes it (``YYYYMMDDTHHMMSS``: Orthanc's ``LastUpdate``), as the
+    second it names and as a FHIR instant; None when it is not one."""
+    try:
+        moment = datetime.strptime(stamp or "", "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return Interval(moment, moment + timedelta(seconds=1)), moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidRequest, UnsupportedSearch
+from .dates import DateCriterion, parse_search_date
 from .search_params import IMAGING_STUDY, RESULT_PARAMS, SUMMARIES, ResourceSearch
 from .search_values import DICOM_UID_SYSTEM as DICOM_UID_SYSTEM
 from .search_values import PARSERS, Parser
@@ -54,6 +55,9 @@ class SearchRequest:
     sort: str | None = None  # "started" or "-started"
     total: str = "none"  # R4 _total: none | estimate | accurate
     elements: frozenset[str] = frozenset()  # _elements: top-level elements to keep (empty: all)
+    # _lastUpdated (issue 22): AND of OR-groups on the study's last change in the PACS, with the values as written
+    last_updated: tuple[tuple[DateCriterion, ...], ...] = ()
+    last_updated_text: tuple[str, ...] = ()
 
     @property
     def include_endpoint(self) -> bool:
@@ -86,6 +90,7 @@ class SearchRequest:
             out.append(("_total", self.total))
         if self.elements:
             out.append(("_elements", ",".join(sorted(self.elements))))
+        out += [("_lastUpdated", text) for text in self.last_updated_text]
         out.append(("_count", str(self.count)))
         off = self.offset if offset is None else offset
         if off:
@@ -105,6 +110,8 @@ class _Results:
     sort: str | None = None
     includes: set[str] = field(default_factory=set)
     elements: frozenset[str] = frozenset()
+    last_updated: list[tuple[DateCriterion, ...]] = field(default_factory=list)
+    last_updated_text: list[str] = field(default_factory=list)
 
 
 def parse_search(
@@ -128,10 +135,22 @@ def parse_search(
             continue
         if base == "_lastUpdated":
             # Never ignored silently: an app syncing "what changed since" would re-read everything, or miss nothing
-            # it can tell. DICOMweb answers carry no time of change (PS3.18 §10.6; issue 22).
-            raise UnsupportedSearch(
-                "_lastUpdated is not supported here: the PACS's DICOMweb answers carry no time of change"
-            )
+            # it can tell. DICOMweb answers carry no time of change (PS3.18 §10.6; issue 22): only an archive whose
+            # own API says when a study changed (pacs_kind = orthanc) answers it.
+            if not ctx.last_updated or resource.type != "ImagingStudy":
+                raise UnsupportedSearch(
+                    "_lastUpdated is not supported here: the PACS's DICOMweb answers carry no time of change"
+                )
+            if sep or chain:
+                raise UnsupportedSearch(f"{key} is not supported (no modifiers on _lastUpdated)")
+            if value:
+                try:
+                    group = tuple(parse_search_date(v, ctx.search_zone) for v in split_or(value))
+                except ValueError as exc:
+                    raise InvalidRequest(f"_lastUpdated: {exc}") from None
+                results.last_updated.append(group)
+                results.last_updated_text.append(value)
+            continue
         spec = resource.by_name.get(base)
         if spec is None:
             if ctx.strict:
@@ -152,7 +171,17 @@ def parse_search(
         # is what fhirpy's count() sends. It wins over another _summary, which would describe entries not sent.
         r.summary = "count"
     return SearchRequest(
-        tuple(criteria), r.count, r.offset, frozenset(r.includes), r.pretty, r.summary, r.sort, r.total, r.elements
+        tuple(criteria),
+        r.count,
+        r.offset,
+        frozenset(r.includes),
+        r.pretty,
+        r.summary,
+        r.sort,
+        r.total,
+        r.elements,
+        tuple(r.last_updated),
+        tuple(r.last_updated_text),
     )
 
 

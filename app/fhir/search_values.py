@@ -64,6 +64,7 @@ class SearchContext:
     strict: bool = False
     endpoint_id: str = "wado-rs"
     ehr_base: str | None = None  # the linked EHR's FHIR base (app.pacs.ehr): ids not ours are the EHR's
+    last_updated: bool = False  # the PACS says when a study changed (pacs_kind = orthanc): _lastUpdated is answered
 
 
 def split_or(value: str) -> list[str]:

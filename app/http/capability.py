@@ -11,6 +11,14 @@ from ..mapping.versions import FhirVersion
 from ..security.smart_discovery import capability_security
 from ..settings import Settings
 
+LAST_UPDATED = {
+    "name": "_lastUpdated",
+    "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+    "type": "date",
+    "documentation": "The study's last change in the PACS (Orthanc's LastUpdate, UTC to the second; also "
+    "meta.lastUpdated). Every date prefix; alone or with the other criteria. Deletions do not move it on Orthanc 1.10.",
+}
+
 
 def capability_statement(
     base: str, version: FhirVersion, settings: Settings, *, software_version: str, date: str
@@ -54,6 +62,10 @@ def capability_statement(
             }
         ],
     }
+    if settings.pacs_kind == "orthanc" and not settings.federated:  # answered only where the PACS says (issue 22)
+        for resource in statement["rest"][0]["resource"]:
+            if resource["type"] == "ImagingStudy":
+                resource["searchParam"].append(LAST_UPDATED)
     if settings.auth_mode == "smart":  # SMART App Launch: the security element and where tokens come from
         if settings.smart_token_endpoint:
             security = capability_security(

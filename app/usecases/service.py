@@ -31,6 +31,7 @@ from ..settings import Settings
 from .documents import Documents, subject_of
 from .federation import not_found_unless_all_answered, noted_failures, readiness, strict_error
 from .identity import CROSS_REFERENCED, IdentitySystems, PatientResolver
+from .last_updated import LastUpdates, changed_as_asked, with_meta
 from .manifest_create import Created, ManifestWriter
 from .manifests import KosDocuments, ManifestLimits, Manifests
 from .rejected import RejectedInstances
@@ -59,6 +60,7 @@ class Facade:
             settings.patient_identifier_system, settings.issuer_system_prefix, dict(settings.issuer_systems)
         )
         self.identity = PatientResolver(systems, ehr, pixm)
+        self.last_updates: LastUpdates | None = None  # pacs_kind = orthanc, one PACS (app.usecases.last_updated)
         self.manifests: Manifests | None = None  # set by attach_manifests
         self.documents: Documents | None = None  # R4 MADO DocumentReference and Bundle, set by attach_manifests
         self.writer: ManifestWriter | None = None
@@ -91,6 +93,7 @@ class Facade:
             strict=strict,
             endpoint_id=s.endpoint_id,
             ehr_base=self.ehr.base if self.ehr else None,
+            last_updated=self.last_updates is not None,
         )
 
     async def _resolve(
@@ -293,9 +296,13 @@ class Facade:
         level = "series" if summary else "instances"
         screen = self.rejected.screen(fetch)
         total: int | None = None
-        if req.summary == "count" or req.sort or req.total != "none":
-            # Counting and sorting need every matching study row (QIDO does neither).
+        stamps: dict[str, str] = {}
+        if req.summary == "count" or req.sort or req.total != "none" or req.last_updated:
+            # Counting, sorting and _lastUpdated need every matching study row (QIDO does none of them).
             rows = await all_matching(the_plan, fetch, self.limits, screen=screen)
+            if req.last_updated and self.last_updates is not None:
+                stamps = await self.last_updates([dj.text(r, dj.STUDY_UID) or "" for r in rows])
+                rows = changed_as_asked(rows, stamps, req.last_updated)
             total = len(rows)
             if req.summary == "count":
                 return bundle.searchset(base, [], self_url=link(req.offset), total=total)
@@ -316,6 +323,9 @@ class Facade:
                 imaging_study(row, None, mapping, series_rows=rows) if summary else imaging_study(row, rows, mapping)
                 for row, rows in page.studies
             ]
+        if self.last_updates is not None and studies:
+            ids = [study["id"] for study in studies]
+            with_meta(studies, stamps if all(u in stamps for u in ids) else await self.last_updates(ids))
         for (row, _), study in zip(page.studies, studies, strict=True):
             if (ehr_id := linked_ehr_id(row, links)) is not None:
                 study["subject"]["reference"] = f"Patient/{ehr_id}"
@@ -350,7 +360,10 @@ class Facade:
         if found is None:
             raise NotFound(f"ImagingStudy/{study_id} is not known")
         ((row, instances),) = await self.rejected.hide([found])
-        return imaging_study(row, instances, mapping or self.mapping)
+        study = imaging_study(row, instances, mapping or self.mapping)
+        if self.last_updates is not None:
+            with_meta([study], await self.last_updates([study_id]))
+        return study
 
     async def retrievable(
         self, study_uid: str, *, patient: str | None

@@ -150,3 +150,53 @@ def test_last_updated_is_refused_with_an_outcome(orthanc, data):
     with _client(orthanc, pacs_kind="dicomweb") as client:
         r = client.get(f"{R4}/ImagingStudy", params={"patient": data["patient"], "_lastUpdated": "gt2020-01-01"})
         assert r.status_code == 400 and "_lastUpdated" in r.json()["issue"][0]["diagnostics"]
+
+
+def _orthanc_last_updates(orthanc: OrthancServer) -> dict[str, str]:
+    found = httpx.post(f"{orthanc.url}/tools/find", json={"Level": "Study", "Query": {}, "Expand": True}).json()
+    return {s["MainDicomTags"]["StudyInstanceUID"]: s["LastUpdate"] for s in found}
+
+
+def _instant(stamp: str) -> str:
+    return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}Z"
+
+
+def test_last_updated_with_every_prefix_against_orthancs_own_times(orthanc, data):
+    time.sleep(1.1)  # the held study's LastUpdate is a later second than every other study's
+    store(orthanc.dicomweb_url, data["held_study"])
+    truth = _orthanc_last_updates(orthanc)
+    late = truth[data["held_study_uid"]]
+    assert sum(1 for t in truth.values() if t == late) == 1
+    with _client(orthanc) as client:
+        caps = client.get(f"{R4}/metadata").json()["rest"][0]["resource"]
+        study_params = next(r for r in caps if r["type"] == "ImagingStudy")["searchParam"]
+        assert "_lastUpdated" in {p["name"] for p in study_params}
+        at = _instant(late)
+        expected = {
+            "gt": {u for u, t in truth.items() if t > late},
+            "ge": {u for u, t in truth.items() if t >= late},
+            "lt": {u for u, t in truth.items() if t < late},
+            "le": {u for u, t in truth.items() if t <= late},
+            "eq": {u for u, t in truth.items() if t == late},
+            "ne": {u for u, t in truth.items() if t != late},
+            "sa": {u for u, t in truth.items() if t > late},
+            "eb": {u for u, t in truth.items() if t < late},
+        }
+        for prefix, uids in expected.items():
+            for count in (1, 100):
+                seen: list[str] = []
+                url: str | None = f"{R4}/ImagingStudy?_lastUpdated={prefix}{at}&_count={count}"
+                while url:
+                    bundle = client.get(url).json()
+                    seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
+                    for e in bundle.get("entry", []):
+                        assert e["resource"]["meta"]["lastUpdated"] == _instant(truth[e["resource"]["id"]])
+                    url = next((lk["url"] for lk in bundle["link"] if lk["relation"] == "next"), None)
+                assert len(seen) == len(set(seen)) and set(seen) == uids, (prefix, count)
+        # with the patient, as an app syncing "what changed since I last looked" asks it
+        mine = client.get(
+            f"{R4}/ImagingStudy", params={"patient": data["patient"], "_lastUpdated": f"ge{at}", "_total": "accurate"}
+        ).json()
+        assert mine["total"] == 1 and mine["entry"][0]["resource"]["id"] == data["held_study_uid"]
+        read = client.get(f"{R4}/ImagingStudy/{data['held_study_uid']}").json()
+        assert read["meta"]["lastUpdated"] == at

@@ -386,6 +386,16 @@ class TestUnknownAndUnsupported:
         with pytest.raises(UnsupportedSearch, match="is not supported"):
             parse((key, "x"), ctx=STRICT)
 
+    def test_last_updated_where_the_pacs_says_when_studies_changed(self):
+        ctx = dataclasses.replace(CTX, last_updated=True)
+        req = parse(("_lastUpdated", "gt2023-04-17T04:00:00Z,eq2020"), ("_lastUpdated", "lt2025"), ctx=ctx)
+        assert [[c.prefix for c in group] for group in req.last_updated] == [["gt", "eq"], ["lt"]]
+        assert ("_lastUpdated", "gt2023-04-17T04:00:00Z,eq2020") in req.link_params()
+        with pytest.raises(InvalidRequest, match="_lastUpdated"):
+            parse(("_lastUpdated", "gtyesterday"), ctx=ctx)
+        with pytest.raises(UnsupportedSearch, match="no modifiers"):
+            parse(("_lastUpdated:missing", "true"), ctx=ctx)
+
     @pytest.mark.parametrize("value", ["gt2023-04-17T04:00:00Z", "2024", "le2024-01-01"])
     def test_last_updated_is_refused_never_ignored(self, value):
         """A PHR syncing "studies updated since" would otherwise silently re-read everything (issue 22)."""
