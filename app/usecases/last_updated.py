@@ -10,11 +10,15 @@ asked already).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..dicom import dicom_json as dj
+from ..errors import UpstreamError
 from ..fhir.dates import DateCriterion, utc_second
+
+logger = logging.getLogger(__name__)
 
 LastUpdates = Callable[[list[str]], Awaitable[dict[str, str]]]
 
@@ -29,6 +33,16 @@ def changed_as_asked(
         if second is not None and all(any(c.matches(second[0]) for c in group) for group in groups):
             kept.append(row)
     return kept
+
+
+async def for_meta(lookup: LastUpdates, uids: list[str]) -> dict[str, str]:
+    """The times for ``meta.lastUpdated``: an optional element, so a REST API that fails leaves it out (a warning)
+    rather than failing a search that did not ask for ``_lastUpdated``."""
+    try:
+        return await lookup(uids)
+    except UpstreamError as exc:
+        logger.warning("meta.lastUpdated left out: %s", exc.message)
+        return {}
 
 
 def with_meta(studies: list[dict[str, Any]], stamps: dict[str, str]) -> None:

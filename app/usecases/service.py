@@ -31,7 +31,7 @@ from ..settings import Settings
 from .documents import Documents, subject_of
 from .federation import not_found_unless_all_answered, noted_failures, readiness, strict_error
 from .identity import CROSS_REFERENCED, IdentitySystems, PatientResolver
-from .last_updated import LastUpdates, changed_as_asked, with_meta
+from .last_updated import LastUpdates, changed_as_asked, for_meta, with_meta
 from .manifest_create import Created, ManifestWriter
 from .manifests import KosDocuments, ManifestLimits, Manifests
 from .rejected import RejectedInstances
@@ -325,7 +325,7 @@ class Facade:
             ]
         if self.last_updates is not None and studies:
             ids = [study["id"] for study in studies]
-            with_meta(studies, stamps if all(u in stamps for u in ids) else await self.last_updates(ids))
+            with_meta(studies, stamps if all(u in stamps for u in ids) else await for_meta(self.last_updates, ids))
         for (row, _), study in zip(page.studies, studies, strict=True):
             if (ehr_id := linked_ehr_id(row, links)) is not None:
                 study["subject"]["reference"] = f"Patient/{ehr_id}"
@@ -362,7 +362,7 @@ class Facade:
         ((row, instances),) = await self.rejected.hide([found])
         study = imaging_study(row, instances, mapping or self.mapping)
         if self.last_updates is not None:
-            with_meta([study], await self.last_updates([study_id]))
+            with_meta([study], await for_meta(self.last_updates, [study_id]))
         return study
 
     async def retrievable(
