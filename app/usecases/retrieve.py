@@ -166,7 +166,11 @@ class Retrieval:
         name = study.holder(sops)
         if name is None:  # split over archives: the caller asks for the parts
             raise NotFound("no archive that answered holds this")
-        return self.wados[name] if name else self.wado
+        return self._archive(name)
+
+    def _archive(self, name: str) -> WadoUpstream:
+        """An archive by name; "" (a study of the one PACS, :meth:`AuthorizedStudy.holder`) is the one PACS."""
+        return self.wados.get(name, self.wado)
 
     async def body(
         self, target: WadoPath, study: AuthorizedStudy, *, accept: str | None, query: str, public_base: str
@@ -200,7 +204,7 @@ class Retrieval:
         # A retrieve: study, series or instance.
         if whole is None or (target.instance is None and study.rejected_in(target.series)):
             return await self._rewrapped(self._units(target, study), accept, public_base)
-        return await self._rewrapped([(self.wados[whole] if whole else self.wado, target.path)], accept, public_base)
+        return await self._rewrapped([(self._archive(whole), target.path)], accept, public_base)
 
     # -- the kinds of answer
 
@@ -216,7 +220,7 @@ class Retrieval:
         found: list[dj.Dataset] = []
         seen: set[str] = set()
         for name in study.holding(study.sops(target.series, target.instance)):
-            answer = await (self.wados[name] if name else self.wado).open(target.path, accept=DICOM_JSON)
+            answer = await self._archive(name).open(target.path, accept=DICOM_JSON)
             await answer.raise_for_status()
             for d in datasets(await answer.read(self.max_json_bytes)):
                 sop = dj.text(d, dj.SOP_INSTANCE_UID)
@@ -288,14 +292,12 @@ class Retrieval:
             rows = study.series_instances(uid)
             whole = study.holder(study.sops(uid))
             if whole is not None and not any(dj.text(r, dj.SOP_INSTANCE_UID) in study.rejected for r in rows):
-                paths.append(
-                    (self.wados[whole] if whole else self.wado, replace(target, series=uid, instance=None).path)
-                )
+                paths.append((self._archive(whole), replace(target, series=uid, instance=None).path))
                 continue
             for r in rows:
                 sop = dj.text(r, dj.SOP_INSTANCE_UID)
                 if sop and sop not in study.rejected and (name := study.holder({sop})) is not None:
-                    paths.append((self.wados[name] if name else self.wado, WadoPath(study.uid, uid, sop).path))
+                    paths.append((self._archive(name), WadoPath(study.uid, uid, sop).path))
         if not paths:
             raise NotFound("every instance here is rejected (IOCM)")
         return paths

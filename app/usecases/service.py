@@ -18,13 +18,12 @@ from ..fhir.search_params import DOCUMENT_REFERENCE, IMAGING_SELECTION, IMAGING_
 from ..fhir.subsetting import drop_narrative, subset
 from ..mapping.endpoint import wado_endpoint
 from ..mapping.imaging_study import MappingContext, imaging_study
-from ..mapping.patient import patient
 from ..pacs.cache import CachedFetch, QidoPort
 from ..pacs.dicomweb_write import DicomWebStore
 from ..pacs.ehr import EhrPatients
 from ..pacs.federation import FederatedStore
 from ..pacs.pixm import PixManager
-from ..planning.patient_plan import covered, distinct_patients, linked_ehr_id, plan_patients
+from ..planning.patient_plan import covered, linked_ehr_id
 from ..planning.plan import Plan, PlanContext, plan
 from ..security.context import Forbidden, User
 from ..settings import Settings
@@ -34,6 +33,7 @@ from .identity import CROSS_REFERENCED, IdentitySystems, PatientResolver
 from .last_updated import LastUpdates, changed_as_asked, for_meta, with_meta
 from .manifest_create import Created, ManifestWriter
 from .manifests import KosDocuments, ManifestLimits, Manifests
+from .patients import patient_resource, patient_searchset, people
 from .rejected import RejectedInstances
 from .studies import (
     Fetch,
@@ -338,7 +338,7 @@ class Facade:
                 patient_ids.encode(dj.text(r, dj.PATIENT_ID) or "", dj.text(r, dj.ISSUER_OF_PATIENT_ID)): r
                 for r, _ in page.studies
             }
-            included += [self._patient(row, links) for row in subjects.values()]
+            included += [patient_resource(row, links, self.mapping) for row in subjects.values()]
         if req.include_endpoint and studies and not self.settings.uses_capabilities:
             included.append(self.endpoint(base))  # capability mode: each study contains its own
         drop_narrative(studies + included, req)
@@ -387,29 +387,11 @@ class Facade:
         return row, instances, await self.rejected.rejected_in(instances)
 
     async def search_patients(self, req: SearchRequest, base: str, *, fresh: bool) -> dict[str, Any]:
-        """Patients are the distinct (PatientID, issuer) pairs of every matching study row (app.planning.patient_plan);
+        """Patients are the distinct (PatientID, issuer) pairs of every matching study row (app.usecases.patients);
         that makes the total exact, so it is always given."""
-
-        def link(offset: int) -> str:
-            return bundle.search_url(base, "Patient", req.link_params(offset=offset))
-
-        req, links = await self._resolve(req, fresh=fresh)
-        rows = await all_matching(
-            plan_patients(req, self.plan_context), self._fetcher(fresh), self.limits, why="folding them into patients"
-        )
-        people = distinct_patients(rows)
-        window = [] if req.summary == "count" else people[req.offset : req.offset + req.count]
-        resources = subset([self._patient(row, links) for row in window], req, PATIENT.mandatory)
-        drop_narrative(resources, req)
-        return bundle.counted_searchset(
-            base,
-            resources,
-            link=link,
-            offset=req.offset,
-            count=req.count,
-            total=len(people),
-            counting=req.summary == "count",
-        )
+        resolved, links = await self._resolve(req, fresh=fresh)
+        found = await people(resolved, self._fetcher(fresh), self.plan_context, self.limits)
+        return patient_searchset(resolved, found, links, self.mapping, base)
 
     async def read_patient(self, patient_id: str, *, fresh: bool) -> dict[str, Any]:
         """Patient/<id>: the id encodes PatientID + issuer; the patient's latest study speaks for them."""
@@ -418,20 +400,10 @@ class Facade:
         ctx = self.search_context("", strict=False)
         req = parse_search([("_id", patient_id)], ctx, PATIENT)  # ours, the linked EHR's, or nothing
         req, links = await self._resolve(req, fresh=fresh)
-        people: list[dj.Dataset] = []
-        if not req.matches_nothing:
-            rows = await all_matching(plan_patients(req, self.plan_context), self._fetcher(fresh), self.limits)
-            people = distinct_patients(rows)
-        if not people:
+        found = [] if req.matches_nothing else await people(req, self._fetcher(fresh), self.plan_context, self.limits)
+        if not found:
             raise NotFound(f"Patient/{patient_id[:70]} is not known")
-        return self._patient(people[0], links)
-
-    def _patient(self, row: dj.Dataset, links: dict[PatientKey, str]) -> dict[str, Any]:
-        """The Patient of a study row; under the EHR's id when the search came through it (app.pacs.ehr)."""
-        resource = patient(row, self.mapping)
-        if (ehr_id := linked_ehr_id(row, links)) is not None:
-            resource["id"] = ehr_id
-        return resource
+        return patient_resource(found[0], links, self.mapping)
 
     def _mapping(self, base: str, retrieval: RetrievalGrant | None) -> MappingContext:
         return study_mapping(self.settings, self.mapping, base, retrieval, self.clock())
