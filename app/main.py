@@ -35,6 +35,7 @@ from .mapping.versions import VERSIONS
 from .pacs.breaker import CircuitBreaker
 from .pacs.cache import CachedQido, QidoPort
 from .pacs.cache_redis import RedisCache
+from .pacs.change_clock import ChangeClock
 from .pacs.changes import ChangeFollower, OrthancChanges
 from .pacs.dicomweb_write import DicomWebStore
 from .pacs.ehr import EhrPatients, MrnRule
@@ -140,7 +141,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         timeout=source.upstream_read_timeout,
                         name=source.name,
                     ),
-                    a.source.qido.invalidate,
+                    a.source.qido,
                     interval=settings.change_poll_interval,
                     on_event=app.state.metrics.observe_change_feed,
                 )
@@ -280,7 +281,7 @@ def _archive(settings: Settings, source: ResolvedSource, pool: httpx.AsyncBaseTr
         source=Source(
             source.name,
             fanout.domain(source.name, source.issuer),
-            _cache(settings, qido, source.dicomweb_url),
+            _cache(settings, qido, source.dicomweb_url, followed=source.pacs_kind == "orthanc"),
             breaker,
         ),
         upstream=upstream,
@@ -290,9 +291,11 @@ def _archive(settings: Settings, source: ResolvedSource, pool: httpx.AsyncBaseTr
     )
 
 
-def _cache(settings: Settings, upstream: Qido, dicomweb_url: str) -> CachedQido:
+def _cache(settings: Settings, upstream: Qido, dicomweb_url: str, *, followed: bool) -> CachedQido:
     """In-process by default; Redis (shared by replicas) when cache_redis_url is set. Keys are prefixed with the
-    PACS they came from, so two facades in front of different archives never mix answers in one Redis."""
+    PACS they came from, so two facades in front of different archives never mix answers in one Redis. An archive
+    whose change feed is followed (``followed``) gets a change clock: its changes clear only what they touch."""
+    clock = ChangeClock(keep=settings.cache_ttl + settings.cache_stale_ttl) if followed else None
     if settings.cache_redis_url:
         # One PACS: its address as the Endpoint names it (as before issue 21); several: each one's own root.
         where = settings.wado_base if not settings.federated else dicomweb_url.rpartition("@")[2]
@@ -303,9 +306,13 @@ def _cache(settings: Settings, upstream: Qido, dicomweb_url: str) -> CachedQido:
             stale_ttl=settings.cache_stale_ttl,
             prefix=f"{settings.cache_redis_prefix}:{pacs}",
         )
-        return CachedQido(upstream, backend=backend)
+        return CachedQido(upstream, backend=backend, clock=clock)
     return CachedQido(
-        upstream, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes, stale_ttl=settings.cache_stale_ttl
+        upstream,
+        ttl=settings.cache_ttl,
+        max_bytes=settings.cache_max_bytes,
+        stale_ttl=settings.cache_stale_ttl,
+        clock=clock,
     )
 
 

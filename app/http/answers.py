@@ -15,6 +15,10 @@ sent, so a repeat is one dict lookup. It keeps every rule of the QIDO cache (app
   replaces the kept one.
 * **Cleared with the QIDO cache** (:attr:`app.pacs.cache.QidoPort.generation`): after a manifest is created the
   next search sees it.
+* **Cleared where the PACS changed** (issue 22): with a followed change feed, the QIDO answers an answer was made
+  from are keyed on their scopes' change stamps (app.pacs.change_clock); the answer keeps those stamps
+  (:attr:`Answer.depends`) and is not served once one of them has moved, so a new instance of one patient does
+  not clear the others' answers.
 * **Never errors, never stale-if-error answers** (those carry a warning about this moment only): the handler stores
   only a 200 built without a stale QIDO answer.
 
@@ -51,6 +55,12 @@ class Answer:
 
     body: bytes
     audit: Mapping[str, Any]
+    # (clock, scopes, stamp) of each cached QIDO answer it was made from (app.pacs.request_scope.DEPENDS)
+    depends: tuple[tuple[Any, Any, int], ...] = ()
+
+    def current(self) -> bool:
+        """Whether no scope it was made from has changed since (app.pacs.change_clock.ChangeClock.stamp)."""
+        return all(clock.stamp(scopes) == stamp for clock, scopes, stamp in self.depends)
 
 
 class _Key:
@@ -97,7 +107,7 @@ class AnswerCache:
         """The answer for a raw request seen before (:meth:`put` with ``alias``), without counting a miss."""
         self._sync()
         key = self._aliases.get(alias)
-        answer = None if key is None else self._store.get(key)
+        answer = None if key is None else self._current(key)
         if answer is not None:
             self.hits += 1
         return answer
@@ -105,18 +115,25 @@ class AnswerCache:
     def find(self, key: Hashable) -> Answer | None:
         """:meth:`get` without counting a miss: for a lookup that hands a miss on to one that counts it."""
         self._sync()
-        answer = self._store.get(_Key(key))
+        answer = self._current(_Key(key))
         if answer is not None:
             self.hits += 1
         return answer
 
     def get(self, key: Hashable) -> Answer | None:
         self._sync()
-        answer = self._store.get(_Key(key))
+        answer = self._current(_Key(key))
         if answer is None:
             self.misses += 1
         else:
             self.hits += 1
+        return answer
+
+    def _current(self, key: _Key) -> Answer | None:
+        answer = self._store.get(key)
+        if answer is not None and answer.depends and not answer.current():
+            del self._store[key]  # made before a change in the PACS it depends on
+            return None
         return answer
 
     def put(self, key: Hashable, answer: Answer, alias: Hashable = None) -> None:

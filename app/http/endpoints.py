@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
@@ -21,6 +22,7 @@ from ..fhir.search import parse_search
 from ..mapping.versions import VERSIONS, FhirVersion
 from ..pacs.request_scope import (
     CACHE_SCOPE,
+    DEPENDS,
     PACS_TOKEN,
     SOURCE_NOTES,
     STALE_IF_ERROR,
@@ -130,6 +132,7 @@ async def _authorize(request: Request, resource_type: str, interaction: Interact
     directives = cache_directives(request)
     STALE_IF_ERROR.set(StaleIfError(stale_accepted(directives, settings.cache_stale_ttl)))
     SOURCE_NOTES.set(SourceNotes())  # archives that fail this request (several behind this base, issue 21)
+    DEPENDS.set([])  # the change stamps its cached answer will depend on (issue 22, app.http.answers)
     if forward and ctx.token:
         PACS_TOKEN.set(ctx.token)
     # A shared cache whose generation cannot be read (Redis down) may hold answers older than a write made through
@@ -174,8 +177,13 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
         record(request.state, sources_failed=sorted((SOURCE_NOTES.get() or SourceNotes()).failed))
     response = FHIRResponse(version.present(result), pretty=req.pretty)
     if answers is not None and not stale and not incomplete:  # never an answer with a warning
-        answers.put(key, Answer(bytes(response.body), audit), alias=None if alias is None else (alias, patient_read))
+        answer = Answer(bytes(response.body), audit, _depends())
+        answers.put(key, answer, alias=None if alias is None else (alias, patient_read))
     return response
+
+
+def _depends() -> tuple[tuple[Any, Any, int], ...]:
+    return tuple(dict.fromkeys(DEPENDS.get() or ()))  # once each: a query asked twice adds its stamp twice
 
 
 def _served_stale() -> bool:
@@ -236,7 +244,7 @@ async def read(request: Request, version: FhirVersion, resource_type: str) -> Re
     headers = {"Warning": ", ".join(warnings)} if warnings else None
     response = FHIRResponse(version.present(resource), pretty=indent, headers=headers)
     if answers is not None and not warnings:
-        answers.put(key, Answer(bytes(response.body), audit))
+        answers.put(key, Answer(bytes(response.body), audit, _depends()))
     return response
 
 

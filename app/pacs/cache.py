@@ -30,7 +30,8 @@ from cachetools import TTLCache
 
 from ..dicom.qido import QidoQuery
 from ..errors import UpstreamError
-from .request_scope import CACHE_SCOPE, STALE_IF_ERROR
+from .change_clock import ChangeClock, Scopes, query_scopes
+from .request_scope import CACHE_SCOPE, DEPENDS, STALE_IF_ERROR
 from .upstream import Qido, QidoResult
 
 __all__ = ["CacheBackend", "CacheKey", "CachedQido", "Hit", "MemoryCache", "QidoPort"]
@@ -155,6 +156,9 @@ class CachedQido:
       without an error; single-flight still applies).
     * backend - another :class:`CacheBackend` (e.g. ``RedisCache``), which brings its own ttl/stale_ttl; the three
       arguments above are then not allowed.
+    * clock - the archive's :class:`~app.pacs.change_clock.ChangeClock` when its change feed is followed: each
+      answer is then kept under the stamp of the query's scopes, so a change clears only the answers it touches
+      (:meth:`changed`); requests note which stamps their answer was made from (``DEPENDS``).
 
     Counters: ``hits`` (fresh answers and joined in-flight fetches), ``misses`` (upstream calls made),
     ``stale_served`` (stale answers served after an upstream error).
@@ -168,6 +172,7 @@ class CachedQido:
         max_bytes: int = 0,
         stale_ttl: float = 0,
         backend: CacheBackend | None = None,
+        clock: ChangeClock | None = None,
     ) -> None:
         if backend is None:
             backend = MemoryCache(ttl=ttl, max_bytes=max_bytes, stale_ttl=stale_ttl)
@@ -175,6 +180,7 @@ class CachedQido:
             raise TypeError("ttl, max_bytes and stale_ttl configure the in-memory cache; a backend brings its own")
         self._upstream = upstream
         self.backend = backend
+        self.clock = clock
         self._inflight: dict[CacheKey, asyncio.Future[QidoResult]] = {}
         self.hits = 0
         self.misses = 0
@@ -192,6 +198,14 @@ class CachedQido:
         next, gets an answer made after the write."""
         await self.backend.invalidate()
         self.generation += 1
+        if self.clock is not None:
+            self.clock.reset()  # stamps start again under the new generation
+
+    async def changed(self, scopes: Scopes | None, position: int) -> None:
+        """The archive's feed saw a change at ``position`` in these scopes (app.pacs.changes); None: it cannot say
+        where, so everything goes (:meth:`invalidate`). Without a clock, everything goes too."""
+        if scopes is None or self.clock is None or not self.clock.note(scopes, position):
+            await self.invalidate()
 
     async def current_generation(self) -> int | None:
         """The shared generation of the cached answers (:meth:`CacheBackend.generation`); the HTTP layer reads it
@@ -205,7 +219,22 @@ class CachedQido:
     def cached(self, query: QidoQuery, context: Hashable = None) -> bool:
         """Whether a fresh answer is in memory now (then :meth:`search` returns it without suspending). Always
         False for a remote backend, which cannot be asked without I/O."""
-        return isinstance(self.backend, MemoryCache) and self.backend.has_fresh((context, query))
+        return isinstance(self.backend, MemoryCache) and self.backend.has_fresh(self._key(query, context))
+
+    def _key(self, query: QidoQuery, context: Hashable) -> CacheKey:
+        """(context, query), the context stamped with the query's scopes' last change when the feed is followed
+        (app.pacs.change_clock); the stamp is read before any fetch starts, so an answer kept under a stamp was
+        asked after every change the stamp counts. The stamp is noted in the request's ``DEPENDS`` for the finished
+        answer made from it (app.http.answers)."""
+        clock = self.clock
+        if clock is None:
+            return (context, query)
+        scopes = query_scopes(query)
+        stamp = clock.stamp(scopes)
+        depends = DEPENDS.get()
+        if depends is not None:
+            depends.append((clock, scopes, stamp))
+        return ((context, stamp), query)
 
     async def search(
         self, query: QidoQuery, *, fresh: bool = False, context: Hashable = None, stale_if_error: float = 0
@@ -214,7 +243,7 @@ class CachedQido:
         ``stale_if_error``: seconds past its freshness a kept answer may be (RFC 5861 §4; 0: none). If the PACS fails
         (any UpstreamError, the breaker's CircuitOpen included), answer with such a kept answer marked
         ``stale=True`` rather than the error, when there is one."""
-        key: CacheKey = (context, query)
+        key = self._key(query, context)
         backend = self.backend
         hit = None
         if not fresh and backend.ttl > 0:

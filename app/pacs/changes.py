@@ -5,15 +5,26 @@ DICOMweb has no change feed; archives do, each its own. A :class:`ChangeFeed` is
 interface (:class:`OrthancChanges` here; Microsoft's ``/changefeed`` or Google's Pub/Sub would be a module each):
 
 * ``start()`` positions it at the archive's present (what came before is in no cached answer yet);
-* ``poll()`` says what happened since: :attr:`Poll.changed` (something was stored, changed or deleted) or
-  :attr:`Poll.lost` (the feed cannot tell: it was reset, has a gap, or could not be read).
+* ``poll()`` says what happened since: :attr:`Poll.changed` (something was stored, changed or deleted), where
+  (:attr:`Poll.scopes`: the patients and studies it touched, app.pacs.change_clock; None when it cannot say, e.g.
+  a deletion) and at which feed position, or :attr:`Poll.lost` (the feed cannot tell: it was reset, has a gap, or
+  could not be read).
 
-:class:`ChangeFollower` polls every ``interval`` seconds and clears the archive's cached answers (app.pacs.cache
-``invalidate``: in every process sharing a Redis cache too) on either: a change is seen within one interval, and a
-feed that cannot be followed never leaves a stale answer standing. Facts about Orthanc 1.10's ``/changes`` (measured;
-shared/docs/change-feeds.md): entries ``Seq``, ``ChangeType``, ``Path``...; ``Last`` the newest ``Seq``; a deletion
-removes the resource's entries and logs nothing, so deletions are seen in ``/statistics`` counts, read at most every
-``STATISTICS_EVERY`` polls; ``Stable*`` entries change nothing.
+:class:`ChangeFollower` polls every ``interval`` seconds and tells the archive's cache: a change in known scopes
+clears the answers of those scopes only (app.pacs.cache ``changed``), anything else clears every answer
+(``invalidate``: in every process sharing a Redis cache too). A change is seen within one interval, and a feed that
+cannot be followed never leaves a stale answer standing.
+
+Where a change happened, Orthanc's entries do not say: they name a resource by its Orthanc id. :class:`OrthancChanges`
+asks (:class:`_Where`): a patient, study or series id once each (kept), and new instances through the instance lists
+of the series that changed lately (``GET /series/{id}``: one request per active series per poll, whatever the number
+of instances), each instance not found there with one request of its own. At most ``LOOKUPS`` requests per poll;
+past them, or for a resource already deleted again, the change is "anywhere".
+
+Facts about Orthanc 1.10's ``/changes`` (measured; shared/docs/change-feeds.md): entries ``Seq``, ``ChangeType``,
+``ResourceType``, ``ID``, ``Path``...; ``Last`` the newest ``Seq``; a deletion removes the resource's entries and
+logs nothing, so deletions are seen in ``/statistics`` counts, read at most every ``STATISTICS_EVERY`` polls (and
+clear everything: what was deleted is no longer there to ask); ``Stable*`` entries change nothing.
 """
 
 from __future__ import annotations
@@ -26,22 +37,28 @@ from typing import Any, Protocol
 
 import httpx
 import orjson
+from cachetools import LRUCache
 
+from .change_clock import Scopes, patient_scope, study_scope
 from .upstream import basic_auth, with_credentials
 
-__all__ = ["ChangeFeed", "ChangeFollower", "OrthancChanges", "Poll"]
+__all__ = ["ChangeFeed", "ChangeFollower", "FollowedCache", "OrthancChanges", "Poll"]
 
 logger = logging.getLogger(__name__)
 
 STATISTICS_EVERY = 5  # polls between two /statistics reads (deletions): at most 12 requests in 10 idle seconds
 PAGE = 1000  # /changes entries per request
 UNCHANGING = frozenset({"StableSeries", "StableStudy", "StablePatient"})
+LOOKUPS = 64  # requests a poll may make to learn where its changes were; past them: anywhere
+ACTIVE_SERIES = 8  # series whose instance lists are read for new instances (the ones that changed last)
 
 
 @dataclass(frozen=True)
 class Poll:
     changed: bool = False
     lost: str | None = None  # why the feed cannot tell what changed (then everything may have)
+    scopes: Scopes | None = None  # where it changed (app.pacs.change_clock); None: anywhere
+    position: int = 0  # the feed position after the changes (grows; the same for every process following it)
 
 
 class ChangeFeed(Protocol):
@@ -70,6 +87,7 @@ class OrthancChanges:
         self._counts: tuple[int, ...] | None = None
         self._polls = 0
         self.requests = 0
+        self._where = _Where(self._get)
 
     async def start(self) -> None:
         self._seq = int((await self._get("/changes?last"))["Last"])
@@ -79,7 +97,7 @@ class OrthancChanges:
         if self._seq is None:
             await self.start()
             return Poll(lost="the change feed was not followed until now")
-        changed = False
+        changed, touched = False, []
         while True:
             page = await self._get(f"/changes?since={self._seq}&limit={PAGE}")
             last, entries = int(page.get("Last", -1)), page.get("Changes")
@@ -88,7 +106,7 @@ class OrthancChanges:
                 return Poll(lost="the change log was reset (its last entry went backwards)")
             kept = [e for e in entries if isinstance(e, dict) and isinstance(e.get("Seq"), int)]
             seqs = [e["Seq"] for e in kept]
-            changed = changed or any(e.get("ChangeType") not in UNCHANGING for e in kept)
+            touched += [e for e in kept if e.get("ChangeType") not in UNCHANGING]
             # Consecutive from where it was, up to Last: missing entries are resources created and deleted since
             # (a deletion removes its entries) or a log cleared and refilled: either way something changed.
             gap = seqs != list(range(self._seq + 1, self._seq + 1 + len(seqs))) or (not seqs and last > self._seq)
@@ -101,9 +119,13 @@ class OrthancChanges:
         if self._polls % STATISTICS_EVERY == 0:
             counts = await self._statistics()
             if counts != self._counts:
-                changed = changed or self._counts is not None
+                changed = self._counts is not None  # a deletion (or what the log missed): anywhere
                 self._counts = counts
-        return Poll(changed=changed)
+        if changed:
+            return Poll(changed=True, position=self._seq)
+        if not touched:
+            return Poll(position=self._seq)
+        return Poll(changed=True, scopes=await self._where.scopes(touched), position=self._seq)
 
     async def _statistics(self) -> tuple[int, ...]:
         stats = await self._get("/statistics")
@@ -128,21 +150,147 @@ class OrthancChanges:
         return body
 
 
+class _Where:
+    """Where Orthanc's changes happened: each entry's resource to the scopes of its patient and study."""
+
+    def __init__(self, get: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+        self._get = get
+        self._known: LRUCache[str, Scopes] = LRUCache(maxsize=20000)  # patient, study, series id -> scopes
+        self._active: dict[str, None] = {}  # series ids, the last to change last (an ordered set)
+        self._left = 0
+
+    async def scopes(self, entries: list[dict[str, Any]]) -> Scopes | None:
+        self._left = LOOKUPS
+        found: set[str] = set()
+        instances: list[str] = []
+        try:
+            for entry in entries:
+                kind, rid = entry.get("ResourceType"), entry.get("ID")
+                if not isinstance(rid, str) or not rid:
+                    return None
+                if kind == "Instance":
+                    instances.append(rid)
+                elif kind in ("Patient", "Study", "Series"):
+                    found.update(await self._of(kind, rid))
+                else:
+                    return None
+            if instances:
+                found.update(await self._of_instances(instances))
+        except _Unknown:
+            return None
+        return tuple(sorted(found))
+
+    async def _of(self, kind: str, rid: str) -> Scopes:
+        if (known := self._known.get(rid)) is not None:
+            if kind == "Series":
+                self._activate(rid)
+            return known
+        if kind == "Patient":
+            tags = (await self._ask(f"/patients/{rid}")).get("MainDicomTags") or {}
+            scopes: Scopes = (patient_scope(_text(tags, "PatientID")),)
+        elif kind == "Study":
+            study = await self._ask(f"/studies/{rid}")
+            uid = _text(study.get("MainDicomTags") or {}, "StudyInstanceUID")
+            scopes = (patient_scope(_text(study.get("PatientMainDicomTags") or {}, "PatientID")), study_scope(uid))
+        else:
+            parent = (await self._ask(f"/series/{rid}")).get("ParentStudy")
+            if not isinstance(parent, str):
+                raise _Unknown
+            scopes = await self._of("Study", parent)
+            self._activate(rid)
+        self._known[rid] = scopes
+        return scopes
+
+    async def _of_instances(self, instances: list[str]) -> set[str]:
+        """New instances through the instance lists of the series that changed last (one request each, whatever
+        the number of instances), then one by one (each one's series then listed too: the rest of a series that
+        grows without showing in this feed's series entries costs one request more, not one each)."""
+        found: set[str] = set()
+        left = set(instances)
+        listed: set[str] = set()
+
+        async def sweep(series: str) -> None:
+            listed.add(series)
+            try:
+                held = (await self._ask(f"/series/{series}")).get("Instances")
+            except _Unknown:
+                if self._left <= 0:
+                    raise
+                self._active.pop(series, None)  # deleted since: no longer where instances arrive
+                return
+            mine = left.intersection(held) if isinstance(held, list) else set()
+            if mine:
+                found.update(await self._of("Series", series))
+                left.difference_update(mine)
+
+        for series in reversed(list(self._active)):
+            if not left:
+                break
+            await sweep(series)
+        for rid in instances:
+            if rid in left:
+                parent = (await self._ask(f"/instances/{rid}/series")).get("ID")
+                if not isinstance(parent, str):
+                    raise _Unknown
+                found.update(await self._of("Series", parent))
+                left.discard(rid)
+                if left and parent not in listed:
+                    await sweep(parent)
+        return found
+
+    def _activate(self, series: str) -> None:
+        self._active.pop(series, None)
+        self._active[series] = None
+        while len(self._active) > ACTIVE_SERIES:
+            del self._active[next(iter(self._active))]
+
+    async def _ask(self, path: str) -> dict[str, Any]:
+        if self._left <= 0:
+            raise _Unknown
+        self._left -= 1
+        try:
+            return await self._get(path)
+        except FeedError:
+            raise _Unknown from None  # deleted again since (404), or unreadable: anywhere
+
+
+class _Unknown(Exception):
+    """Where a change happened cannot be said (then it was anywhere)."""
+
+
+def _text(tags: dict[str, Any], name: str) -> str:
+    value = tags.get(name)
+    if not isinstance(value, str):
+        raise _Unknown
+    return value
+
+
+class FollowedCache(Protocol):
+    """What a follower tells (app.pacs.cache.CachedQido): a change in these scopes at this feed position, or
+    ``invalidate`` everything."""
+
+    async def changed(self, scopes: Scopes | None, position: int) -> None: ...
+
+    async def invalidate(self) -> None: ...
+
+
 class ChangeFollower:
-    """Polls one :class:`ChangeFeed` every ``interval`` seconds and calls ``invalidate`` on a change or when the
-    feed cannot tell; ``on_event(kind)`` counts for metrics: ``change``, ``lost``, ``error``, ``idle``."""
+    """Polls one :class:`ChangeFeed` every ``interval`` seconds and tells ``cache`` what changed: the scopes of a
+    change, or everything when the feed cannot tell; ``on_event(kind)`` counts for metrics: ``change``, ``lost``,
+    ``error``, ``idle``."""
 
     def __init__(
         self,
         feed: ChangeFeed,
-        invalidate: Callable[[], Awaitable[None]],
+        cache: FollowedCache,
         *,
         interval: float,
         on_event: Callable[[str, str], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.feed = feed
-        self._invalidate = invalidate
+        self._cache = cache
+        self._invalidate = cache.invalidate
         self.interval = interval
         self._on_event = on_event
         self._sleep = sleep
@@ -178,7 +326,7 @@ class ChangeFollower:
             await self._invalidate()
             return self._event("lost")
         if poll.changed:
-            await self._invalidate()
+            await self._cache.changed(poll.scopes, poll.position)
             return self._event("change")
         return self._event("idle")
 

@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Hashable
+from typing import Any
 
 CACHE_SCOPE: contextvars.ContextVar[Hashable] = contextvars.ContextVar("cache_scope", default=None)
+# The change-clock stamps (clock, scopes, stamp) of the cached QIDO answers one request's answer was made from
+# (app.pacs.cache.CachedQido._key), so a finished answer kept for it goes when one of them moves (app.http.answers).
+# A list shared by the request's tasks; None outside a request.
+DEPENDS: contextvars.ContextVar[list[tuple[Any, Any, int]] | None] = contextvars.ContextVar("depends", default=None)
 PACS_TOKEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("pacs_token", default=None)
 
 
