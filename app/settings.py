@@ -1,7 +1,8 @@
 """Settings: one frozen object built at the edge and passed into ``create_app``.
 
 Sources, later wins: built-in defaults < a TOML file the operator names (``--config`` or ``FACADE_CONFIG``)
-< environment variables ``FACADE_<KEY>``. Nothing below ``app.main`` reads the environment.
+< environment variables ``FACADE_<KEY>``; any of them may name a file holding the value instead
+(``FACADE_<KEY>_FILE``, ``<key>_file``: app.secret_files). Nothing below ``app.main`` reads the environment.
 
 No file is read unless it is named: an installed package has no ``config/`` folder beside it, and a service whose
 behaviour depends on where it was started from is a service nobody can reason about. The built-in defaults are
@@ -24,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .secret_files import FileSettingError, from_environment, from_files
 from .security.tokens import AuthSettings
 from .source_settings import ResolvedSource, SourceError, SourceSettings, parse_sources
 
@@ -319,13 +321,14 @@ class Settings:
         elif path is not None:
             raise SettingsError(f"config file {path} does not exist")
         types = {f.name: f.type for f in fields(cls)}
-        unknown = set(values) - set(types)
-        if unknown:
-            raise SettingsError(f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}")
-        for name in types:
-            raw = environ.get(ENV_PREFIX + name.upper())
-            if raw is not None:
-                values[name] = raw
+        try:  # <key>_file / FACADE_<KEY>_FILE: the value is the file's content (secrets mounted by a platform)
+            values = from_files(values, set(types), str(path))
+            unknown = set(values) - set(types)
+            if unknown:
+                raise SettingsError(f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}")
+            values.update(from_environment(environ, ENV_PREFIX, list(types)))
+        except FileSettingError as exc:
+            raise SettingsError(str(exc)) from None
         if not values.get("dicomweb_url") and not values.get("sources"):
             raise SettingsError(
                 "dicomweb_url is required (set FACADE_DICOMWEB_URL or [facade].dicomweb_url), or [[sources]]"

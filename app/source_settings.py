@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .secret_files import FileSettingError, from_files
+
 _NAME = re.compile(r"[a-z0-9-]{1,32}")
 # IssuerOfPatientID is LO: at most 64 characters, no backslash or control characters (PS3.5 6.2).
 _ISSUER = re.compile(r"[^\\\x00-\x1f]{1,64}")
@@ -108,6 +110,10 @@ def _source(item: Any, index: int, where: str) -> SourceSettings:
     if not isinstance(item, Mapping):
         raise SourceError(f"{where}[{index}] must be a table with name and dicomweb_url")
     known = {f.name for f in fields(SourceSettings)}
+    try:  # pacs_token_file = "/run/secrets/..." (issue 23)
+        item = from_files(item, known, f"{where}[{index}]")
+    except FileSettingError as exc:
+        raise SourceError(str(exc)) from None
     unknown = sorted(set(item) - known)
     if unknown:
         raise SourceError(f"{where}[{index}]: unknown setting(s) {', '.join(unknown)}")
