@@ -13,7 +13,8 @@ are measured one after the other against it:
 * ``orthanc``: FACADE_PACS_KIND=orthanc, FACADE_CACHE_TTL=3600, the change log followed every second (default).
 
 QIDO goes straight to Orthanc; FACADE_ORTHANC_URL points at a small counting reverse proxy (a thread of this script)
-in front of the same Orthanc, so every request the follower makes is counted by path (``/changes``, ``/statistics``).
+in front of the same Orthanc, so every request the follower makes is counted by path (``/changes``, ``/statistics``,
+and the lookups of where a change was: ``/series/{id}``, ``/instances/{id}/series``, ``/studies/{id}``).
 Other requests through it (``POST /tools/find``: meta.lastUpdated, asked by a search that missed the cache with
 pacs_kind = orthanc) are counted apart, as "other REST requests": they are the search's, not the follower's. The
 configurations take turns ``--rounds`` times, each turn storing a study of its own (new UIDs).
@@ -130,16 +131,17 @@ def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
-FOLLOWER_PATHS = ("/changes", "/statistics")
+SEARCH_PATHS = ("/tools/find",)  # the search's REST requests (meta.lastUpdated on a cache miss)
 
 
 def follower(counts: dict[str, int]) -> int:
-    """The follower's requests; the rest (POST /tools/find: meta.lastUpdated on a search's cache miss) are not."""
-    return sum(v for k, v in counts.items() if k in FOLLOWER_PATHS)
+    """The follower's requests: /changes, /statistics, and the lookups of where a change was (GET /series/{id},
+    /instances/{id}/series, /studies/{id}, /patients/{id}); POST /tools/find is a search's, not the follower's."""
+    return sum(v for k, v in counts.items() if k not in SEARCH_PATHS)
 
 
 def others(counts: dict[str, int]) -> int:
-    return sum(v for k, v in counts.items() if k not in FOLLOWER_PATHS)
+    return sum(v for k, v in counts.items() if k in SEARCH_PATHS)
 
 
 def metrics(origin: str) -> dict[str, float]:
