@@ -48,6 +48,7 @@ from .planning import fanout
 from .security.auth import Authorizer
 from .settings import Settings, SettingsError
 from .source_settings import ResolvedSource
+from .usecases.last_updated import Archive, ArchiveTimes, refusal
 from .usecases.retrieve import Retrieval
 from .usecases.service import Facade
 
@@ -106,11 +107,17 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 else first.source.qido
             )
             facade = Facade(settings, qido, ehr, pixm)
-            if not settings.federated and settings.pacs_kind == "orthanc":  # when studies changed (issue 22)
-                (one,) = settings.pacs_sources
-                facade.last_updates = OrthancStudies(
-                    pool, one.orthanc_url, token=one.pacs_token, timeout=one.upstream_read_timeout, batch=100
-                ).last_updates
+            if refusal(settings) is None:  # every archive an Orthanc: it says when its studies changed (issue 22)
+                rest = [
+                    Archive(
+                        s.name,
+                        OrthancStudies(
+                            pool, s.orthanc_url, token=s.pacs_token, timeout=s.upstream_read_timeout, batch=100
+                        ).last_updates,
+                    )
+                    for s in settings.pacs_sources
+                ]
+                facade.times.lookup = ArchiveTimes(rest) if settings.federated else rest[0].last_updates
             store: DicomWebStore | FederatedStore = first.store
             if isinstance(qido, FederatedQido):
                 writable = [source.manifests_writable for source in settings.pacs_sources]

@@ -151,6 +151,9 @@ class KeyObjectSelection:
     # SOP Instance UIDs of the copies of this document in other studies (Identical Documents Sequence (0040,A525),
     # PS3.3 C.17.6.2.1: required when a KOS references more than one study, one copy stored in each).
     identical: tuple[str, ...] = ()
+    # The studies those copies are stored in (the same sequence's StudyInstanceUIDs): with the document's own study,
+    # where the manifest lives (its meta.lastUpdated is their latest change, app.usecases.last_updated).
+    identical_studies: tuple[str, ...] = ()
     # TID 1003 "Person Observer's Login Name": where a manifest made through this facade keeps the SMART
     # ``fhirUser`` of whoever made it (app.planning.manifest_input); TID 1004 "Device Observer UID".
     observer_login: str | None = None
@@ -160,6 +163,11 @@ class KeyObjectSelection:
     def canonical_uid(self) -> str:
         """One UID for the document and all its copies (the smallest), so the copies show as one manifest."""
         return min((self.sop_instance_uid, *self.identical))
+
+    @property
+    def homes(self) -> tuple[str, ...]:
+        """The studies the document and its copies are stored in: its own first."""
+        return tuple(dict.fromkeys(u for u in (self.study_uid, *self.identical_studies) if u))
 
     @property
     def is_rejection(self) -> bool:
@@ -225,6 +233,9 @@ def parse_kos(metadata: object) -> KeyObjectSelection:
         references=references,
         unresolved=unresolved,
         identical=_identical(ds),
+        identical_studies=tuple(
+            dict.fromkeys(uid for study in sr.items_of(ds, "0040A525") if (uid := sr.string_of(study, "0020000D")))
+        ),
         observer_login=sr.first_text(content, _PERSON_OBSERVER_LOGIN, _TEXT_VALUE),
         device_observer_uid=sr.first_text(content, _DEVICE_OBSERVER_UID, _UID_VALUE),
     )

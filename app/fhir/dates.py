@@ -59,19 +59,36 @@ class DateCriterion:
                 return t.low >= s.high
             case "eb":
                 return t.high <= s.low
+            case "ap":  # the value as widened when parsed (parse_search_date): any overlap
+                return t.low < s.high and t.high > s.low
         raise AssertionError(self.prefix)
 
 
-def parse_search_date(raw: str, default_zone: tzinfo) -> DateCriterion:
-    """``[prefix]value`` → criterion; ValueError with a user-facing message when malformed."""
+def parse_search_date(raw: str, default_zone: tzinfo, *, approximate_at: datetime | None = None) -> DateCriterion:
+    """``[prefix]value`` → criterion; ValueError with a user-facing message when malformed.
+
+    ``ap`` only with ``approximate_at`` (the time the search is made; used for ``_lastUpdated``, which the facade
+    checks itself): the value widened by search.html's recommended tolerance, 10 % of the gap between that time
+    and the value, on each side. Elsewhere it stays refused: the PACS's date ranges are not widened for it."""
     prefix = "eq"
     if raw[:2].isalpha():
         prefix, raw = raw[:2], raw[2:]
         if prefix not in PREFIXES:
             raise ValueError(f"unknown date prefix {prefix!r}")
-        if prefix not in SUPPORTED_PREFIXES:
+        if prefix not in SUPPORTED_PREFIXES and not (prefix == "ap" and approximate_at is not None):
             raise ValueError(f"date prefix {prefix!r} is not supported")
-    return DateCriterion(prefix, parse_fhir_datetime(raw, default_zone), raw)
+    value = parse_fhir_datetime(raw, default_zone)
+    if prefix == "ap" and approximate_at is not None:
+        slack = abs(approximate_at - value.low) / 10
+        value = Interval(_moved(value.low, -slack), _moved(value.high, slack))
+    return DateCriterion(prefix, value, raw)
+
+
+def _moved(moment: datetime, by: timedelta) -> datetime:
+    try:
+        return moment + by
+    except OverflowError:
+        return (datetime.min if by < timedelta(0) else datetime.max).replace(tzinfo=UTC)
 
 
 def parse_fhir_datetime(raw: str, default_zone: tzinfo) -> Interval:

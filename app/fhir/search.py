@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import InvalidRequest, UnsupportedSearch
 from .dates import DateCriterion, parse_search_date
-from .search_params import IMAGING_STUDY, RESULT_PARAMS, SUMMARIES, ResourceSearch
+from .search_params import IMAGING_STUDY, LAST_UPDATED_TYPES, RESULT_PARAMS, SUMMARIES, ResourceSearch
 from .search_values import DICOM_UID_SYSTEM as DICOM_UID_SYSTEM
 from .search_values import PARSERS, Parser
 from .search_values import EhrPatient as EhrPatient
@@ -137,15 +138,16 @@ def parse_search(
             # Never ignored silently: an app syncing "what changed since" would re-read everything, or miss nothing
             # it can tell. DICOMweb answers carry no time of change (PS3.18 §10.6; issue 22): only an archive whose
             # own API says when a study changed (pacs_kind = orthanc) answers it.
-            if not ctx.last_updated or resource.type != "ImagingStudy":
-                raise UnsupportedSearch(
-                    "_lastUpdated is not supported here: the PACS's DICOMweb answers carry no time of change"
-                )
+            if resource.type not in LAST_UPDATED_TYPES:
+                raise UnsupportedSearch(f"_lastUpdated is not supported on {resource.type}: it has no time of change")
+            if not ctx.last_updated:
+                raise UnsupportedSearch(f"_lastUpdated is not supported here: {ctx.last_updated_refusal}")
             if sep or chain:
                 raise UnsupportedSearch(f"{key} is not supported (no modifiers on _lastUpdated)")
             if value:
                 try:
-                    group = tuple(parse_search_date(v, ctx.search_zone) for v in split_or(value))
+                    now = ctx.now or datetime.now(UTC)  # ap: 10 % of the gap to now (search.html#prefix)
+                    group = tuple(parse_search_date(v, ctx.search_zone, approximate_at=now) for v in split_or(value))
                 except ValueError as exc:
                     raise InvalidRequest(f"_lastUpdated: {exc}") from None
                 results.last_updated.append(group)

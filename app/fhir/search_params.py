@@ -148,6 +148,9 @@ PATIENT_PARAMS: tuple[ParamSpec, ...] = (
 SUMMARIES = ("true", "text", "data", "count", "false")
 
 # Result parameters understood by the parser; anything else starting with "_" is unsupported.
+# _lastUpdated (issue 22): the types whose resources have a last change in the PACS (a study's, or the study a
+# manifest's KOS is stored in); answered only where every archive says when its studies changed.
+LAST_UPDATED_TYPES = frozenset({"ImagingStudy", "ImagingSelection", "DocumentReference"})
 RESULT_PARAMS = ("_count", "_offset", "_include", "_format", "_pretty", "_total", "_summary", "_sort", "_elements")
 
 # Top-level ImagingStudy elements _elements may name (R4); mandatory ones (status, subject) are always kept.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from typing import Any
 
 from ..dicom.terminology import DCM_SYSTEM, SNOMED_SYSTEM, body_parts_for_snomed
@@ -65,6 +65,9 @@ class SearchContext:
     endpoint_id: str = "wado-rs"
     ehr_base: str | None = None  # the linked EHR's FHIR base (app.pacs.ehr): ids not ours are the EHR's
     last_updated: bool = False  # the PACS says when a study changed (pacs_kind = orthanc): _lastUpdated is answered
+    # why it is not (shown in the 400 OperationOutcome): which archive cannot say when its studies changed
+    last_updated_refusal: str = "the PACS's DICOMweb answers carry no time of change"
+    now: datetime | None = None  # when the search is made (_lastUpdated=ap...); None: the clock's
 
 
 def split_or(value: str) -> list[str]:

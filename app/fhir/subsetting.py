@@ -16,11 +16,17 @@ def subset(resources: list[dict[str, Any]], req: SearchRequest, mandatory: froze
     if not elements:
         return resources
     keep = elements | mandatory | {"resourceType", "id", "meta"}
-    return [{k: v for k, v in r.items() if k in keep} | {"meta": {"tag": [dict(SUBSETTED)]}} for r in resources]
+    return [{k: v for k, v in r.items() if k in keep} | {"meta": _tagged(r)} for r in resources]
 
 
 def drop_narrative(resources: list[dict[str, Any]], req: SearchRequest) -> None:
     if req.summary in ("true", "data"):  # neither carries the narrative (search.html#summary)
         for resource in resources:
             if resource.pop("text", None) is not None:
-                resource["meta"] = {"tag": [dict(SUBSETTED)]}
+                resource["meta"] = _tagged(resource)
+
+
+def _tagged(resource: dict[str, Any]) -> dict[str, Any]:
+    """Meta marked SUBSETTED, keeping meta.lastUpdated (a profile is not claimed for a subset)."""
+    kept = {k: v for k, v in resource.get("meta", {}).items() if k == "lastUpdated"}
+    return kept | {"tag": [dict(SUBSETTED)]}

@@ -5,19 +5,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..fhir.search_params import ResourceSearch
+from ..fhir.search_params import LAST_UPDATED_TYPES, ResourceSearch
 from ..mapping.document_reference import BUNDLE_PROFILE, FHIR_PROFILE, KOS_PROFILE
 from ..mapping.versions import FhirVersion
 from ..security.smart_discovery import capability_security
 from ..settings import Settings
+from ..usecases.last_updated import refusal
 
-LAST_UPDATED = {
-    "name": "_lastUpdated",
-    "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
-    "type": "date",
-    "documentation": "The study's last change in the PACS (Orthanc's LastUpdate, UTC to the second; also "
-    "meta.lastUpdated). Every date prefix; alone or with the other criteria. Deletions do not move it on Orthanc 1.10.",
+_CHANGED = {
+    "ImagingStudy": "The study's last change in the PACS",
+    "ImagingSelection": "The last change in the PACS of the study the manifest (KOS) is stored in",
+    "DocumentReference": "The last change in the PACS of the study the manifest (KOS) is stored in",
 }
+
+
+def last_updated_param(rtype: str) -> dict[str, str]:
+    """_lastUpdated as listed where it is answered: every archive an Orthanc (app.usecases.last_updated)."""
+    return {
+        "name": "_lastUpdated",
+        "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+        "type": "date",
+        "documentation": f"{_CHANGED[rtype]} (Orthanc's LastUpdate, UTC to the second; with several archives the "
+        "latest of those holding it; also meta.lastUpdated). Every date prefix; alone or with the other criteria. "
+        "Deletions do not move it on Orthanc 1.10.",
+    }
 
 
 def capability_statement(
@@ -62,10 +73,10 @@ def capability_statement(
             }
         ],
     }
-    if settings.pacs_kind == "orthanc" and not settings.federated:  # answered only where the PACS says (issue 22)
+    if refusal(settings) is None:  # answered only where every archive says when its studies changed (issue 22)
         for resource in statement["rest"][0]["resource"]:
-            if resource["type"] == "ImagingStudy":
-                resource["searchParam"].append(LAST_UPDATED)
+            if resource["type"] in LAST_UPDATED_TYPES and "searchParam" in resource:
+                resource["searchParam"].append(last_updated_param(resource["type"]))
     if settings.auth_mode == "smart":  # SMART App Launch: the security element and where tokens come from
         if settings.smart_token_endpoint:
             security = capability_security(

@@ -87,10 +87,13 @@ class Documents:
         def link(offset: int) -> str:
             return bundle.search_url(base, "DocumentReference", req.link_params(offset=offset))
 
-        found = [] if req.matches_nothing else await self._matching(req, base, fresh)
+        found, stamps = ([], {}) if req.matches_nothing else await self._matching(req, base, fresh)
         found.sort(key=lambda pair: (pair[1].get("date", ""), pair[1]["id"]), reverse=True)  # newest first
         window = [] if req.summary == "count" else found[req.offset : req.offset + req.count]
         resources = [_linked(res, m, links) for m, res in window]
+        await self._manifests.times.stamp_manifests(
+            [(r, m.kos) for r, (m, _) in zip(resources, window, strict=True)], stamps
+        )
         included: list[Resource] = []
         if resources and "DocumentReference:subject" in req.includes:
             people: dict[str, Resource] = {}
@@ -112,7 +115,10 @@ class Documents:
             included=included,
         )
 
-    async def _matching(self, req: SearchRequest, base: str, fresh: bool) -> list[tuple[mado.Manifest, Resource]]:
+    async def _matching(
+        self, req: SearchRequest, base: str, fresh: bool
+    ) -> tuple[list[tuple[mado.Manifest, Resource]], dict[str, str]]:
+        """The manifests' DocumentReferences, and the manifests' last changes if the search asked (by KOS UID)."""
         keys: dict[str, str] = {}
         doc_checks: list[Callable[[KeyObjectSelection], bool]] = []
         for c in req.all("patient") + req.all("subject"):
@@ -130,7 +136,7 @@ class Documents:
             sop_uids = _and(sop_uids, {uid for uid, _ in decoded.values()})
         if sop_uids is not None:
             if not sop_uids:
-                return []
+                return [], {}
             keys["SOPInstanceUID"] = uid_list(sorted(sop_uids))
         study_sets = [set(c.values) for c in req.all("study-instance-uid")]
         for c in req.all("accession-number"):
@@ -143,12 +149,12 @@ class Documents:
         if study_sets:
             studies = set.intersection(*study_sets)
             if not studies:
-                return []
+                return [], {}
             if "PatientID" not in keys and "SOPInstanceUID" not in keys:
                 # A KOS can live in another study of the patient: ask for the patients' KOS, keep the matches.
                 patients = await self._manifests.patients_of(sorted(studies), fresh=fresh)
                 if not patients:
-                    return []
+                    return [], {}
                 put_pattern(keys, "PatientID", patients)
         for c in req.all("date"):
             doc_checks.append(_date_check(list(c.values), self._mapping.zone))
@@ -156,6 +162,7 @@ class Documents:
         docs = [d for d in docs if not d.is_rejection and all(check(d) for check in doc_checks)]
         docs = list(_one_per_manifest(docs).values())
         docs = [d for d in docs if all(s & set(mado.referenced_studies(d)) for s in study_sets)]
+        docs, stamps = await self._manifests.times.manifests_as_asked(docs, req.last_updated)
         manifests = await self.shown(docs, fresh=fresh)
         for c in req.all("modality"):
             codes = set(c.values)
@@ -172,7 +179,7 @@ class Documents:
         for name, path in (("type", ("type",)), ("category", ("category",)), ("format", ("content", "format"))):
             for c in req.all(name):
                 found = [(m, r) for m, r in found if _token_matches(_codings(r, path), list(c.values))]
-        return found
+        return found, stamps
 
     async def _studies_by_accession(self, tokens: list[Token], fresh: bool) -> set[str]:
         """Study UIDs whose AccessionNumber is one of these (exact, case-sensitive; the system must be ours)."""
@@ -245,7 +252,9 @@ class Documents:
         if resource_type == "Bundle":
             return manifest_bundle(m, ctx, now=datetime.now(UTC).isoformat(timespec="seconds"))
         dicom, fhir = mado.document_references(m, ctx)
-        return fhir if form == "fhir" else dicom
+        resource = fhir if form == "fhir" else dicom
+        await self._manifests.times.stamp_manifests([(resource, m.kos)], {})
+        return resource
 
 
 def subject_of(resource: Resource) -> str:

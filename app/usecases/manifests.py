@@ -42,6 +42,7 @@ from ..mapping.imaging_selection import imaging_selections
 from ..mapping.imaging_study import MappingContext
 from ..pacs.upstream import QidoResult
 from ..planning.plan import patient_check, put_pattern
+from .last_updated import ChangeTimes
 
 Fetch = Callable[[QidoQuery], Awaitable[QidoResult]]
 SeriesMetadata = Callable[[str, str], Awaitable[list[dict[str, Any]]]]
@@ -128,21 +129,25 @@ class Manifests:
         limits: ManifestLimits,
         include_studies: Callable[[list[str], bool], Awaitable[list[Resource]]],
         endpoint: Callable[[str], Resource],
+        times: ChangeTimes | None = None,
     ) -> None:
+        """``times``: when the studies the KOS documents are stored in changed (``_lastUpdated``, meta)."""
         self._fetch = fetch
         self.documents = documents
         self._mapping = mapping
         self._limits = limits
         self._include_studies = include_studies
         self._endpoint = endpoint
+        self.times = times or ChangeTimes()
 
     async def search(self, req: SearchRequest, base: str, *, fresh: bool) -> Resource:
         def link(offset: int) -> str:
             return bundle.search_url(base, "ImagingSelection", req.link_params(offset=offset))
 
-        found = [] if req.matches_nothing else await self._matching(req, fresh)
+        found, docs, stamps = ([], {}, {}) if req.matches_nothing else await self._matching(req, fresh)
         found.sort(key=lambda r: (r.get("issued", ""), r["id"]), reverse=True)  # newest first, stable
         window = [] if req.summary == "count" else found[req.offset : req.offset + req.count]
+        await self.times.stamp_manifests([(s, docs[_kos_uid(s)]) for s in window], stamps)
         window = subset(window, req, IMAGING_SELECTION.mandatory)
         drop_narrative(window, req)
         included: list[Resource] = []
@@ -169,10 +174,15 @@ class Manifests:
             for doc in docs:
                 selections = selections_of(doc, self._mapping)
                 if doc.canonical_uid == kos_uid and group < len(selections):
-                    return (await self.with_body_sites([selections[group]], fresh=fresh))[0]
+                    (found,) = await self.with_body_sites([selections[group]], fresh=fresh)
+                    await self.times.stamp_manifests([(found, doc)], {})
+                    return found
         raise NotFound(f"ImagingSelection/{rid[:70]} is not known")
 
-    async def _matching(self, req: SearchRequest, fresh: bool) -> list[Resource]:
+    async def _matching(
+        self, req: SearchRequest, fresh: bool
+    ) -> tuple[list[Resource], dict[str, KeyObjectSelection], dict[str, str]]:
+        """The selections, their documents by canonical UID, and the documents' last changes if the search asked."""
         keys: dict[str, str] = {}
         doc_checks: list[Callable[[KeyObjectSelection], bool]] = []
         for c in req.all("patient") + req.all("subject"):
@@ -193,25 +203,26 @@ class Manifests:
             sop_uids = set(ids_here) if sop_uids is None else sop_uids & set(ids_here)
         if sop_uids is not None:
             if not sop_uids:
-                return []
+                return [], {}, {}
             keys["SOPInstanceUID"] = uid_list(sorted(sop_uids))
         studies: set[str] | None = None
         for c in req.all("study-uid") + req.all("derived-from"):
             studies = set(c.values) if studies is None else studies & set(c.values)
         if studies is not None:
             if not studies:
-                return []
+                return [], {}, {}
             if "PatientID" not in keys and "SOPInstanceUID" not in keys:
                 # A KOS can live in another study of the patient: ask for the patients' KOS, keep the matches.
                 patients = await self._patients_of(sorted(studies), fresh)
                 if not patients:
-                    return []
+                    return [], {}, {}
                 put_pattern(keys, "PatientID", patients)
         docs = await self._documents(keys, fresh)
         for c in req.all("issued"):
             doc_checks.append(_issued_check(list(c.values), self._mapping.zone))
         docs = [d for d in docs if not d.is_rejection and all(check(d) for check in doc_checks)]
         docs = list({d.canonical_uid: d for d in docs}.values())  # the copies of a cross-study KOS are one manifest
+        docs, stamps = await self.times.manifests_as_asked(docs, req.last_updated)
         selections = [s for d in docs for s in selections_of(d, self._mapping)]
         if groups is not None:
             selections = [s for s in selections if _group_of(s) in groups.get(_kos_uid(s), set())]
@@ -223,7 +234,7 @@ class Manifests:
         for c in req.all("bodysite"):
             terms = set(c.values)
             selections = [s for s in selections if terms & set(_body_terms(s))]
-        return selections
+        return selections, {d.canonical_uid: d for d in docs}, stamps
 
     async def kos_documents(self, keys: dict[str, str], *, fresh: bool) -> list[KeyObjectSelection]:
         """The KOS documents whose instance rows match these QIDO keys (Modality KO added; bounded like a search),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -30,7 +30,7 @@ from ..settings import Settings
 from .documents import Documents, subject_of
 from .federation import not_found_unless_all_answered, noted_failures, readiness, strict_error
 from .identity import CROSS_REFERENCED, IdentitySystems, PatientResolver
-from .last_updated import LastUpdates, changed_as_asked, for_meta, with_meta
+from .last_updated import ChangeTimes, refusal
 from .manifest_create import Created, ManifestWriter
 from .manifests import KosDocuments, ManifestLimits, Manifests
 from .patients import patient_resource, patient_searchset, people
@@ -60,7 +60,8 @@ class Facade:
             settings.patient_identifier_system, settings.issuer_system_prefix, dict(settings.issuer_systems)
         )
         self.identity = PatientResolver(systems, ehr, pixm)
-        self.last_updates: LastUpdates | None = None  # pacs_kind = orthanc, one PACS (app.usecases.last_updated)
+        self.times = ChangeTimes()  # _lastUpdated, meta.lastUpdated: every archive an Orthanc (app.main)
+        self._why_not = refusal(settings) or "the PACS cannot say when its studies changed"  # the 400's text
         self.manifests: Manifests | None = None  # set by attach_manifests
         self.documents: Documents | None = None  # R4 MADO DocumentReference and Bundle, set by attach_manifests
         self.writer: ManifestWriter | None = None
@@ -93,7 +94,9 @@ class Facade:
             strict=strict,
             endpoint_id=s.endpoint_id,
             ehr_base=self.ehr.base if self.ehr else None,
-            last_updated=self.last_updates is not None,
+            last_updated=self.times.answered,
+            last_updated_refusal=self._why_not,
+            now=datetime.fromtimestamp(self.clock(), UTC),
         )
 
     async def _resolve(
@@ -113,6 +116,7 @@ class Facade:
             limits,
             self._studies_for_include,
             self.endpoint,
+            self.times,
         )
         self.documents = Documents(
             self.manifests,
@@ -160,8 +164,9 @@ class Facade:
         page = await search_page(
             Plan(study_uids=tuple(uids)), self._fetcher(fresh), count=len(uids), offset=0, limits=self.limits
         )
-        pairs = await self.rejected.hide(page.studies)
-        return [imaging_study(row, rows, self.mapping) for row, rows in pairs]
+        studies = [imaging_study(row, rows, self.mapping) for row, rows in await self.rejected.hide(page.studies)]
+        await self.times.stamp_studies(studies, {})
+        return studies
 
     async def subject_keys(self, patient_id: str) -> list[PatientKey]:
         """The PACS keys of a Patient id: ours decodes, an EHR id is looked up (app.pacs.ehr); unknown: none."""
@@ -300,9 +305,7 @@ class Facade:
         if req.summary == "count" or req.sort or req.total != "none" or req.last_updated:
             # Counting, sorting and _lastUpdated need every matching study row (QIDO does none of them).
             rows = await all_matching(the_plan, fetch, self.limits, screen=screen)
-            if req.last_updated and self.last_updates is not None:
-                stamps = await self.last_updates([dj.text(r, dj.STUDY_UID) or "" for r in rows])
-                rows = changed_as_asked(rows, stamps, req.last_updated)
+            rows, stamps = await self.times.studies_as_asked(rows, req.last_updated)
             total = len(rows)
             if req.summary == "count":
                 return bundle.searchset(base, [], self_url=link(req.offset), total=total)
@@ -323,9 +326,7 @@ class Facade:
                 imaging_study(row, None, mapping, series_rows=rows) if summary else imaging_study(row, rows, mapping)
                 for row, rows in page.studies
             ]
-        if self.last_updates is not None and studies:
-            ids = [study["id"] for study in studies]
-            with_meta(studies, stamps if all(u in stamps for u in ids) else await for_meta(self.last_updates, ids))
+        await self.times.stamp_studies(studies, stamps)
         for (row, _), study in zip(page.studies, studies, strict=True):
             if (ehr_id := linked_ehr_id(row, links)) is not None:
                 study["subject"]["reference"] = f"Patient/{ehr_id}"
@@ -361,8 +362,7 @@ class Facade:
             raise NotFound(f"ImagingStudy/{study_id} is not known")
         ((row, instances),) = await self.rejected.hide([found])
         study = imaging_study(row, instances, mapping or self.mapping)
-        if self.last_updates is not None:
-            with_meta([study], await for_meta(self.last_updates, [study_id]))
+        await self.times.stamp_studies([study], {})
         return study
 
     async def retrievable(

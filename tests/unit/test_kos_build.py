@@ -119,6 +119,7 @@ def expected(
     content_time: str = "093000",
     timezone_offset: str | None = None,
     identical: tuple[str, ...] = (),
+    identical_studies: tuple[str, ...] = (),
 ) -> KeyObjectSelection:
     return KeyObjectSelection(
         sop_instance_uid=sop_instance_uid,
@@ -136,6 +137,7 @@ def expected(
         timezone_offset=timezone_offset,
         references=evidence,
         identical=identical,
+        identical_studies=identical_studies,
     )
 
 
@@ -437,9 +439,9 @@ class TestCrossStudy:
         assert (ct_copy.StudyInstanceUID, mr_copy.StudyInstanceUID) == ("2.25.100", "2.25.200")
         assert (ct_copy.AccessionNumber, mr_copy.AccessionNumber) == ("ACC-1", "ACC-2")
         # Every copy lists every reference, in the same order, so each parses to the same selection.
-        for ds, study, series, sop, other in (
-            (ct_copy, CT_STUDY, "2.25.100.900", "2.25.100.900.1", "2.25.200.900.1"),
-            (mr_copy, MR_STUDY, "2.25.200.900", "2.25.200.900.1", "2.25.100.900.1"),
+        for ds, study, series, sop, other, other_study in (
+            (ct_copy, CT_STUDY, "2.25.100.900", "2.25.100.900.1", "2.25.200.900.1", "2.25.200"),
+            (mr_copy, MR_STUDY, "2.25.200.900", "2.25.200.900.1", "2.25.100.900.1", "2.25.100"),
         ):
             got = parsed(ds)
             assert got == expected(
@@ -450,8 +452,10 @@ class TestCrossStudy:
                 series_uid=series,
                 sop_instance_uid=sop,
                 identical=(other,),
+                identical_studies=(other_study,),
             )
             assert got.canonical_uid == "2.25.100.900.1"  # the copies read as one manifest
+            assert got.homes == (study.study_uid, other_study)  # where the manifest lives (its meta.lastUpdated)
             assert [str(s.StudyInstanceUID) for s in ds.CurrentRequestedProcedureEvidenceSequence] == [
                 "2.25.100",
                 "2.25.200",
