@@ -251,6 +251,30 @@ class OrthancServer:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def halt(self) -> None:
+        """Stop the Orthanc process as :meth:`stop` does but keep its directory, port and configuration, so that
+        :meth:`resume` starts it again (a restart while its clients run)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate(proc)
+
+    def resume(self, *, storage_dir: str | os.PathLike[str] | None = None) -> None:
+        """Start Orthanc again after :meth:`halt`, on the same port with the same configuration and storage, or
+        with the SQLite index and DICOM files in ``storage_dir`` (created if needed: a new, empty database)."""
+        if self._proc is not None:
+            raise RuntimeError("OrthancServer is running")
+        if storage_dir is not None:
+            path = Path(storage_dir).resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            self.config |= {"StorageDirectory": str(path / "storage"), "IndexDirectory": str(path)}
+            self.config_path.write_text(json.dumps(self.config, indent=2), encoding="utf-8")
+        self._spawn()
+        try:
+            self._wait_ready()
+        except _ExitedEarly:
+            self._proc = None
+            raise OrthancStartError(f"Orthanc exited during its restart; log tail:\n{self.log_tail()}") from None
+
     def __enter__(self) -> OrthancServer:
         return self.start()
 
@@ -277,16 +301,7 @@ class OrthancServer:
             # extra_config may pin the port; the URL must follow it.
             self._port = int(self.config["HttpPort"])
             self.config_path.write_text(json.dumps(self.config, indent=2), encoding="utf-8")
-            if self._log_file is not None:
-                self._log_file.close()
-            self._log_file = open(self.log_path, "ab")  # closed in stop()
-            self._proc = subprocess.Popen(
-                [self._binary, str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self._tmp,
-            )
+            self._spawn()
             try:
                 self._wait_ready()
                 return
@@ -297,6 +312,18 @@ class OrthancServer:
                     raise OrthancStartError(
                         f"Orthanc exited during start-up ({attempts} attempts); log tail:\n{self.log_tail()}"
                     ) from None
+
+    def _spawn(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+        self._log_file = open(self.log_path, "ab")  # closed in stop()
+        self._proc = subprocess.Popen(
+            [str(self._binary), str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self._tmp,
+        )
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
