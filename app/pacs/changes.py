@@ -85,12 +85,16 @@ class OrthancChanges:
         self.name = name
         self._seq: int | None = None
         self._counts: tuple[int, ...] | None = None
+        self._anchor: tuple[Any, ...] | None = None  # the last entry read (Seq, type, resource, id, date)
         self._polls = 0
         self.requests = 0
         self._where = _Where(self._get)
 
     async def start(self) -> None:
-        self._seq = int((await self._get("/changes?last"))["Last"])
+        page = await self._get("/changes?last")
+        self._seq = int(page["Last"])
+        entries = page.get("Changes")
+        self._anchor = _identity(entries[-1]) if isinstance(entries, list) and entries else None
         self._counts = await self._statistics()
 
     async def poll(self) -> Poll:
@@ -98,28 +102,44 @@ class OrthancChanges:
             await self.start()
             return Poll(lost="the change feed was not followed until now")
         changed, touched = False, []
+        # The first page starts at the last entry read, which must still be the same entry: Orthanc restarted on
+        # another database can have as many changes (Last) and counts, but not the same entry at that Seq.
+        anchor, self._anchor = self._anchor, None
+        since = self._seq - 1 if anchor is not None else self._seq
         while True:
-            page = await self._get(f"/changes?since={self._seq}&limit={PAGE}")
+            page = await self._get(f"/changes?since={since}&limit={PAGE}")
             last, entries = int(page.get("Last", -1)), page.get("Changes")
             if not isinstance(entries, list) or last < self._seq:
                 self._seq = max(last, 0)
                 return Poll(lost="the change log was reset (its last entry went backwards)")
             kept = [e for e in entries if isinstance(e, dict) and isinstance(e.get("Seq"), int)]
+            if anchor is not None:
+                if kept and kept[0]["Seq"] == self._seq:
+                    if _identity(kept.pop(0)) != anchor:
+                        self._seq = last
+                        return Poll(lost="the change log holds another entry where it was (reset, or another database)")
+                    self._anchor = anchor  # the same: still where it was
+                else:
+                    changed = True  # that entry is gone: its resource was deleted since (anywhere)
+                anchor = None
             seqs = [e["Seq"] for e in kept]
             touched += [e for e in kept if e.get("ChangeType") not in UNCHANGING]
             # Consecutive from where it was, up to Last: missing entries are resources created and deleted since
             # (a deletion removes its entries) or a log cleared and refilled: either way something changed.
             gap = seqs != list(range(self._seq + 1, self._seq + 1 + len(seqs))) or (not seqs and last > self._seq)
             self._seq = seqs[-1] if seqs else last
+            if kept:
+                self._anchor = _identity(kept[-1])
             if gap:
                 return Poll(changed=True, lost="the change log has a gap")
             if page.get("Done", True) or not seqs:
                 break
+            since = self._seq
         self._polls += 1
         if self._polls % STATISTICS_EVERY == 0:
             counts = await self._statistics()
             if counts != self._counts:
-                changed = self._counts is not None  # a deletion (or what the log missed): anywhere
+                changed = changed or self._counts is not None  # a deletion (or what the log missed): anywhere
                 self._counts = counts
         if changed:
             return Poll(changed=True, position=self._seq)
@@ -252,6 +272,12 @@ class _Where:
             return await self._get(path)
         except FeedError:
             raise _Unknown from None  # deleted again since (404), or unreadable: anywhere
+
+
+def _identity(entry: Any) -> tuple[Any, ...] | None:
+    if not isinstance(entry, dict):
+        return None
+    return tuple(entry.get(k) for k in ("Seq", "ChangeType", "ResourceType", "ID", "Date"))
 
 
 class _Unknown(Exception):

@@ -242,12 +242,6 @@ def test_a_restart_between_two_polls_on_a_database_with_fewer_changes_is_a_reset
         assert _ids(client, patient) == {data["study_n_uid"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (app.pacs.changes.OrthancChanges.poll): Orthanc restarted on another database whose /changes Last "
-    "equals the old one's (and /statistics counts and sizes too) reads as 'nothing changed': answers cached from the "
-    "old database stay for cache_ttl",
-)
 def test_a_restart_between_two_polls_on_another_database_of_the_same_size_is_a_reset(orthanc, data):
     patient = data["patient"]
     with _client(orthanc, change_poll_interval=3600.0) as client:

@@ -252,3 +252,26 @@ def test_the_follower_tells_where_on_a_change_and_clears_all_on_a_lost_feed_and_
     # a change where it was; all on lost, on two errors, and once back (what changed meanwhile is unknown)
     assert cache.told == [(("p:a",), 7), "all", "all", "all", "all"]
     assert events[0] == ("pacs", "idle")
+
+
+def test_another_database_with_as_many_changes_is_a_reset_and_a_deleted_last_entry_a_change(orthanc, feed):
+    orthanc.store("P1", "S1", "R1", "I1", "I2")
+
+    async def go() -> list[Poll]:
+        await feed.start()
+        polls = [await feed.poll()]
+        orthanc.entries[-1] = dict(orthanc.entries[-1], ID="I9", Date="20261205T001500")  # same Seq, same Last
+        polls.append(await feed.poll())
+        orthanc.store("P1", "S1", "R1", "I3")
+        polls.append(await feed.poll())
+        del orthanc.entries[-1]  # I3 deleted: its entry goes, Last stays (Orthanc keeps counting)
+        orthanc.entries.append(dict(orthanc.entries[-1], Seq=6, ID="I4", ChangeType="NewInstance"))
+        orthanc.parents["I4"] = "R1"
+        polls.append(await feed.poll())
+        return polls
+
+    idle, swapped, new, deleted = run(go())
+    assert idle == Poll(position=4)
+    assert swapped.lost and "another entry" in swapped.lost
+    assert new == Poll(changed=True, scopes=("p:p1", "s:1.2.1"), position=5)
+    assert deleted.changed and deleted.scopes is None  # the entry read last is gone: anywhere
