@@ -2,6 +2,13 @@
 
 Every test in this package is skipped when Orthanc or its DICOMweb plugin is not installed
 (``apt-get install orthanc orthanc-dicomweb``).
+
+FACADE_TEST_ORTHANC_URL=http://127.0.0.1:8042/dicom-web names an Orthanc someone else started (the Orthanc image,
+docs/containers.md): the session's ``orthanc`` fixture then loads ``build_dataset()`` into it instead of starting
+one, and the tests that use only that fixture run without a local Orthanc install. It must hold nothing else (the
+tests count every study), be Orthanc (its REST API, the DICOMweb URL without ``/dicom-web``, is read too) and
+have the settings of tests.support.orthanc.base_config. Modules that start Orthancs of their own (a module
+fixture, or an ``orthanc`` fixture of their own) keep doing so: they stop, restart or reconfigure them.
 """
 
 from __future__ import annotations
@@ -11,12 +18,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 from pydicom import Dataset
 
 from tests.support.dataset import Manifest, build_dataset
 from tests.support.federation import Federation, start_federation
 from tests.support.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary, store
+
+EXTERNAL_ORTHANC = "FACADE_TEST_ORTHANC_URL"
 
 
 @dataclass(frozen=True)
@@ -27,8 +37,13 @@ class OrthancFixture:
     dicomweb_url: str  # url + "/dicom-web", no trailing slash
     manifest: Manifest
     datasets: list[Dataset]
-    server: OrthancServer
+    server: OrthancServer | None  # None: FACADE_TEST_ORTHANC_URL's Orthanc, not ours
     load_seconds: float  # time to generate and store the dataset
+
+
+def external_orthanc() -> str | None:
+    """FACADE_TEST_ORTHANC_URL without a trailing slash, or None."""
+    return os.environ.get(EXTERNAL_ORTHANC, "").strip().rstrip("/") or None
 
 
 def _missing_orthanc() -> str | None:
@@ -44,15 +59,42 @@ def _missing_orthanc() -> str | None:
 
 
 @pytest.fixture(autouse=True)
-def _require_orthanc() -> None:
+def _require_orthanc(request: pytest.FixtureRequest) -> None:
     # Autouse, so tests that do not ask for the `orthanc` fixture are skipped too.
+    # A test served by the external Orthanc needs no local install (a module with an `orthanc` fixture of its own
+    # starts a private one, as before).
+    if external_orthanc() and "orthanc" in request.fixturenames and not hasattr(request.module, "orthanc"):
+        return
     reason = _missing_orthanc()
     if reason is not None:
         pytest.skip(reason)
 
 
+def _external(dicomweb_url: str) -> OrthancFixture:
+    started = time.perf_counter()
+    datasets, manifest = build_dataset()
+    store(dicomweb_url, datasets)
+    held = httpx.get(f"{dicomweb_url}/studies", params={"includefield": "0020000D"}, timeout=60)
+    held.raise_for_status()
+    extra = {row["0020000D"]["Value"][0] for row in held.json()} - {s.study_uid for s in manifest.studies}
+    if extra:
+        pytest.fail(f"{EXTERNAL_ORTHANC} holds {len(extra)} studies besides the test data: use an empty Orthanc")
+    return OrthancFixture(
+        url=dicomweb_url.rsplit("/", 1)[0],
+        dicomweb_url=dicomweb_url,
+        manifest=manifest,
+        datasets=datasets,
+        server=None,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
 @pytest.fixture(scope="session")
 def orthanc() -> Iterator[OrthancFixture]:
+    url = external_orthanc()
+    if url is not None:
+        yield _external(url)
+        return
     reason = _missing_orthanc()
     if reason is not None:
         pytest.skip(reason)
