@@ -112,7 +112,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     Archive(
                         s.name,
                         OrthancStudies(
-                            pool, s.orthanc_url, token=s.pacs_token, timeout=s.upstream_read_timeout, batch=100
+                            pool,
+                            s.orthanc_url,
+                            token=s.pacs_token,
+                            timeout=s.upstream_read_timeout,
+                            batch=settings.prequery_limit,
                         ).last_updates,
                     )
                     for s in settings.pacs_sources

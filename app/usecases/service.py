@@ -109,9 +109,13 @@ class Facade:
         """Wire the KOS reader (WADO-RS metadata) and writer (STOW-RS) that share the PACS connection pool."""
         s = self.settings
         limits = ManifestLimits(rows=s.prequery_limit)
+        # Which manifests a KO series holds (read for _summary=true) is not in QIDO rows, so no change clock keys it:
+        # where a change feed is followed, it is kept no longer than a poll interval (issue 22, rule 2).
+        followed = any(source.pacs_kind == "orthanc" for source in s.pacs_sources)
+        series_ttl = min(s.cache_ttl, s.change_poll_interval) if followed else s.cache_ttl
         self.manifests = Manifests(
             self._fetcher,
-            KosDocuments(store.series_metadata, limits, series_ttl=s.cache_ttl),
+            KosDocuments(store.series_metadata, limits, series_ttl=series_ttl),
             self.mapping,
             limits,
             self._studies_for_include,
