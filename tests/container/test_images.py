@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.support.containers import FACADE_IMAGE, ORTHANC_IMAGE, docker, image_inspect, start_facade
+from tests.support.containers import FACADE_IMAGE, ORTHANC_IMAGE, docker, image_inspect, listening, start_facade
 
 pytestmark = pytest.mark.container
 
@@ -98,3 +98,8 @@ def test_the_orthanc_image_answers_dicomweb_without_authentication(pacs):
     assert r.status_code == 200 and len(r.json()) == 5
     config = image_inspect(ORTHANC_IMAGE)["Config"]
     assert config["User"] == "orthanc" and "/var/lib/orthanc/db" in config["Volumes"]
+
+
+def test_every_server_listens_on_the_loopback_only(pacs, facade):
+    assert listening(pacs.port) == {"127.0.0.1"}  # Orthanc 1.10 through docker/orthanc/loopback_bind.c
+    assert listening(facade.port) == {"127.0.0.1"}

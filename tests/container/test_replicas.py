@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.container.conftest import P1, P2, Pacs
-from tests.support.containers import REDIS_IMAGE, Container, Facade, start_facade
+from tests.support.containers import REDIS_IMAGE, Container, Facade, listening, start_facade
 from tests.support.facade import free_port
 from tests.support.tokens import AUDIENCE, ISSUER, TokenIssuer
 
@@ -73,6 +73,7 @@ def test_a_manifest_created_through_one_replica_is_in_the_next_search_through_th
         assert httpx.get(replica.root + selections, headers=headers).json().get("entry", []) == []
         assert httpx.get(replica.root + read, headers=headers).json()["numberOfSeries"] == 1
     server, port = redis
+    assert listening(port) == {"127.0.0.1"}
     keys = server.exec("redis-cli", "-p", str(port), "--scan", "--pattern", "facade:*").stdout.split()
     assert keys, "the replicas keep nothing in Redis"
     body = {

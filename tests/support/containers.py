@@ -9,6 +9,7 @@ server binds 127.0.0.1 itself) and is stopped and removed by its id, with its an
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import socket
@@ -32,6 +33,7 @@ __all__ = [
     "docker",
     "engine_problem",
     "image_inspect",
+    "listening",
     "start_facade",
 ]
 
@@ -67,6 +69,23 @@ def engine_problem() -> str | None:
     if missing:
         return f"image(s) {', '.join(missing)} not built (bash scripts/images)"
     return None
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses of the host's listening TCP sockets on ``port`` (the containers share the host's
+    network), from /proc/net/tcp and tcp6: "127.0.0.1", "0.0.0.0", "::1", "::", ..."""
+    found: set[str] = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with open(table, encoding="ascii") as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, _, hex_port = local.partition(":")
+                if state == "0A" and int(hex_port, 16) == port and len(address) == width:
+                    raw = bytes.fromhex(address)
+                    # /proc prints each 32-bit word in host (little-endian) order
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                    found.add(str(ipaddress.ip_address(words)))
+    return found
 
 
 def image_inspect(image: str) -> dict[str, Any]:
