@@ -141,7 +141,7 @@ def test_a_modality_whose_instances_are_all_rejected_is_neither_shown_nor_found(
 ) -> None:
     """ModalitiesInStudy is the PACS's (CT\\MR: Orthanc counts the rejected MR instance); the ImagingStudy shows
     the CT series only, so it must not say MR, and a modality=MR search must not find it. A counted total
-    (``_summary=count``, ``_total=accurate``) is the PACS's and still counts it: known, stated in the README."""
+    (``_summary=count``, ``_total=accurate``) is the PACS's and still counts it: known, stated in docs/manifests.md."""
     d = pacs.d[0].StudyInstanceUID
     patient = patient_ids.encode("REJ0002", None)
     r = facade.get(f"{base}/ImagingStudy?patient={patient}&modality=MR{form}")

@@ -1,5 +1,5 @@
 """OHIF v3's configuration for the gateway (shared/docs/viewers.md): the browser test serves it as
-``app-config.js`` and the demo prints it (README "Viewing in OHIF").
+``app-config.js`` and the demo prints it (docs/gateway.md "Viewing in OHIF").
 
     app_config("https://fhir.example.org/dicomweb")   # window.config = {...}; the data source at Endpoint.address
 """

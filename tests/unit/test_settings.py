@@ -126,7 +126,7 @@ class TestSources:
         assert "# [[sources]]" in EXAMPLE_CONFIG.read_text(encoding="utf-8")
 
     def test_the_example_config_states_the_built_in_defaults(self):
-        # What an installed service has without any file must be what the example file (and the README) says.
+        # What an installed service has without any file must be what the example file (and docs/configuration.md) says.
         import dataclasses
         import tomllib
 
