@@ -19,6 +19,11 @@ sent, so a repeat is one dict lookup. It keeps every rule of the QIDO cache (app
   from are keyed on their scopes' change stamps (app.pacs.change_clock); the answer keeps those stamps
   (:attr:`Answer.depends`) and is not served once one of them has moved, so a new instance of one patient does
   not clear the others' answers.
+* **One computation per key at a time** (single flight): a request that misses while another is making the same
+  answer waits for it (:meth:`AnswerCache.shared`) instead of asking the PACS and mapping the same rows again; a
+  change feed clears a watched patient's answer once a second while a study is stored, and every client polling
+  that patient missed at once (bench/README.md, "Change feed"). When the first one's answer is not kept (an error,
+  a warning, or made before a change the waiter must see), the waiter makes its own.
 * **Never errors, never stale-if-error answers** (those carry a warning about this moment only): the handler stores
   only a 200 built without a stale QIDO answer.
 
@@ -33,6 +38,7 @@ Never suspends.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -95,8 +101,10 @@ class AnswerCache:
         # canonical key its parse gave: a repeat is found without parsing again. Parsing is a pure function of
         # those inputs, so an alias can only point where a new parse would.
         self._aliases: TTLCache[Hashable, _Key] = TTLCache(maxsize=ALIASES, ttl=ttl, timer=clock)
+        self._making: dict[_Key, asyncio.Future[Answer | None]] = {}  # answers being made now (single flight)
         self.hits = 0
         self.misses = 0
+        self.shared_hits = 0
 
     def _sync(self) -> None:
         if self._qido.generation != self._generation:  # the QIDO cache was cleared (a manifest was stored)
@@ -128,6 +136,35 @@ class AnswerCache:
         else:
             self.hits += 1
         return answer
+
+    async def shared(self, key: Hashable) -> Answer | None:
+        """The answer another request is making for ``key`` now, once made and kept; None when none is being made,
+        or it was not kept, or a change it depends on came since (then the caller makes its own)."""
+        making = self._making.get(_Key(key))
+        if making is None:
+            return None
+        answer = await asyncio.shield(making)
+        if answer is None or not answer.current():
+            return None
+        self.shared_hits += 1
+        return answer
+
+    def making(self, key: Hashable) -> Callable[[Answer | None], None] | None:
+        """Say this request makes ``key``'s answer (others :meth:`shared` it): returns the call that settles it with
+        the answer kept, or None (not kept); None when another request is making it already."""
+        kept = _Key(key)
+        if kept in self._making:
+            return None
+        future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
+        self._making[kept] = future
+
+        def settle(answer: Answer | None) -> None:
+            if self._making.get(kept) is future:
+                del self._making[kept]
+            if not future.done():
+                future.set_result(answer)
+
+        return settle
 
     def _current(self, key: _Key) -> Answer | None:
         answer = self._store.get(key)

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from .. import __version__
 from ..errors import NotFound
 from ..fhir import bundle
-from ..fhir.search import parse_search
+from ..fhir.search import SearchRequest, parse_search
 from ..mapping.versions import VERSIONS, FhirVersion
 from ..pacs.request_scope import (
     CACHE_SCOPE,
@@ -159,12 +159,38 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
     if req.includes & PATIENT_INCLUDES and not patient_read:
         req = dataclasses.replace(req, includes=req.includes - PATIENT_INCLUDES)  # not this token's to see
     answers, key = _answer_key(request, access, version, resource_type, "search", req, base, strict)
-    if answers is not None and not fresh and (hit := answers.get(key)) is not None:
-        if alias is not None:
-            answers.alias((alias, patient_read), key)  # not put(): that would restart the answer's TTL
-        return _replay(request, "search", resource_type, hit)
+    if answers is not None and not fresh:
+        if (hit := answers.get(key) or await answers.shared(key)) is not None:
+            if alias is not None:
+                answers.alias((alias, patient_read), key)  # not put(): that would restart the answer's TTL
+            return _replay(request, "search", resource_type, hit)
+    settle = answers.making(key) if answers is not None and not fresh else None
+    kept = None
+    try:
+        kept, response = await _search(request, facade, access, version, resource_type, req, base, strict, answers)
+        if kept is not None and answers is not None:
+            answers.put(key, kept, alias=None if alias is None else (alias, patient_read))
+    finally:
+        if settle is not None:
+            settle(kept)  # requests waiting for this answer replay it, or make their own (not kept)
+    return response
+
+
+async def _search(
+    request: Request,
+    facade: Facade,
+    access: Access,
+    version: FhirVersion,
+    resource_type: str,
+    req: SearchRequest,
+    base: str,
+    strict: bool,
+    answers: AnswerCache | None,
+) -> tuple[Answer | None, Response]:
+    """The search made: the answer to keep (None: no cache, or one with a warning, which is never kept), and the
+    response."""
     result = await facade.search(
-        resource_type, req, base, fresh=fresh, patient=access.patient, retrieval=access.retrieval, strict=strict
+        resource_type, req, base, fresh=access.fresh, patient=access.patient, retrieval=access.retrieval, strict=strict
     )
     audit = audit_fields(result)
     record(request.state, interaction="search", type=resource_type, **audit)
@@ -176,10 +202,9 @@ async def search(request: Request, version: FhirVersion, resource_type: str) -> 
         result = bundle.with_outcome(result, "warning", "incomplete", incomplete)
         record(request.state, sources_failed=sorted((SOURCE_NOTES.get() or SourceNotes()).failed))
     response = FHIRResponse(version.present(result), pretty=req.pretty)
-    if answers is not None and not stale and not incomplete:  # never an answer with a warning
-        answer = Answer(bytes(response.body), audit, _depends())
-        answers.put(key, answer, alias=None if alias is None else (alias, patient_read))
-    return response
+    if answers is None or stale or incomplete:
+        return None, response
+    return Answer(bytes(response.body), audit, _depends()), response
 
 
 def _depends() -> tuple[tuple[Any, Any, int], ...]:

@@ -128,3 +128,31 @@ def test_a_finished_answer_goes_when_a_stamp_it_was_made_from_moves():
         return [*kept, answers.get("A") is not None]
 
     assert asyncio.run(go()) == [True, False, False]
+
+
+def test_concurrent_misses_of_one_answer_make_it_once_and_a_waiter_never_takes_one_not_kept():
+    clock = ChangeClock(keep=60)
+    cache = CachedQido(Upstream(), ttl=60, max_bytes=10_000, clock=clock)
+    answers = AnswerCache(cache, ttl=60, max_bytes=10_000)
+
+    async def go() -> list[Any]:
+        settle = answers.making("K")
+        assert settle is not None and answers.making("K") is None  # one maker at a time
+        waiters = [asyncio.ensure_future(answers.shared("K")) for _ in range(3)]
+        await asyncio.sleep(0)
+        settle(Answer(b"made", {}, ((clock, ("p:a",), 0),)))
+        got = [a.body for a in await asyncio.gather(*waiters)]
+        failed = answers.making("E")
+        waiter = asyncio.ensure_future(answers.shared("E"))
+        await asyncio.sleep(0)
+        failed(None)  # the maker's answer was not kept (an error, a warning)
+        moved = answers.making("M")
+        late = asyncio.ensure_future(answers.shared("M"))
+        await asyncio.sleep(0)
+        clock.note(("p:a",), 7)  # a change the waiter must see came while it was being made
+        moved(Answer(b"old", {}, ((clock, ("p:a",), 0),)))
+        return [got, await waiter, await late, await answers.shared("K"), answers.shared_hits]
+
+    got, failed, late, after, shared = asyncio.run(go())
+    assert got == [b"made"] * 3 and failed is None and late is None
+    assert after is None and shared == 3  # nothing in flight: the caller looks in the store, as before
