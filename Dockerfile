@@ -1,7 +1,7 @@
 # Imaging FHIR facade: Debian bookworm, the package in a virtualenv of Debian's python3, non-root, health check.
 #
-#   bash scripts/images                        # both images, offline: the wheelhouse is made on the host
-#   docker build -t imaging-fhir-facade .      # with wheelhouse/*.whl: offline; with an empty wheelhouse/: PyPI
+#   bash scripts/images          # this image, Orthanc's and Redis's; offline: the wheelhouse is made on the host
+#   docker build --network host -t imaging-fhir-facade .   # wheelhouse/*.whl: offline; an empty wheelhouse/: PyPI
 #   docker run --network host imaging-fhir-facade --host 127.0.0.1 --port 8181
 #
 # The entrypoint is the service (python -m app): arguments after the image name are its own (--host, --port,
