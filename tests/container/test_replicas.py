@@ -1,6 +1,7 @@
 """Two facade containers behind one Redis container (issue 23, item 5; compose.yaml profile "replicas"), in smart
 mode with capability URLs for viewers: a manifest created through one replica is in the very next search through
-the other, and a capability URL issued by one is honoured by the other (they share FACADE_CAPABILITY_KEYS)."""
+the other, and a capability URL issued by one is honoured by the other (they share the capability keys, read from
+a mounted file as container platforms mount secrets: FACADE_CAPABILITY_KEYS_FILE)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def redis() -> Iterator[tuple[Container, int]]:
 def replicas(pacs: Pacs, redis: tuple[Container, int], tmp_path_factory) -> Iterator[tuple[Facade, Facade]]:
     keys: Path = tmp_path_factory.mktemp("keys")
     KEYS.write_jwks(keys).chmod(0o644)
+    # The capability keys as a container platform mounts a secret: a file, named by FACADE_CAPABILITY_KEYS_FILE.
+    (keys / "capability_keys").write_text(CAPABILITY_KEYS + "\n", encoding="utf-8")
+    (keys / "capability_keys").chmod(0o644)
     keys.chmod(0o755)  # the service runs as uid 10001 in the container
     env = {
         "FACADE_CACHE_REDIS_URL": f"redis://127.0.0.1:{redis[1]}/0",
@@ -47,7 +51,7 @@ def replicas(pacs: Pacs, redis: tuple[Container, int], tmp_path_factory) -> Iter
         "FACADE_TOKEN_ISSUER": ISSUER,
         "FACADE_TOKEN_AUDIENCE": AUDIENCE,
         "FACADE_WADO_ACCESS": "capability",
-        "FACADE_CAPABILITY_KEYS": CAPABILITY_KEYS,
+        "FACADE_CAPABILITY_KEYS_FILE": "/run/keys/capability_keys",
     }
     volumes = [f"{keys}:/run/keys:ro"]
     first = start_facade(pacs.dicomweb_url, env=env, volumes=volumes)
