@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,10 +15,8 @@ import pytest
 from pydicom import Dataset
 
 from app.fhir import patient_ids
-from app.main import create_app
-from app.settings import Settings
+from tests.support.change_feed import following_client, until
 from tests.support.dataset import build_dataset
-from tests.support.fhir_check import checking_client
 from tests.support.orthanc import OrthancServer, store
 
 pytestmark = pytest.mark.integration
@@ -65,30 +63,6 @@ def orthanc(data) -> Iterator[OrthancServer]:
         yield server
 
 
-def _client(orthanc: OrthancServer, **overrides: Any):
-    settings = Settings(
-        **{
-            "dicomweb_url": orthanc.dicomweb_url,
-            "auth_mode": "open",
-            "cache_ttl": 3600.0,
-            "pacs_kind": "orthanc",
-            "change_poll_interval": 1.0,
-        }
-        | overrides
-    )
-    return checking_client(create_app(settings))
-
-
-def _until(check: Callable[[], bool], seconds: float) -> float:
-    """Seconds until ``check()`` held; fails after ``seconds``."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    pytest.fail(f"not within {seconds} s")
-
-
 def _ids(client, patient: str) -> set[str]:
     bundle = client.get(f"{R4}/ImagingStudy", params={"patient": patient}).json()
     return {e["resource"]["id"] for e in bundle.get("entry", [])}
@@ -99,46 +73,46 @@ def _instances(client, study: str) -> int:
 
 
 def test_what_is_stored_directly_shows_within_2_s_whatever_the_ttl(orthanc, data):
-    with _client(orthanc) as client:
+    with following_client(orthanc) as client:
         patient = data["patient"]
         before = _ids(client, patient)
         assert data["held_study_uid"] not in before
         count = _instances(client, data["first_study"])
         time.sleep(1.2)  # the follower is past its start: what is stored now is a change
         store(orthanc.dicomweb_url, data["held_study"])  # a new study
-        took = _until(lambda: data["held_study_uid"] in _ids(client, patient), 2.0)
+        took = until(lambda: data["held_study_uid"] in _ids(client, patient), 2.0)
         store(orthanc.dicomweb_url, [data["held_instance"]])  # a new instance in an existing series
-        took = max(took, _until(lambda: _instances(client, data["first_study"]) == count + 1, 2.0))
+        took = max(took, until(lambda: _instances(client, data["first_study"]) == count + 1, 2.0))
         assert took <= 2.0
         polls = client.get("/metrics").text
         assert 'facade_change_feed_polls_total{outcome="change",source="pacs"}' in polls
 
 
 def test_a_deletion_goes_within_the_interval_and_5_s(orthanc, data):
-    with _client(orthanc) as client:
+    with following_client(orthanc) as client:
         patient = data["patient"]
         assert data["first_study"] in _ids(client, patient)
         found = httpx.post(f"{orthanc.url}/tools/lookup", content=data["first_study"]).json()
         httpx.delete(f"{orthanc.url}/studies/{found[0]['ID']}").raise_for_status()
-        assert _until(lambda: data["first_study"] not in _ids(client, patient), 6.0) <= 6.0
+        assert until(lambda: data["first_study"] not in _ids(client, patient), 6.0) <= 6.0
 
 
 def test_a_reset_or_unreadable_feed_never_leaves_a_stale_answer(orthanc, data):
-    with _client(orthanc) as client:
+    with following_client(orthanc) as client:
         patient = data["patient"]
         _ids(client, patient)
         httpx.delete(f"{orthanc.url}/changes").raise_for_status()  # the log cleared: Last goes backwards
         store(orthanc.dicomweb_url, data["held_study"])
-        assert _until(lambda: data["held_study_uid"] in _ids(client, patient), 2.5) <= 2.5
-    with _client(orthanc, orthanc_url=orthanc.url + "/no-such-api") as client:  # the feed cannot be read
+        assert until(lambda: data["held_study_uid"] in _ids(client, patient), 2.5) <= 2.5
+    with following_client(orthanc, orthanc_url=orthanc.url + "/no-such-api") as client:  # the feed cannot be read
         found = httpx.post(f"{orthanc.url}/tools/lookup", content=data["held_study_uid"]).json()
         assert data["held_study_uid"] in _ids(client, patient)
         httpx.delete(f"{orthanc.url}/studies/{found[0]['ID']}").raise_for_status()
-        assert _until(lambda: data["held_study_uid"] not in _ids(client, patient), 2.5) <= 2.5
+        assert until(lambda: data["held_study_uid"] not in _ids(client, patient), 2.5) <= 2.5
 
 
 def test_the_follower_costs_orthanc_little_when_nothing_changes(orthanc, data):
-    with _client(orthanc) as client:
+    with following_client(orthanc) as client:
         time.sleep(0.3)
         follower = client.app.state.followers[0]
         before = follower.feed.requests
@@ -147,7 +121,7 @@ def test_the_follower_costs_orthanc_little_when_nothing_changes(orthanc, data):
 
 
 def test_last_updated_is_refused_with_an_outcome(orthanc, data):
-    with _client(orthanc, pacs_kind="dicomweb") as client:
+    with following_client(orthanc, pacs_kind="dicomweb") as client:
         r = client.get(f"{R4}/ImagingStudy", params={"patient": data["patient"], "_lastUpdated": "gt2020-01-01"})
         assert r.status_code == 400 and "_lastUpdated" in r.json()["issue"][0]["diagnostics"]
 
@@ -167,7 +141,7 @@ def test_last_updated_with_every_prefix_against_orthancs_own_times(orthanc, data
     truth = _orthanc_last_updates(orthanc)
     late = truth[data["held_study_uid"]]
     assert sum(1 for t in truth.values() if t == late) == 1
-    with _client(orthanc) as client:
+    with following_client(orthanc) as client:
         caps = client.get(f"{R4}/metadata").json()["rest"][0]["resource"]
         study_params = next(r for r in caps if r["type"] == "ImagingStudy")["searchParam"]
         assert "_lastUpdated" in {p["name"] for p in study_params}

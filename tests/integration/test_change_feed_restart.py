@@ -28,10 +28,8 @@ from pydicom import Dataset
 from pydicom.uid import UID, generate_uid
 
 from app.fhir import patient_ids
-from app.main import create_app
-from app.settings import Settings
+from tests.support.change_feed import following_client, until
 from tests.support.dataset import build_dataset
-from tests.support.fhir_check import checking_client
 from tests.support.orthanc import OrthancServer, store
 
 pytestmark = pytest.mark.integration
@@ -105,30 +103,6 @@ def orthanc(data) -> Iterator[OrthancServer]:
         yield server
 
 
-def _client(orthanc: OrthancServer, **overrides: Any):
-    settings = Settings(
-        **{
-            "dicomweb_url": orthanc.dicomweb_url,
-            "auth_mode": "open",
-            "cache_ttl": 3600.0,
-            "pacs_kind": "orthanc",
-            "change_poll_interval": 1.0,
-        }
-        | overrides
-    )
-    return checking_client(create_app(settings))
-
-
-def _until(check: Callable[[], bool], seconds: float) -> float:
-    """Seconds until ``check()`` held; fails after ``seconds``."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    pytest.fail(f"not within {seconds} s")
-
-
 def _search(client, **params: str) -> dict[str, dict[str, Any]]:
     """Every ImagingStudy of the search, every page followed: id → resource."""
     found: dict[str, dict[str, Any]] = {}
@@ -174,7 +148,7 @@ def test_stopped_orthanc_errors_or_full_answers_then_its_new_data_within_2_s(ort
     """With the circuit breaker (the default, 5 failures) the facade answers 503 + Retry-After for the breaker's open
     period after Orthanc is back (by design, up to breaker_reset): then the 2 s count from its first answer."""
     patient = data["patient"]
-    with _client(orthanc, breaker_failures=breaker_failures) as client:
+    with following_client(orthanc, breaker_failures=breaker_failures) as client:
         before = _ids(client, patient)
         assert {data["a"], data["b"]} <= before
 
@@ -202,7 +176,7 @@ def test_stopped_orthanc_errors_or_full_answers_then_its_new_data_within_2_s(ort
             time.sleep(0.05)
         answering = time.monotonic()
         assert before <= ids
-        _until(lambda: (ids := answer()) is not None and data["study_n_uid"] in ids, VISIBLE)
+        until(lambda: (ids := answer()) is not None and data["study_n_uid"] in ids, VISIBLE)
         assert time.monotonic() - (stored if not breaker_failures else answering) <= VISIBLE
         assert answer() == before | {data["study_n_uid"]}
         polls = client.get("/metrics").text
@@ -211,14 +185,14 @@ def test_stopped_orthanc_errors_or_full_answers_then_its_new_data_within_2_s(ort
 
 def test_orthanc_started_on_an_empty_database_leaves_no_answer_of_the_old_one(orthanc, data):
     patient = data["patient"]
-    with _client(orthanc) as client:
+    with following_client(orthanc) as client:
         assert {data["a"], data["b"]} <= _ids(client, patient)
         assert client.get(f"{R4}/ImagingStudy/{data['a']}").status_code == 200
         orthanc.halt()
         orthanc.resume(storage_dir=orthanc.workdir / "other")  # its /changes starts again from 0
         store(orthanc.dicomweb_url, data["study_n"])
         assert httpx.get(f"{orthanc.url}/changes?last").json()["Last"] < 10
-        assert _until(lambda: _ids(client, patient) == {data["study_n_uid"]}, VISIBLE) <= VISIBLE
+        assert until(lambda: _ids(client, patient) == {data["study_n_uid"]}, VISIBLE) <= VISIBLE
         assert client.get(f"{R4}/ImagingStudy/{data['a']}").status_code == 404
 
 
@@ -231,7 +205,7 @@ def _step(client) -> str:
 def test_a_restart_between_two_polls_on_a_database_with_fewer_changes_is_a_reset(orthanc, data):
     """The follower never sees Orthanc down (its polls are the test's): the new log's ``Last`` went backwards."""
     patient = data["patient"]
-    with _client(orthanc, change_poll_interval=3600.0) as client:
+    with following_client(orthanc, change_poll_interval=3600.0) as client:
         time.sleep(0.2)  # the follower has read where the log is
         assert _step(client) == "idle"
         assert {data["a"], data["b"]} <= _ids(client, patient)
@@ -244,7 +218,7 @@ def test_a_restart_between_two_polls_on_a_database_with_fewer_changes_is_a_reset
 
 def test_a_restart_between_two_polls_on_another_database_of_the_same_size_is_a_reset(orthanc, data):
     patient = data["patient"]
-    with _client(orthanc, change_poll_interval=3600.0) as client:
+    with following_client(orthanc, change_poll_interval=3600.0) as client:
         time.sleep(0.2)
         last = httpx.get(f"{orthanc.url}/changes?last").json()["Last"]
         size = httpx.get(f"{orthanc.url}/statistics").json()
@@ -350,7 +324,7 @@ def test_an_answer_read_before_a_change_and_arriving_after_it_is_not_kept(orthan
     patient, study = data["patient"], (data["study_n_uid"] if change == "stored" else data["a"])
     proxy = _HoldingProxy(orthanc.port)
     try:
-        with _client(orthanc, dicomweb_url=proxy.url + "/dicom-web", orthanc_url=orthanc.url) as client:
+        with following_client(orthanc, dicomweb_url=proxy.url + "/dicom-web", orthanc_url=orthanc.url) as client:
             time.sleep(1.2)  # the follower is past its start
             before = {data["a"], data["b"]}  # the patient's studies; not asked yet: the next search asks Orthanc
             proxy.arm()
@@ -363,12 +337,12 @@ def test_an_answer_read_before_a_change_and_arriving_after_it_is_not_kept(orthan
                 store(orthanc.dicomweb_url, data["study_n"])
             else:
                 httpx.delete(f"{orthanc.url}/studies/{_orthanc_id(orthanc, study)}").raise_for_status()
-            _until(lambda: _polls(client, "change") > changes, DELETED)  # the follower has cleared the cache
+            until(lambda: _polls(client, "change") > changes, DELETED)  # the follower has cleared the cache
             proxy.release()
             search.join(10.0)
             assert asked["ids"] == before  # what Orthanc held when it was asked
             shown = (lambda ids: study in ids) if change == "stored" else (lambda ids: study not in ids)
-            assert _until(lambda: shown(_ids(client, patient)), VISIBLE) <= VISIBLE
+            assert until(lambda: shown(_ids(client, patient)), VISIBLE) <= VISIBLE
     finally:
         proxy.close()
 
@@ -399,7 +373,7 @@ def _until_synced(
 
 def test_a_client_polling_last_updated_gt_its_last_check_sees_every_change_within_2_s(orthanc, data):
     patient, a, b = data["patient"], data["a"], data["b"]
-    with _client(orthanc) as client:
+    with following_client(orthanc) as client:
         time.sleep(1.2)  # the follower is past its start
         first = int(time.time())
         everything = _search(client, patient=patient)
@@ -454,11 +428,11 @@ def test_a_client_polling_last_updated_gt_its_last_check_sees_every_change_withi
 
         # Deletions do not move a study's LastUpdate on Orthanc 1.10: they go from every answer that showed them.
         httpx.delete(f"{orthanc.url}/series/{_orthanc_id(orthanc, data['series_a_uid'])}").raise_for_status()
-        _until(lambda: data["series_a_uid"] not in _series(_since(client, patient, first)[a]), DELETED)
+        until(lambda: data["series_a_uid"] not in _series(_since(client, patient, first)[a]), DELETED)
         assert data["series_a_uid"] not in _series(_search(client, patient=patient)[a])
         assert data["series_a_uid"] not in _series(client.get(f"{R4}/ImagingStudy/{a}").json())
         httpx.delete(f"{orthanc.url}/studies/{_orthanc_id(orthanc, data['study_n_uid'])}").raise_for_status()
-        _until(lambda: data["study_n_uid"] not in _since(client, patient, first), DELETED)
+        until(lambda: data["study_n_uid"] not in _since(client, patient, first), DELETED)
         assert set(_since(client, patient, first)) == {a, b}
         assert _ids(client, patient) == set(everything)
         assert client.get(f"{R4}/ImagingStudy/{data['study_n_uid']}").status_code == 404

@@ -7,7 +7,6 @@ test_workers.one_per_worker)."""
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from app.fhir import patient_ids
 from tests.integration.test_workers import Worker, one_per_worker
+from tests.support.change_feed import until
 from tests.support.facade import FacadeProcess
 from tests.support.kos import make_study
 from tests.support.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary, store
@@ -76,15 +76,6 @@ def new_series(study: list[Dataset], count: int) -> list[Dataset]:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         out.append(ds)
     return out
-
-
-def until(check, seconds: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"not within {seconds} s")
 
 
 def test_a_growing_study_clears_its_patient_everywhere_and_no_other_patient(facade, pacs, studies):
