@@ -269,11 +269,13 @@ def _text_value(value: Any) -> str:
 
 
 def log_config(level: str, fmt: str) -> dict[str, Any]:
-    """uvicorn/logging dictConfig: JSON lines (``fmt="json"``) or plain text, one handler on stderr."""
+    """uvicorn/logging dictConfig: JSON lines (``fmt="json"``) or plain text, one handler on stdout, where container
+    platforms and systemd collect a service's log (issue 23; twelve-factor: logs are an event stream on stdout). A
+    configuration error that stops start-up is the one line on stderr (app.__main__)."""
     formatter: dict[str, Any] = {
         "()": "app.http.observability.JsonFormatter" if fmt == "json" else "app.http.observability.TextFormatter"
     }
-    handler: dict[str, Any] = {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}
+    handler: dict[str, Any] = {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stdout"}
     if fmt != "json":
         handler["filters"] = ["request_id"]
     loggers: Iterable[str] = ("uvicorn", "uvicorn.error", "app", "facade.audit")

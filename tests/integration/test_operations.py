@@ -28,7 +28,7 @@ def test_json_logs_audit_and_graceful_shutdown(orthanc):
         [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
         env=env,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         text=True,
     )
     try:
@@ -53,9 +53,9 @@ def test_json_logs_audit_and_graceful_shutdown(orthanc):
     # uvicorn re-raises the signal after its graceful shutdown, so the exit status says SIGTERM; the log says
     # whether shutdown was orderly.
     assert code in (0, -signal.SIGTERM)
-    assert proc.stderr is not None
-    with proc.stderr:
-        lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    assert proc.stdout is not None
+    with proc.stdout:  # the log is on stdout (issue 23)
+        lines = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
     audit = [x for x in lines if x["logger"] == "facade.audit"]
     assert any(x["request_id"] == "req-42" and f"ImagingStudy/{uid}" in x["resources"] for x in audit), lines
     assert any(x["message"].startswith("Finished server process") for x in lines), lines
