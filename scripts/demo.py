@@ -160,7 +160,8 @@ def _selection(datasets: list[Any], pid: str) -> dict[str, Any]:
 
 
 def _ohif(wado: str, study_uid: str, logs: Path) -> None:
-    """A ready OHIF v3 configuration with the gateway as its DICOMweb data source (docs/gateway.md "Viewing in OHIF")."""
+    """A ready OHIF v3 configuration with the gateway as its DICOMweb data source (docs/gateway.md, "Viewing in
+    OHIF")."""
     config = logs / "ohif-app-config.js"
     config.write_text(app_config(wado), encoding="utf-8")
     print(
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         _step(f"Starting the facade on 127.0.0.1:{port} (its log: {facade_log}) ...")
         try:
             facade = FacadeProcess(
-                # CORS for any origin: a viewer served elsewhere (OHIF, docs/gateway.md "Viewing in OHIF") calls the gateway.
+                # CORS for any origin: a viewer served elsewhere (OHIF, docs/gateway.md "Viewing in OHIF") calls the
+                # gateway.
                 pacs.dicomweb_url,
                 port=port,
                 log=facade_log,
