@@ -10,11 +10,12 @@ API of its own says it (Orthanc's ``LastUpdate``, app.pacs.orthanc_rest); DICOMw
   the studies it may hold cannot be judged: they are left out of a ``_lastUpdated`` search rather than guessed.
 
 A search with ``_lastUpdated`` reads every candidate (as ``_sort`` and ``_total`` do), asks when their studies
-changed in one request (``prequery_limit`` UIDs per request: the most candidates a search reads), keeps those whose last change (the second it names) satisfies every
-``_lastUpdated`` group (R4 search.html#date prefixes), and pages over what is left: exact paging and totals as for
-any criterion. Every resource shown gets ``meta.lastUpdated`` (one request per page, or none when the search asked
-already); that element is optional, so a REST API that fails then leaves it out (a warning line) rather than
-failing a search that did not ask for ``_lastUpdated``.
+changed in one request (``prequery_limit`` UIDs per request: the most candidates a search reads), keeps those
+whose last change (the second it names) satisfies every ``_lastUpdated`` group (R4 search.html#date prefixes), and
+pages over what is left: exact paging and totals as for any criterion. Every resource shown gets
+``meta.lastUpdated`` (one request per page, or none when the search asked already); that element is optional, so a
+REST API that fails then leaves it out (a warning line) rather than failing a search that did not ask for
+``_lastUpdated``.
 """
 
 from __future__ import annotations
