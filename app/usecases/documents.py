@@ -250,9 +250,10 @@ class Documents:
         m, form = await self.manifest(rid, resource_type, fresh=fresh)
         ctx = self.context(base)
         if resource_type == "Bundle":
-            return manifest_bundle(m, ctx, now=datetime.now(UTC).isoformat(timespec="seconds"))
-        dicom, fhir = mado.document_references(m, ctx)
-        resource = fhir if form == "fhir" else dicom
+            resource = manifest_bundle(m, ctx, now=datetime.now(UTC).isoformat(timespec="seconds"))
+        else:
+            dicom, fhir = mado.document_references(m, ctx)
+            resource = fhir if form == "fhir" else dicom
         await self._manifests.times.stamp_manifests([(resource, m.kos)], {})
         return resource
 

@@ -165,6 +165,11 @@ def test_reads_and_searches_carry_meta(data, orthanc):
     for d in docs:
         read = orthanc.get(f"{R4}/DocumentReference/{d['id']}").json()
         assert read["meta"]["lastUpdated"] == instant(T1) and read["meta"]["profile"] == d["meta"]["profile"]
+    bundles = {a["url"] for d in docs for c in d["content"] if "Bundle/" in (a := c["attachment"]).get("url", "")}
+    assert bundles  # the FHIR form's document (IHE MADO): its Bundle read carries the same time
+    for url in bundles:
+        document = orthanc.get(url).json()
+        assert document["type"] == "document" and document["meta"]["lastUpdated"] == instant(T1)
     subset = matches(orthanc.get(f"{R4}/DocumentReference", params={"patient": A, "_elements": "status"}))
     assert {d["meta"]["lastUpdated"] for d in subset} == {instant(T1)}
     with_studies = orthanc.get(
