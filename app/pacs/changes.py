@@ -316,7 +316,6 @@ class ChangeFollower:
     ) -> None:
         self.feed = feed
         self._cache = cache
-        self._invalidate = cache.invalidate
         self.interval = interval
         self._on_event = on_event
         self._sleep = sleep
@@ -340,16 +339,16 @@ class ChangeFollower:
             if not self._failing:
                 logger.warning("archive %s: %s; cached answers are cleared until it can be read", self.feed.name, exc)
             self._failing = True
-            await self._invalidate()  # never a stale answer while the feed cannot be followed
+            await self._cache.invalidate()  # never a stale answer while the feed cannot be followed
             return self._event("error")
         if self._failing:
             logger.warning("archive %s: the change feed is read again", self.feed.name)
             self._failing = False
-            await self._invalidate()  # what changed while it could not be read is unknown
+            await self._cache.invalidate()  # what changed while it could not be read is unknown
             return self._event("lost")
         if poll.lost:
             logger.warning("archive %s: %s; cached answers cleared", self.feed.name, poll.lost)
-            await self._invalidate()
+            await self._cache.invalidate()
             return self._event("lost")
         if poll.changed:
             await self._cache.changed(poll.scopes, poll.position)
@@ -370,7 +369,7 @@ class ChangeFollower:
                 raise
             except Exception:  # a bug must not stop the follower: the cache would then never be cleared again
                 logger.exception("archive %s: the change follower failed; cached answers cleared", self.feed.name)
-                await self._invalidate()
+                await self._cache.invalidate()
 
     def _event(self, kind: str) -> str:
         if self._on_event is not None:
